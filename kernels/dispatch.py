@@ -1,0 +1,65 @@
+"""Choosing an implementation for a recurrence op, and the shared varlen adapter.
+
+Every op is a function ``op(*inputs, initial_state=None, output_final_state=False, resets=None,
+cu_seqlens=None, impl="auto") -> (output, final_state | None)``. ``impl`` picks:
+
+- ``"naive"``: the sequential reference (obviously right, slow; the test oracle);
+- ``"chunk"``: the PyTorch chunkwise form (the CPU path and the fallback on any device);
+- ``"triton"``: the Triton kernel (CUDA; on CPU only under ``TRITON_INTERPRET=1``);
+- ``"auto"``: Triton for CUDA tensors, chunk elsewhere.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import torch
+
+IMPLS = ("auto", "naive", "chunk", "triton")
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_impl(impl: str, reference: torch.Tensor) -> str:
+    """Map ``impl`` (one of IMPLS) to a concrete implementation for tensors like ``reference``."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl != "auto":
+        if impl == "triton" and not (reference.is_cuda or triton_interpreting()):
+            raise RuntimeError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)")
+        return impl
+    return "triton" if reference.is_cuda else "chunk"
+
+
+def pad_varlen(x: torch.Tensor, cu_seqlens: torch.Tensor, pad_value: float = 0.0) -> torch.Tensor:
+    """[1, total, ...] flattened sequences -> [N, max_len, ...] right-padded with ``pad_value``."""
+    if x.shape[0] != 1:
+        raise ValueError(f"with cu_seqlens the batch size must be 1, got {x.shape[0]}")
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    out = x.new_full((len(lengths), max(lengths), *x.shape[2:]), pad_value)
+    for n, (start, length) in enumerate(zip(cu_seqlens[:-1].tolist(), lengths)):
+        out[n, :length] = x[0, start:start + length]
+    return out
+
+
+def unpad_varlen(x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """Inverse of pad_varlen: [N, max_len, ...] -> [1, total, ...]."""
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    return torch.cat([x[n, :length] for n, length in enumerate(lengths)], dim=0)[None]
+
+
+def run_varlen(op: Callable, inputs: Sequence[torch.Tensor], identity_pads: Sequence[float],
+               cu_seqlens: torch.Tensor, **kwargs):
+    """Run a linear recurrence ``op`` over flattened sequences by right-padding them into a batch.
+
+    ``identity_pads[i]`` is the pad value of ``inputs[i]`` that makes a padded step leave the state
+    unchanged (e.g. key 0 and log-decay 0), so the final state of each padded row is the final state
+    of its sequence. ``initial_state`` and the returned final state have leading dim N.
+    Only for ops whose padded step can be an identity; nonlinear ops handle cu_seqlens themselves.
+    """
+    padded = [pad_varlen(t, cu_seqlens, p) for t, p in zip(inputs, identity_pads)]
+    out, final_state = op(*padded, **kwargs)
+    return unpad_varlen(out, cu_seqlens), final_state
