@@ -1,1 +1,121 @@
+"""The Hydra config tree of recurlm (config module ``recurlm.configs``, primary config ``train.yaml``).
 
+Groups: model, data, optim, schedule, deepspeed, logger, launch, recipe, eval. Every group is typed
+by a dataclass registered in Hydra's ConfigStore as ``<group>/<name>_schema``; the YAML options
+extend it, so a misspelled key or a wrong type fails at composition, naming the key.
+
+``compose(overrides)`` returns the composed job config with the model size preset applied
+(``model.size=<preset>`` fills every model field left null).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_MODULE = "recurlm.configs"
+PRIMARY = "train"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be composed or validated; the message names the key."""
+
+
+def _store() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    from recurlm.data.config import DataConfig
+    from recurlm.eval.config import EvalConfig
+    from recurlm.launch.config import LaunchConfig
+    from recurlm.models.registry import FAMILIES, config_class
+    from recurlm.train.config import (DeepSpeedConfig, JobConfig, LoggerConfig, OptimConfig,
+                                      ScheduleConfig)
+    from recurlm.train.recipe import RecipeConfig
+
+    cs = ConfigStore.instance()
+    cs.store(name="job_schema", node=JobConfig)
+    for family in FAMILIES:
+        try:
+            cls = config_class(family)
+        except ModuleNotFoundError:  # a family whose module is not part of this build
+            continue
+        cs.store(group="model", name=f"{family}_schema", node=cls(family=family))
+    for group, cls in [("data", DataConfig), ("optim", OptimConfig), ("schedule", ScheduleConfig),
+                       ("deepspeed", DeepSpeedConfig), ("logger", LoggerConfig), ("launch", LaunchConfig),
+                       ("recipe", RecipeConfig), ("eval", EvalConfig)]:
+        cs.store(group=group, name=f"{group}_schema", node=cls)
+
+
+def _explain(err: Exception, overrides: Sequence[str]) -> str:
+    """Hydra's message plus the valid keys of the node a bad key was aimed at."""
+    text = str(err)
+    cause = err.__cause__ or err.__context__
+    if cause is not None and str(cause) not in text:
+        text += f"\n{cause}"
+    key = getattr(cause, "full_key", None) or getattr(err, "full_key", None)
+    if key and "." in str(key):
+        parent = str(key).rsplit(".", 1)[0]
+        try:
+            node = OmegaConf.select(compose(overrides=[o for o in overrides if not o.lstrip("+~").startswith(str(key))],
+                                            apply_presets=False), parent)
+            if isinstance(node, DictConfig):
+                text += f"\nValid keys of '{parent}': {', '.join(sorted(node.keys()))}"
+        except Exception:  # the explanation is best effort; the original error stands
+            pass
+    return text
+
+
+def compose(overrides: Sequence[str] = (), apply_presets: bool = True,
+            config_name: str = PRIMARY) -> DictConfig:
+    """Compose ``train.yaml`` with command-line style ``overrides`` into a typed job config."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    _store()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+    except Exception as err:  # Hydra raises several types; all are configuration errors here
+        raise ConfigError(_explain(err, overrides)) from None
+    if apply_presets:
+        cfg = with_model_preset(cfg)
+    return cfg
+
+
+def with_model_preset(cfg: DictConfig) -> DictConfig:
+    """The config with the model's size preset filled in (explicit values win)."""
+    from recurlm.models.registry import to_model_config
+
+    try:
+        model = to_model_config(cfg.model)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    OmegaConf.set_struct(cfg, False)
+    cfg.model = OmegaConf.structured(model)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig, resolve: bool = True) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=resolve)
+
+
+def load_yaml(path: str) -> DictConfig:
+    """A job config written by a run (``<run_dir>/config.yaml``)."""
+    return OmegaConf.load(path)
+
+
+def as_dataclass(node: DictConfig, cls: type) -> object:
+    """A plain dataclass instance of ``cls`` from a config node (unknown keys are an error)."""
+    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; valid: {sorted(known)}")
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), data))
+
+
+__all__ = ["ConfigError", "compose", "with_model_preset", "to_yaml", "load_yaml", "as_dataclass"]

@@ -1,0 +1,80 @@
+"""RWKV-7-like random inputs and a FLOP count for the generalized delta rule (tests, benchmarks)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+RWKV7_LOG_DECAY_FLOOR = -math.exp(-0.5)
+"""RWKV-7's log decay is -e^{-0.5} * sigmoid(.) in (-0.607, 0)."""
+
+
+def make_inputs(
+    batch: int = 2,
+    seq_len: int = 64,
+    heads: int = 2,
+    dk: int = 16,
+    dv: int = 16,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    log_decay_floor: float = RWKV7_LOG_DECAY_FLOOR,
+    initial_state: bool = False,
+    reset_prob: float = 0.0,
+    requires_grad: bool = False,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Random inputs shaped like RWKV-7's call of the op.
+
+    kk is the L2-normalised key (times a per-channel k_k), a = -kk, b = kk * iclr with iclr = sigmoid(.) in (0, 1), so the
+    low-rank part is -iclr-weighted projection onto kk and the transition stays contractive;
+    gk = log_decay_floor * sigmoid(x), x ~ N(0, 2^2) (RWKV-7's floor by default; pass -20 for the
+    strong-decay tests). Keys and queries are O(1) per channel.
+
+    Returns a dict with q, k, a, b, gk [B, T, H, K], v [B, T, H, V], and when asked
+    ``initial_state`` [B, H, K, V] and ``resets`` [B, T] bool (each token starts a document with
+    probability ``reset_prob``). Leaf tensors with ``requires_grad`` as given (resets excepted).
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+    shape = (batch, seq_len, heads, dk)
+    raw_k = randn(*shape)
+    kk = F.normalize(raw_k * (0.5 + 0.5 * torch.rand(heads, dk, generator=gen, dtype=torch.float64)), dim=-1)
+    iclr = torch.sigmoid(randn(*shape))
+    k_a = torch.rand(heads, dk, generator=gen, dtype=torch.float64)
+    inputs = {
+        "q": randn(*shape),
+        "k": raw_k * (1 + (iclr - 1) * k_a),  # RWKV-7 scales k by the iclr through k_a
+        "v": randn(batch, seq_len, heads, dv),
+        "a": -kk,
+        "b": kk * iclr,
+        "gk": log_decay_floor * torch.sigmoid(2 * randn(*shape)),
+    }
+    if initial_state:
+        inputs["initial_state"] = randn(batch, heads, dk, dv)
+    tensors = {name: x.to(dtype=dtype, device=device).requires_grad_(requires_grad)
+               for name, x in inputs.items()}
+    if reset_prob > 0:
+        tensors["resets"] = (torch.rand(batch, seq_len, generator=gen) < reset_prob).to(device)
+    return tensors
+
+
+def flops(batch: int, seq_len: int, heads: int, dk: int, dv: int, chunk_size: int = 64,
+          sub_chunk_size: int = 16) -> int:
+    """Forward FLOPs (a multiply-add counts 2) of the chunkwise form in ``chunk.py``.
+
+    Per chunk of C tokens and head (two readers q, a times two writers k, b; c = sub-chunk):
+    decayed products 2*4*C*K*(C + c) (between sub-blocks as computed, incl. masked blocks, plus
+    the diagonal sub-blocks), A_ak v 2*C^2*V, the unit-triangular solve C^2*(V + K), outputs
+    4*C^2*V + 2*C^2*K + 2*C*K*V, transition and write 2*C*K^2 + 4*C*K*V, recurrence 2*K^2*V.
+    Elementwise work (exps, masks) is not counted.
+    """
+    c = min(chunk_size, -(-seq_len // sub_chunk_size) * sub_chunk_size)
+    n_chunks = -(-seq_len // c)
+    per_chunk = (8 * c * dk * (c + sub_chunk_size) + 2 * c * c * dv + c * c * (dv + dk)
+                 + 4 * c * c * dv + 2 * c * c * dk + 2 * c * dk * dv
+                 + 2 * c * dk * dk + 4 * c * dk * dv + 2 * dk * dk * dv)
+    return batch * heads * n_chunks * per_chunk

@@ -1,0 +1,86 @@
+"""Diagonal gated linear recurrence (Griffin/Hawk RG-LRU, HGRN): ``linear_scan``."""
+from __future__ import annotations
+
+import torch
+
+from recurlm.kernels.dispatch import resolve_impl, run_varlen
+from recurlm.kernels.linear_scan.chunk import linear_scan_chunk
+from recurlm.kernels.linear_scan.naive import linear_scan_naive
+
+
+def _check_inputs(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None,
+                  resets: torch.Tensor | None, cu_seqlens: torch.Tensor | None) -> None:
+    if x.dim() < 3 or x.shape[1] == 0:
+        raise ValueError(f"x must be [B, T, ...] with T >= 1, got {tuple(x.shape)}")
+    if g.shape != x.shape:
+        raise ValueError(f"g must have the shape of x {tuple(x.shape)}, got {tuple(g.shape)}")
+    batch, seq_len = x.shape[:2]
+    if resets is not None:
+        if cu_seqlens is not None:
+            raise ValueError("pass document boundaries either as resets or as cu_seqlens, not both")
+        if resets.shape != (batch, seq_len) or resets.dtype != torch.bool:
+            raise ValueError(f"resets must be bool [B, T] = {(batch, seq_len)}, got "
+                             f"{resets.dtype} {tuple(resets.shape)}")
+    num_states = batch
+    if cu_seqlens is not None:
+        if batch != 1:
+            raise ValueError(f"with cu_seqlens the batch size must be 1, got {batch}")
+        if cu_seqlens.dim() != 1 or cu_seqlens[0] != 0 or cu_seqlens[-1] != seq_len:
+            raise ValueError(f"cu_seqlens must be [N + 1] from 0 to T = {seq_len}, got {cu_seqlens.tolist()}")
+        num_states = cu_seqlens.numel() - 1
+    if initial_state is not None and initial_state.shape != (num_states, *x.shape[2:]):
+        raise ValueError(f"initial_state must be {(num_states, *x.shape[2:])}, got {tuple(initial_state.shape)}")
+
+
+def linear_scan(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None = None,
+                output_final_state: bool = False, resets: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None, impl: str = "auto",
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Diagonal gated linear recurrence, per channel:
+
+        h_t = exp(g_t) * h_{t-1} + x_t,        h_{-1} = initial_state (or 0),
+
+    the convention of flash-linear-attention's hgrn ops (``naive_recurrent_hgrn``); g is a log
+    decay (<= 0 for a contracting recurrence). Griffin's RG-LRU is x_t = sqrt(1 - a_t^2) (i_t * u_t)
+    with g_t = c r_t log(a); HGRN is x_t = (1 - f_t) u_t with g_t = log f_t.
+
+    Args:
+        x: inputs [B, T, *F] (F = (D,) or (H, D), ...), float32/bfloat16/float16/float64.
+        g: log decays [B, T, *F], same dtype.
+        initial_state: [B, *F] (or [N, *F] with cu_seqlens), float32 (float64 for float64 inputs).
+        output_final_state: also return h_{T-1} [B, *F] (or [N, *F]).
+        resets: [B, T] bool, True where a document starts: the decay into that token is exactly 0,
+            so h_t = x_t (an initial state is discarded where ``resets[:, 0]``).
+        cu_seqlens: [N + 1] int offsets of N sequences packed into one row (B = 1), each
+            starting from its own initial state. Example: x [1, 7, D], cu_seqlens = [0, 3, 7],
+            initial_state [2, D] -> final state [2, D], the states after tokens 2 and 6.
+        impl: "auto" (Triton on CUDA, chunk elsewhere), "naive", "chunk" or "triton".
+
+    Returns:
+        h [B, T, *F] in x.dtype, and the final state [B, *F] (or [N, *F]) in float32 (float64 for
+        float64 inputs) if ``output_final_state`` else None. Differentiable in x, g and
+        initial_state.
+    """
+    _check_inputs(x, g, initial_state, resets, cu_seqlens)
+    impl = resolve_impl(impl, x)
+    if impl == "triton":
+        from recurlm.kernels.linear_scan.triton import linear_scan_triton as fn
+    else:
+        fn = linear_scan_naive if impl == "naive" else linear_scan_chunk
+    batch, seq_len, *features = x.shape
+    x, g = x.reshape(batch, seq_len, -1), g.reshape(batch, seq_len, -1)
+    if initial_state is not None:
+        initial_state = initial_state.reshape(initial_state.shape[0], -1)
+    if cu_seqlens is None:
+        h, final_state = fn(x, g, initial_state, output_final_state, resets)
+    else:
+        # padded steps with x = 0 and g = 0 leave the state unchanged
+        h, final_state = run_varlen(fn, [x, g], [0.0, 0.0], cu_seqlens, initial_state=initial_state,
+                                    output_final_state=output_final_state)
+    h = h.reshape(batch, seq_len, *features)
+    if final_state is not None:
+        final_state = final_state.reshape(final_state.shape[0], *features)
+    return h, final_state
+
+
+__all__ = ["linear_scan"]

@@ -1,0 +1,121 @@
+"""Chunkwise mLSTM in PyTorch (the CPU fast path): parallel inside chunks of L tokens, one
+stabilised matrix-state update per chunk between them.
+
+Notation inside a chunk (positions t, s in [0, L)): lf = logsigmoid(f), b_t = lf_0 + ... + lf_t
+(inclusive cumulative log forget gate), F_ts = b_t - b_s (decay from token s to t) and
+m_prev, C_prev, n_prev the state entering the chunk. For s <= t in the same document
+
+    log D_ts = F_ts + i_s                         (weight of token s in the state after t)
+    m_t      = max(b_t + m_prev   [t still in the document the chunk started in],
+                   F_ts + i_s     for s <= t in t's document,
+                   F_tr + lf_r    [t's document starts at r inside the chunk: the fresh state's
+                                   stabiliser m = 0 decayed from r])
+
+which is exactly the stabiliser of the sequential recurrence m_t = max(lf_t + m_{t-1}, i_t).
+Then, with q scaled by K^-1/2,
+
+    num_t = exp(b_t + m_prev - m_t) q_t C_prev + sum_s exp(log D_ts - m_t) (q_t . k_s) v_s
+    qn_t  = exp(b_t + m_prev - m_t) q_t . n_prev + sum_s exp(log D_ts - m_t) (q_t . k_s)
+    h_t   = num_t / (max(|qn_t|, exp(-m_t)) + eps).
+
+The state after the chunk is the same formula evaluated at t = L - 1 with k_s v_s^T (and k_s) in
+place of the scores. Masked pairs are -inf before the exponential; every m_t is finite, so no
+exp(-inf - -inf) is ever formed. The tail chunk is padded with identity steps (lf = 0, i = -inf,
+k = v = 0), which leave the final state untouched.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from recurlm.kernels.mlstm.state import MLSTMState, initial_mlstm_state
+
+NEG_INF = float("-inf")
+
+
+def _pad_time(x: torch.Tensor, pad: int, value: float) -> torch.Tensor:
+    """Right-pad dim 2 ([B, H, T, ...]) by ``pad`` steps of ``value``."""
+    if pad == 0:
+        return x
+    return torch.cat([x, x.new_full((*x.shape[:2], pad, *x.shape[3:]), value)], dim=2)
+
+
+def _fresh_stabiliser(b: torch.Tensor, log_f: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """Stabiliser contribution of the fresh state of a document starting inside the chunk.
+
+    b, log_f: [B, H, N, L]; starts: [B, 1, N, L] bool (document starts). Returns [B, H, N, L]:
+    b_t - b_r + lf_r for the last start r <= t in the chunk, -inf before the first start."""
+    positions = torch.arange(starts.shape[-1], device=starts.device)
+    last_start = torch.where(starts, positions, -1).cummax(dim=-1).values       # [B, 1, N, L]
+    base = torch.gather(log_f - b, -1, last_start.clamp(min=0).expand_as(b))
+    return torch.where(last_start >= 0, b + base, NEG_INF)
+
+
+def mlstm_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                initial_state: MLSTMState | None = None, output_final_state: bool = False,
+                resets: torch.Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64,
+                ) -> tuple[torch.Tensor, MLSTMState | None]:
+    """q, k [B, T, H, K], v [B, T, H, V], i, f [B, T, H] -> h [B, T, H, V] (q.dtype), final state.
+
+    Computes in float32 (float64 for float64 inputs); differentiable through autograd."""
+    batch, seq_len, heads, dk = q.shape
+    dv = v.shape[-1]
+    out_dtype = q.dtype
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    L = min(chunk_size, seq_len)
+    num_chunks = -(-seq_len // L)
+    pad = num_chunks * L - seq_len
+
+    def chunks(x: torch.Tensor, value: float) -> torch.Tensor:  # [B, T, H, ...] -> [B, H, N, L, ...]
+        x = _pad_time(x.to(dtype).transpose(1, 2), pad, value)
+        return x.reshape(batch, heads, num_chunks, L, *x.shape[3:])
+
+    q = chunks(q, 0.0) * dk ** -0.5
+    k, v = chunks(k, 0.0), chunks(v, 0.0)
+    i = chunks(i, NEG_INF)
+    log_f = chunks(F.logsigmoid(f.to(dtype)), 0.0)
+    b = log_f.cumsum(-1)                                                          # [B, H, N, L]
+
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    if resets is None:
+        pair_mask = causal
+        carried = torch.ones(batch, 1, num_chunks, L, dtype=torch.bool, device=q.device)
+        fresh = torch.full_like(b, NEG_INF)
+    else:
+        starts = _pad_time(resets[:, None], pad, False).reshape(batch, 1, num_chunks, L)
+        doc = starts.long().cumsum(-1)                       # document index inside the chunk
+        pair_mask = causal & (doc[..., :, None] == doc[..., None, :])             # [B, 1, N, L, L]
+        carried = doc == 0                                   # the chunk's incoming state reaches t
+        fresh = _fresh_stabiliser(b, log_f, starts)
+
+    # ---- inter-chunk recurrence on the states entering each chunk --------------------------------
+    in_last_doc = pair_mask[..., -1, :]                                            # [B, ?, N, L]
+    log_w_end = torch.where(in_last_doc, b[..., -1:] - b + i, NEG_INF)             # [B, H, N, L]
+    m_end_local = torch.maximum(log_w_end.max(-1).values, fresh[..., -1])          # [B, H, N]
+    carried_end = carried[..., -1].expand_as(m_end_local)
+    C, n, m = initial_mlstm_state(initial_state, batch, heads, dk, dv, dtype, q.device)
+    C_in, n_in, m_in = [], [], []
+    for c in range(num_chunks):
+        C_in.append(C), n_in.append(n), m_in.append(m)
+        m_next = torch.where(carried_end[..., c], torch.maximum(b[..., c, -1] + m, m_end_local[..., c]),
+                             m_end_local[..., c])
+        decay = torch.where(carried_end[..., c], torch.exp(b[..., c, -1] + m - m_next), 0.0)
+        k_weighted = k[:, :, c] * torch.exp(log_w_end[:, :, c] - m_next[..., None])[..., None]
+        C = decay[..., None, None] * C + k_weighted.transpose(-1, -2) @ v[:, :, c]
+        n = decay[..., None] * n + k_weighted.sum(-2)
+        m = m_next
+    C_in, n_in, m_in = torch.stack(C_in, 2), torch.stack(n_in, 2), torch.stack(m_in, 2)
+
+    # ---- intra-chunk parallel part ----------------------------------------------------------------
+    log_D = torch.where(pair_mask, b[..., :, None] - b[..., None, :] + i[..., None, :], NEG_INF)
+    log_inter = torch.where(carried, b + m_in[..., None], NEG_INF)                 # [B, H, N, L]
+    m_t = torch.maximum(torch.maximum(log_D.max(-1).values, log_inter), fresh)
+    D = torch.exp(log_D - m_t[..., None])
+    scores = (q @ k.transpose(-1, -2)) * D                                         # [B, H, N, L, L]
+    q_inter = q * torch.exp(log_inter - m_t)[..., None]
+    numerator = q_inter @ C_in + scores @ v                                        # [B, H, N, L, V]
+    qn = (q_inter * n_in[..., None, :]).sum(-1) + scores.sum(-1)                   # [B, H, N, L]
+    denominator = torch.maximum(qn.abs(), torch.exp(-m_t)) + eps
+    h = numerator / denominator[..., None]
+    h = h.reshape(batch, heads, num_chunks * L, dv)[:, :, :seq_len].transpose(1, 2).to(out_dtype)
+    return h, (MLSTMState(C, n, m) if output_final_state else None)

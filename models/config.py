@@ -1,0 +1,55 @@
+"""The configuration every model family shares.
+
+Each family subclasses :class:`ModelConfig` with its own fields. Size-dependent fields default to
+``None`` and are filled from the family's preset table (``configs/model_sizes/<family>.yaml``,
+chosen by ``size``); a value set explicitly (e.g. ``model.n_layers=4``) wins over the preset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from importlib import resources
+from typing import Optional
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    family: str = "?"
+    """Model family (hgrn2, griffin, hawk, rwkv6, rwkv7, titans_mac, titans_mag, titans_mal, xlstm)."""
+    size: str = "tiny"
+    """Preset from configs/model_sizes/<family>.yaml filling every size field left unset (null)."""
+    vocab_size: int = 0
+    """Vocabulary size; 0 takes it from the tokenizer when the trainer builds the model."""
+    d_model: Optional[int] = None
+    """Width of the residual stream."""
+    n_layers: Optional[int] = None
+    """Number of residual blocks."""
+    tie_embeddings: bool = False
+    """Share the input embedding matrix with the output head."""
+    norm_eps: float = 1e-6
+    """Epsilon of the RMS norms."""
+    init_std: float = 0.02
+    """Standard deviation of the normal initialisation of projections and embeddings."""
+    kernel_impl: str = "auto"
+    """Recurrence implementation: auto (Triton on CUDA, chunk elsewhere), naive, chunk or triton."""
+
+
+def preset_table(family: str) -> dict[str, dict]:
+    """The size presets of a family, as read from ``recurlm/configs/model_sizes/<family>.yaml``."""
+    text = resources.files("recurlm.configs").joinpath("model_sizes", f"{family}.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def apply_preset(cfg: ModelConfig) -> ModelConfig:
+    """Fill the fields of ``cfg`` left at None from its family's ``size`` preset (in place)."""
+    table = preset_table(cfg.family)
+    if cfg.size not in table:
+        raise ValueError(f"model.size={cfg.size!r} is not a {cfg.family} preset; choose one of {sorted(table)}")
+    names = {f.name for f in fields(cfg)}
+    for key, value in table[cfg.size].items():
+        if key not in names:
+            raise KeyError(f"preset {cfg.family}/{cfg.size} sets unknown field {key!r}")
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, value)
+    return cfg

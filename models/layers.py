@@ -1,0 +1,134 @@
+"""Building blocks shared by every family: norms, gated MLPs, short convolutions, token shift.
+
+Sequence layers take ``resets`` [B, T] bool (True where a document starts, see
+``recurlm.kernels.boundaries``) so that no information crosses a document boundary, and carry a
+small state so that a sequence processed in pieces (or token by token) equals the whole.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def init_normal_(weight: torch.Tensor, std: float) -> torch.Tensor:
+    """Truncated-normal init at ±3 std, the default of every projection in recurlm."""
+    return nn.init.trunc_normal_(weight, std=std, a=-3 * std, b=3 * std)
+
+
+def linear(d_in: int, d_out: int, std: float, bias: bool = False) -> nn.Linear:
+    """nn.Linear initialised in its constructor (so ZeRO-3's zero.Init can partition it at once)."""
+    layer = nn.Linear(d_in, d_out, bias=bias)
+    with torch.no_grad():
+        init_normal_(layer.weight, std)
+        if bias:
+            layer.bias.zero_()
+    return layer
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * w, computed in float32.
+
+    ``offset=True`` stores w - 1 (Gemma / RecurrentGemma convention, y = x / rms(x) * (1 + w))."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, offset: bool = False):
+        super().__init__()
+        self.eps, self.offset = eps, offset
+        self.weight = nn.Parameter(torch.zeros(dim) if offset else torch.ones(dim))
+        self.weight._no_weight_decay = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        w = self.weight.float() + 1.0 if self.offset else self.weight.float()
+        return (y * w).to(x.dtype)
+
+
+ACTIVATIONS = {"silu": F.silu, "gelu": lambda x: F.gelu(x, approximate="tanh"), "gelu_exact": F.gelu}
+
+
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)): SwiGLU (``silu``) or GeGLU (``gelu``) channel mixer."""
+
+    def __init__(self, d_model: int, d_hidden: int, activation: str = "silu", bias: bool = False,
+                 std: float = 0.02, out_std: Optional[float] = None):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.act = ACTIVATIONS[activation]
+        self.gate_proj = linear(d_model, d_hidden, std, bias)
+        self.up_proj = linear(d_model, d_hidden, std, bias)
+        self.down_proj = linear(d_hidden, d_model, std if out_std is None else out_std, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+    def flops_per_token(self) -> int:
+        return 2 * 3 * self.up_proj.in_features * self.up_proj.out_features
+
+
+def shifted_inputs(x: torch.Tensor, history: Optional[torch.Tensor], resets: Optional[torch.Tensor],
+                   width: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The last ``width`` inputs seen at every position, zeroed where they belong to an earlier document.
+
+    x: [B, T, D]; history: [B, width - 1, D] (the previous inputs of the continuing document,
+    zeros for none); resets: [B, T] bool. Returns ``taps`` with ``taps[j][:, t] = x[:, t - j]`` (j = 0
+    is x itself) and the new history [B, width - 1, D] for the next call.
+    """
+    B, T, D = x.shape
+    if history is None:
+        history = x.new_zeros(B, width - 1, D)
+    xp = torch.cat([history.to(x.dtype), x], dim=1)  # [B, W-1+T, D]
+    if resets is None:
+        doc = torch.zeros(B, width - 1 + T, dtype=torch.long, device=x.device)
+    else:
+        doc = torch.cat([resets.new_zeros(B, width - 1).long(), resets.long().cumsum(1)], dim=1)
+    taps = []
+    for j in range(width):
+        window = xp[:, width - 1 - j: width - 1 - j + T]
+        same_doc = (doc[:, width - 1 - j: width - 1 - j + T] == doc[:, width - 1:]).unsqueeze(-1)
+        taps.append(window * same_doc if resets is not None else window)
+    last_doc = doc[:, -1:]
+    new_history = xp[:, T:] * (doc[:, T:] == last_doc).unsqueeze(-1)
+    return taps, new_history
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise Conv1D of width ``width`` over [B, T, D] that resets at document starts.
+
+    State: the last ``width - 1`` inputs, [B, width - 1, D]."""
+
+    def __init__(self, dim: int, width: int = 4, bias: bool = True):
+        super().__init__()
+        self.width = width
+        # weight[j] multiplies x_{t-j}
+        self.weight = nn.Parameter(torch.empty(width, dim))
+        bound = 1.0 / math.sqrt(width)
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor, resets: Optional[torch.Tensor] = None,
+                history: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        taps, new_history = shifted_inputs(x, history, resets, self.width)
+        y = sum(tap * self.weight[j] for j, tap in enumerate(taps))
+        if self.bias is not None:
+            y = y + self.bias
+        return y, new_history
+
+
+def token_shift(x: torch.Tensor, resets: Optional[torch.Tensor] = None,
+                last: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """RWKV token shift: the previous token's x (zero at a document start).
+
+    x: [B, T, D]; last: [B, D] from the previous call. Returns (x_prev [B, T, D], new last [B, D])."""
+    taps, history = shifted_inputs(x, None if last is None else last[:, None], resets, 2)
+    return taps[1], history[:, 0]
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean token cross-entropy in float32 over positions whose label is not ``ignore_index``."""
+    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=ignore_index)

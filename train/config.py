@@ -1,0 +1,152 @@
+"""Typed configuration of a training job (Hydra structured configs; one docstring per field).
+
+The ``model`` and ``data`` nodes are typed by their own packages (``recurlm.models`` family
+configs, ``recurlm.data.config.DataConfig``); ``launch``, ``eval`` and ``recipe`` by theirs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    """Optimizer: adamw (torch AdamW, no extension build) or fused_adam / cpu_adam (DeepSpeed's)."""
+    lr: float = 3e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay for matrices; vectors and tagged parameters get none."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    """Adam betas."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"
+    """cosine (warmup + cosine decay), wsd (warmup-stable-decay) or constant (warmup + flat)."""
+    unit: str = "steps"
+    """Unit of warmup / decay lengths: steps or tokens."""
+    warmup: float = 0.05
+    """Warmup length: a fraction of the run if < 1, else an absolute count in ``unit``."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    decay: float = 0.2
+    """wsd: length of the final decay phase (fraction of the run if < 1, else a count in ``unit``)."""
+    decay_start: Optional[float] = None
+    """wsd: start the decay here (in ``unit``) instead of at the end minus ``decay``; lets a decay
+    phase start from any checkpoint of a stable-LR run."""
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 0
+    """ZeRO stage: 0 (data parallel), 1 (optimizer states), 2 (+ gradients), 3 (+ parameters)."""
+    offload_optimizer: bool = False
+    """Keep optimizer states in CPU memory (ZeRO-2/3; builds DeepSpeedCPUAdam on first use)."""
+    offload_param: bool = False
+    """ZeRO-3: keep parameters in CPU memory."""
+    precision: str = "fp32"
+    """fp32, bf16 or fp16 (fp16 uses dynamic loss scaling)."""
+    checkpoint_blocks: list[int] = field(default_factory=list)
+    """Block indices whose activations are recomputed in backward; [-1] means every block."""
+    zero_init: bool = True
+    """ZeRO-3: build the model inside deepspeed.zero.Init so no rank materialises it whole."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Raw DeepSpeed config entries merged last (for anything not exposed above)."""
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"
+    """online, offline (default: no network needed; `wandb sync` later) or disabled."""
+    project: str = "recurlm"
+    """W&B project."""
+    entity: Optional[str] = None
+    """W&B entity (team or user)."""
+    group: Optional[str] = None
+    """Run group (sweeps and job arrays set it)."""
+    tags: list[str] = field(default_factory=list)
+    """Run tags."""
+    log_artifacts: bool = False
+    """Upload exported checkpoints as W&B artifacts."""
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases settings."""
+    log_every: int = 10
+    """Log metrics every this many optimizer steps."""
+    progress: bool = True
+    """Show a progress bar (rank 0)."""
+    spike_window: int = 50
+    """Steps in the window of the loss-spike detector."""
+    spike_zscore: float = 6.0
+    """A loss this many standard deviations above the window mean is logged as a spike."""
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 300
+    """Optimizer steps."""
+    seq_len: int = 256
+    """Training sequence length T."""
+    global_batch_size: int = 16
+    """Sequences per optimizer step, over all ranks and accumulation steps."""
+    micro_batch_size: int = 0
+    """Sequences per rank per forward; 0 = global_batch_size / world_size (no accumulation)."""
+    eval_every: int = 0
+    """Validation every this many steps (0: only at start and end)."""
+    eval_batches: int = 8
+    """Validation batches per evaluation."""
+    checkpoint_every: int = 0
+    """Save every this many steps (0: only at the end and on a signal)."""
+    keep_last: int = 3
+    """Keep the newest this many checkpoints."""
+    keep_every: int = 0
+    """Also keep every checkpoint whose step is a multiple of this (0: none)."""
+    max_nonfinite_steps: int = 5
+    """Stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)."""
+    rollback_on_nonfinite: bool = False
+    """On that stop, reload the last good checkpoint and skip past the offending data instead."""
+    peak_flops: float = 0.0
+    """Peak FLOP/s per device for MFU; 0 = measure a float32 matmul on CPU / use a table on GPU."""
+    exit_after_steps: int = 0
+    """Stop (with a checkpoint) after this many steps in this process (tests, preemption drills)."""
+
+
+@dataclass
+class JobConfig:
+    model: Any = MISSING
+    """The model family config (group ``model``)."""
+    data: Any = MISSING
+    """The dataset config (group ``data``)."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer (group ``optim``)."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """Learning-rate schedule (group ``schedule``)."""
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    """DeepSpeed engine (group ``deepspeed``)."""
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    """Metrics, W&B and progress (group ``logger``)."""
+    launch: Any = MISSING
+    """How the job is started (group ``launch``)."""
+    recipe: Any = MISSING
+    """Training recipe (group ``recipe``)."""
+    eval: Any = MISSING
+    """Evaluation during and after training (group ``eval``)."""
+    train: LoopConfig = field(default_factory=LoopConfig)
+    """The training loop."""
+    run_dir: str = ""
+    """Where everything of the run goes; empty = outputs/<family>-<size>-<timestamp>."""
+    resume: str = "auto"
+    """auto (newest valid checkpoint in run_dir, else start), none, or a checkpoint path."""
+    seed: int = 0
+    """Seed of model init, data order and every RNG."""
