@@ -15,6 +15,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections import deque
 from typing import Iterator
@@ -72,6 +73,11 @@ class _Progress:
         self.bar.close()
 
 
+def _note(msg: str, progress: bool) -> None:
+    if progress:
+        tqdm.write(f"[recurlm.data] {msg}", file=sys.stderr)
+
+
 def _load_finished(progress_dir: str, split_dirs: dict[str, str]) -> list[dict]:
     """Markers of the shards a previous run finished (contiguous from 0, files present)."""
     done = []
@@ -79,7 +85,7 @@ def _load_finished(progress_dir: str, split_dirs: dict[str, str]) -> list[dict]:
         with open(path) as f:
             marker = json.load(f)
         files_ok = all(os.path.isfile(os.path.join(split_dirs[s], e[k]))
-                       for s, e in marker["shards"].items() for k in ("tokens", "index"))
+                       for s, e in marker["shards"].items() if e is not None for k in ("tokens", "index"))
         if not files_ok:
             break
         done.append(marker)
@@ -100,42 +106,42 @@ def build_shards(src: SourceConfig, tokenizer: Tokenizer, out_dir: str, *, valid
     os.makedirs(progress_dir, exist_ok=True)
     finished = _load_finished(progress_dir, split_dirs)
     skip_docs = finished[-1]["docs_consumed"] if finished else 0
-    # skip counts are cumulative in each marker; re-reading the skipped prefix recounts them
     stats = SkipStats()
 
     bar = _Progress(estimated_bytes(src), f"tokenize {src.name}", progress)
     if finished:
-        bar.bar.write(f"resuming {src.name}: {len(finished)} shard(s) finished, skipping {skip_docs} documents")
+        _note(f"resuming {src.name}: {len(finished)} shard(s) finished, skipping {skip_docs} documents", progress)
     writers = {s: ShardWriter(split_dirs[s], shard_stem(len(finished)), tokenizer.dtype) for s in SPLITS}
-    consumed = 0  # documents read from the source so far (the reader runs ahead of the writer)
-    # Per task, in order: its documents, and the input position and skip counts after it. Tasks
-    # are generated in the pool's feeder thread; deque append/popleft are thread-safe.
-    pending: deque[tuple[list[Document], int, SkipStats]] = deque()
+    # Per task, in order: its documents and the input position (documents read) after each. Tasks
+    # are generated in the pool's feeder thread, ahead of the writer; deque append/popleft are
+    # thread-safe. The skipped prefix is still read, so ``stats`` ends up counting the whole input.
+    pending: deque[tuple[list[Document], list[int]]] = deque()
 
     def tasks() -> Iterator[list[str]]:
-        nonlocal consumed
         batch: list[Document] = []
+        positions: list[int] = []
         size = 0
-        for doc in iter_documents(src, stats):
-            consumed += 1
+        for consumed, doc in enumerate(iter_documents(src, stats), start=1):
             n_bytes = len(doc.text.encode("utf-8"))
             if consumed <= skip_docs:
                 bar.update(n_bytes, 0, 0)
                 continue
             batch.append(doc)
+            positions.append(consumed)
             size += n_bytes
             if size >= _BATCH_BYTES:
-                pending.append((batch, consumed, stats.copy()))
+                pending.append((batch, positions))
                 yield [d.text for d in batch]
-                batch, size = [], 0
+                batch, positions, size = [], [], 0
         if batch:
-            pending.append((batch, consumed, stats.copy()))
+            pending.append((batch, positions))
             yield [d.text for d in batch]
 
-    def close_shard(docs_consumed: int, skipped: SkipStats) -> None:
+    def close_shard(docs_consumed: int) -> None:
         nonlocal writers
-        marker = {"docs_consumed": docs_consumed, "shards": {s: w.close() for s, w in writers.items()},
-                  "skipped": skipped.counts, "skipped_examples": skipped.examples}
+        # a split without a document in this shard (often ``valid``) gets no files: entry None
+        entries = {s: w.close() if w.num_docs else w.discard() for s, w in writers.items()}
+        marker = {"docs_consumed": docs_consumed, "shards": entries}
         path = os.path.join(progress_dir, shard_stem(len(finished)) + ".json")
         with open(path + ".tmp", "w") as f:
             json.dump(marker, f)
@@ -147,20 +153,19 @@ def build_shards(src: SourceConfig, tokenizer: Tokenizer, out_dir: str, *, valid
     if pool is None:
         _init_worker(tokenizer.path)
     try:
-        last = (skip_docs, stats.copy())
+        position = skip_docs
         for arrays in (pool.imap(_encode_batch, tasks()) if pool else map(_encode_batch, tasks())):
-            docs, docs_consumed, skipped = pending.popleft()
+            docs, positions = pending.popleft()
             n_tokens = 0
-            for doc, arr in zip(docs, arrays):
+            for doc, arr, position in zip(docs, arrays, positions):
                 split = "valid" if is_valid_doc(doc.doc_id, src.name, valid_fraction, split_seed) else "train"
                 writers[split].append(arr)
                 n_tokens += len(arr)
+                if writers["train"].num_tokens >= shard_tokens:
+                    close_shard(position)
             bar.update(sum(len(d.text.encode("utf-8")) for d in docs), len(docs), n_tokens)
-            last = (docs_consumed, skipped)
-            if writers["train"].num_tokens >= shard_tokens:
-                close_shard(*last)
         if any(w.num_docs for w in writers.values()):
-            close_shard(*last)
+            close_shard(position)
     finally:
         if pool is not None:
             pool.terminate()
@@ -168,25 +173,16 @@ def build_shards(src: SourceConfig, tokenizer: Tokenizer, out_dir: str, *, valid
     for w in writers.values():  # the writers opened after the last close hold nothing
         w.discard()
 
-    final_stats = SkipStats(dict(finished[-1]["skipped"]), dict(finished[-1]["skipped_examples"]))
-    if final_stats.counts:
-        bar.bar.write(f"{src.name}: skipped input: {final_stats.summary()}")
-    n_valid = sum(m["shards"]["valid"]["num_docs"] for m in finished)
+    if stats.counts:
+        _note(f"{src.name}: skipped input: {stats.summary()}", progress)
+    n_valid = sum(m["shards"]["valid"]["num_docs"] for m in finished if m["shards"]["valid"])
     if valid_fraction > 0 and n_valid == 0:
         raise ValueError(f"source {src.name!r}: valid_fraction={valid_fraction} selected none of its "
-                         f"{sum(m['shards']['train']['num_docs'] for m in finished)} documents; raise the "
-                         "fraction or change split_seed")
+                         f"{finished[-1]['docs_consumed']} documents; raise the fraction or change split_seed")
     files = [file_id for _, file_id in source_files(src)]
     for split in SPLITS:
-        entries = [m["shards"][split] for m in finished if m["shards"][split]["num_docs"] > 0]
-        for m in finished:  # empty shard files (a split with no document in that shard) are dropped
-            entry = m["shards"][split]
-            if entry["num_docs"] == 0:
-                for key in ("tokens", "index"):
-                    path = os.path.join(split_dirs[split], entry[key])
-                    if os.path.exists(path):
-                        os.remove(path)
+        entries = [m["shards"][split] for m in finished if m["shards"][split]]
         write_manifest(split_dirs[split], entries, tokenizer, src.name, split, files,
-                       extra={"skipped": final_stats.counts, "valid_fraction": valid_fraction,
+                       extra={"skipped": stats.counts, "valid_fraction": valid_fraction,
                               "split_seed": split_seed})
     return {s: ShardSet.open(d) for s, d in split_dirs.items()}

@@ -61,7 +61,7 @@ class ShardWriter:
         self.offsets.append(self.offsets[-1] + len(tokens))
 
     def discard(self) -> None:
-        """Close and delete an unfinished shard."""
+        """Close and delete an unfinished shard (returns None, the manifest entry of no shard)."""
         self._bin.close()
         os.remove(self._bin.name)
 

@@ -8,8 +8,8 @@ document. Normalisation is the identity (no NFKC, whitespace kept, no dummy pref
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import tempfile
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -128,22 +128,23 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, out_path: str) -
 
     spm.set_random_generator_seed(cfg.seed)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(out_path))) as tmp:
-        prefix = os.path.join(tmp, "spm")
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=sentences(), model_prefix=prefix,
-                vocab_size=cfg.vocab_size, model_type=cfg.model_type,
-                byte_fallback=cfg.byte_fallback, character_coverage=cfg.character_coverage,
-                input_sentence_size=cfg.input_sentence_size, shuffle_input_sentence=True,
-                max_sentence_length=4 * cfg.max_sentence_bytes + 16,
-                user_defined_symbols=list(cfg.user_defined_symbols), split_digits=cfg.split_digits,
-                normalization_rule_name="identity", remove_extra_whitespaces=False,
-                add_dummy_prefix=False, allow_whitespace_only_pieces=True,
-                unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
-                num_threads=cfg.num_threads, minloglevel=2,
-                hard_vocab_limit=True)
-        except RuntimeError as e:
-            raise ValueError(f"SentencePiece training for {out_path} failed after {n_sentences} sentences: {e}") from e
-        os.replace(prefix + ".model", out_path)
+    model = io.BytesIO()  # not model_prefix: the prefix would be recorded in the model and change its sha256
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=sentences(), model_writer=model,
+            vocab_size=cfg.vocab_size, model_type=cfg.model_type,
+            byte_fallback=cfg.byte_fallback, character_coverage=cfg.character_coverage,
+            input_sentence_size=cfg.input_sentence_size, shuffle_input_sentence=True,
+            max_sentence_length=4 * cfg.max_sentence_bytes + 16,
+            user_defined_symbols=list(cfg.user_defined_symbols), split_digits=cfg.split_digits,
+            normalization_rule_name="identity", remove_extra_whitespaces=False,
+            add_dummy_prefix=False, allow_whitespace_only_pieces=True,
+            unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
+            num_threads=cfg.num_threads, minloglevel=2,
+            hard_vocab_limit=True)
+    except RuntimeError as e:
+        raise ValueError(f"SentencePiece training for {out_path} failed after {n_sentences} sentences: {e}") from e
+    with open(out_path + ".tmp", "wb") as f:
+        f.write(model.getvalue())
+    os.replace(out_path + ".tmp", out_path)
     return Tokenizer(out_path)

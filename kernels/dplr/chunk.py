@@ -22,12 +22,16 @@ queries and the exclusive cumsum g_{t-1} for the a's):
 with K~[s] = k_s e^{g_C - g_s}, B~[s] = b_s e^{g_C - g_s}. Everything except S_n = P_n S_{n-1} + R_n
 (one [K, K] @ [K, V] product per chunk) runs for all chunks at once.
 
-Stability: no factor exp(+x) is ever formed. Exponent pairs gx_t - g_s are taken directly inside
-sub-blocks (masked before exp) and factored through the cumulative decay at the end of the
-writer's sub-block between sub-blocks, where both factors are <= 1 for non-positive log decays.
-This holds for log decays down to -20 and beyond (products underflow to 0 exactly where the true
-value is below the float range). Cumulative sums are taken within a chunk, so the exponent's
-absolute error is about eps * |g_C| (float32: ~1e-4 at C=64 and gk=-20; ~5e-6 for RWKV-7 decays).
+Stability (log decays gk <= 0, any magnitude; tested down to -20 per token): the decayed products
+are formed in one of two exact ways, chosen per call from the largest chunk span |g_C|:
+- span <= FACTOR_SPAN_LIMIT (60 in float32; RWKV-7's decays give at most 39 at C=64): one matmul
+  of (x e^{gx - g_C/2}) by (y e^{g_C/2 - gy}), every factor within e^{+-span/2};
+- otherwise, per sub-block of c tokens: exponents gx_t - g_s taken pairwise inside sub-blocks
+  (masked to -inf before exp), and factored through the cumulative decay at the end of the
+  writer's sub-block between sub-blocks, where both factors are <= 1 (products underflow to 0
+  exactly where the true value is below the float range).
+Cumulative sums are taken within a chunk, so the exponent's absolute error is about eps * |g_C|
+(float32: ~1e-4 at C=64 and gk=-20; ~5e-6 for RWKV-7 decays).
 
 Resets: a reset at token t zeroes S_{t-1}. Its log decay is replaced by 0 (so the cumsums stay
 finite) and every term that crosses the reset is masked: decayed products only within the same
@@ -40,50 +44,66 @@ import torch
 import torch.nn.functional as F
 
 
+FACTOR_SPAN_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
+"""Largest per-chunk log-decay span |g_C| for which the chunk's decayed products may be factored as
+(x e^{gx - ref}) (y e^{ref - gy}) with ref = g_C / 2: both factors stay within e^{+-span/2} and
+the masked (s > t) products within e^{span}, far from the float range."""
+
+
 def _decayed_products(x: torch.Tensor, gx: torch.Tensor, strict: tuple[bool, ...],
-                      y: torch.Tensor, gy: torch.Tensor, sub: int) -> torch.Tensor:
+                      y: torch.Tensor, gy: torch.Tensor, sub: int | None) -> torch.Tensor:
     """All reader/writer decayed products of a chunk, computed stably.
 
     Args:
         x: [*, P, C, K] P reader sequences (e.g. q and a); gx: [*, P, C, K] their log decays.
         strict: P flags; True excludes the diagonal s = t for that reader.
         y: [*, R, C, K] R writer sequences (e.g. k and b); gy: [*, C, K] their cumulative log
-            decays (shared by the writers), non-increasing along C.
-        sub: sub-block size, a divisor of C. Requires gx[t] <= gy[s'] for every s' ending the
-            sub-block of a writer s in an earlier sub-block than t (true for g / exclusive g).
+            decays (shared by the writers), non-increasing along C, with every gx in [gy[-1], 0].
+        sub: None when the chunk's span |gy[-1]| is within FACTOR_SPAN_LIMIT: one factored
+            matmul per chunk. Otherwise the sub-block size c (a divisor of C): exponents are taken
+            pairwise (masked before exp) inside sub-blocks and factored through the decay at the
+            end of the writer's sub-block between them, where both factors are <= 1.
 
     Returns:
         [*, P, R, C, C] with out[..., p, r, t, s] = sum_k x[p,t,k] y[r,s,k] exp(gx[p,t,k] - gy[s,k])
         for s <= t (s < t if strict[p]) and 0 above the diagonal.
     """
     chunk = x.shape[-2]
+    n_readers, n_writers = x.shape[-3], y.shape[-3]
+    ones = torch.ones(chunk if sub is None else sub, chunk if sub is None else sub, dtype=torch.bool,
+                      device=x.device)
+    lower = torch.stack([ones.tril(-1 if s else 0) for s in strict])  # [P, c, c]
+
+    def pair_products(x_scaled: torch.Tensor, y_scaled: torch.Tensor) -> torch.Tensor:
+        """[*, P, L, K] x [*, R, M, K] -> [*, P, R, L, M] with one matmul."""
+        out = x_scaled.flatten(-3, -2) @ y_scaled.flatten(-3, -2).mT  # [*, P*L, R*M]
+        return out.unflatten(-1, (n_writers, -1)).unflatten(-3, (n_readers, -1)).transpose(-3, -2)
+
+    if sub is None:
+        ref = gy[..., -1:, :] / 2  # [*, 1, K]
+        out = pair_products(x * (gx - ref[..., None, :, :]).exp(), y * (ref - gy)[..., None, :, :].exp())
+        return torch.where(lower[:, None], out, 0.0)
+
     n = chunk // sub
     xb, gxb, yb = (z.unflatten(-2, (n, sub)) for z in (x, gx, y))  # [*, P|R, n, c, K]
     gyb = gy.unflatten(-2, (n, sub))  # [*, n, c, K]
-
     # Diagonal sub-blocks: exponents taken pairwise, masked to -inf above the diagonal before exp.
-    ones = torch.ones(sub, sub, dtype=torch.bool, device=x.device)
-    mask = torch.stack([ones.tril(-1 if s else 0) for s in strict])[:, None, :, :, None]  # [P,1,c,c,1]
     diff = gxb[..., :, None, :] - gyb[..., None, :, None, :, :]  # [*, P, n, c, c, K]
-    decay = torch.where(mask, diff, float("-inf")).exp()
+    decay = torch.where(lower[:, None, :, :, None], diff, float("-inf")).exp()
     diag = torch.einsum("...pntsk,...rnsk->...prnts", xb[..., None, :] * decay, yb)  # [*,P,R,n,c,c]
     eye = torch.eye(n, dtype=x.dtype, device=x.device)
     out = (diag[..., None, :] * eye[:, None, :, None]).flatten(-4, -3).flatten(-2, -1)
     if n == 1:
         return out
-
-    # Between sub-blocks: factor e^{gx_t - gy_s} = e^{gx_t - ref_J} e^{ref_J - gy_s}, ref_J = gy at the
-    # end of writer block J; both exponents are <= 0 for readers in later blocks (others masked).
+    # Between sub-blocks: e^{gx_t - gy_s} = e^{gx_t - ref_J} e^{ref_J - gy_s}, ref_J = gy at the end of
+    # writer block J; both exponents are <= 0 for readers in later blocks (the others are masked).
     ref = gyb[..., -1, :]  # [*, n, K]
     y_scaled = yb * (ref[..., None, :, None, :] - gyb[..., None, :, :, :]).exp()  # [*, R, n, c, K]
     later = (torch.arange(chunk, device=x.device) // sub)[None, :] > torch.arange(n, device=x.device)[:, None]
     expo = torch.where(later[:, None, :, None], gx[..., None, :, :, :] - ref[..., :, None, None, :],
                        float("-inf"))  # [*, n, P, C, K]
-    x_scaled = x[..., None, :, :, :] * expo.exp()
-    between = x_scaled.flatten(-3, -2) @ y_scaled.movedim(-4, -3).flatten(-3, -2).mT  # [*, n, P*C, R*c]
-    between = between.unflatten(-1, (y.shape[-3], sub)).unflatten(-3, (x.shape[-3], chunk))
-    # [*, n(J), P, C, R, c] -> [*, P, R, C, n(J), c] -> [*, P, R, C, C]
-    return out + between.permute(*range(between.dim() - 5), -4, -2, -3, -5, -1).flatten(-2, -1)
+    between = pair_products(x[..., None, :, :, :] * expo.exp(), y_scaled.movedim(-4, -3))  # [*,n,P,R,C,c]
+    return out + between.movedim(-5, -2).flatten(-2, -1)
 
 
 def dplr_chunk(
@@ -138,8 +158,10 @@ def dplr_chunk(
     g_excl = g - gk
     g_last = g[..., -1:, :]  # [B, H, N, 1, K]
 
+    span = g.abs().amax().item()  # = max |g_C| for non-positive log decays
+    factored = span <= FACTOR_SPAN_LIMIT.get(acc, 0.0)
     products = _decayed_products(torch.stack([q, a], -3), torch.stack([g, g_excl], -3), (False, True),
-                                 torch.stack([k, b], -3), g, sub_chunk_size)
+                                 torch.stack([k, b], -3), g, None if factored else sub_chunk_size)
     (a_qk, a_qb), (a_ak, a_ab) = (pair.unbind(-3) for pair in products.unbind(-4))
     w_q = q * g.exp()  # reads S_0 from the queries
     w_a = a * g_excl.exp()  # reads S_0 from the a's
@@ -168,9 +190,9 @@ def dplr_chunk(
 
     state = q.new_zeros(batch, heads, dk, dv) if initial_state is None else initial_state.to(acc)
     starts = []
-    for n in range(n_chunks):
+    for transition_n, written_n in zip(transition.unbind(2), written.unbind(2)):  # unbind: O(N) backward
         starts.append(state)
-        state = transition[:, :, n] @ state + written[:, :, n]
+        state = transition_n @ state + written_n
     o = o_0 + q_s0 @ torch.stack(starts, 2)
     o = o.flatten(2, 3)[:, :, :seq_len].transpose(1, 2).to(out_dtype)
     return o, (state if output_final_state else None)

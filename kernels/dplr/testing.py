@@ -78,3 +78,4 @@ def flops(batch: int, seq_len: int, heads: int, dk: int, dv: int, chunk_size: in
                  + 4 * c * c * dv + 2 * c * c * dk + 2 * c * dk * dv
                  + 2 * c * dk * dk + 4 * c * dk * dv + 2 * dk * dk * dv)
     return batch * heads * n_chunks * per_chunk
+

@@ -22,6 +22,15 @@ BLOCK_D_MAX = 128
 
 
 @triton.jit
+def _decay(g_ptrs, resets_ptr, reset_offset, mask, HAS_RESETS: tl.constexpr):
+    """a_t = exp(g_t) for BLOCK_D channels, exactly 0 if token t starts a document."""
+    decay = tl.exp(tl.load(g_ptrs, mask=mask, other=0.0).to(tl.float32))
+    if HAS_RESETS:
+        decay = tl.where(tl.load(resets_ptr + reset_offset) != 0, 0.0, decay)
+    return decay
+
+
+@triton.jit
 def _linear_scan_fwd_kernel(x_ptr, g_ptr, resets_ptr, h0_ptr, h_ptr, seq_len, dim,
                             HAS_RESETS: tl.constexpr, HAS_H0: tl.constexpr, BLOCK_D: tl.constexpr):
     i_b = tl.program_id(0).to(tl.int64)
@@ -34,9 +43,7 @@ def _linear_scan_fwd_kernel(x_ptr, g_ptr, resets_ptr, h0_ptr, h_ptr, seq_len, di
         h = tl.zeros([BLOCK_D], dtype=tl.float32)
     for t in range(0, seq_len):
         x = tl.load(x_ptr + row + t * dim, mask=mask, other=0.0).to(tl.float32)
-        decay = tl.exp(tl.load(g_ptr + row + t * dim, mask=mask, other=0.0).to(tl.float32))
-        if HAS_RESETS:
-            decay = tl.where(tl.load(resets_ptr + i_b * seq_len + t) != 0, 0.0, decay)
+        decay = _decay(g_ptr + row + t * dim, resets_ptr, i_b * seq_len + t, mask, HAS_RESETS)
         h = decay * h + x
         tl.store(h_ptr + row + t * dim, h, mask=mask)
 
@@ -58,9 +65,7 @@ def _linear_scan_bwd_kernel(g_ptr, resets_ptr, h0_ptr, h_ptr, dh_ptr, dfinal_ptr
     for i in range(0, seq_len):
         t = seq_len - 1 - i
         delta = tl.load(dh_ptr + row + t * dim, mask=mask, other=0.0).to(tl.float32) + carry
-        decay = tl.exp(tl.load(g_ptr + row + t * dim, mask=mask, other=0.0).to(tl.float32))
-        if HAS_RESETS:
-            decay = tl.where(tl.load(resets_ptr + i_b * seq_len + t) != 0, 0.0, decay)
+        decay = _decay(g_ptr + row + t * dim, resets_ptr, i_b * seq_len + t, mask, HAS_RESETS)
         has_prev = tl.full([BLOCK_D], t, tl.int32) > 0  # a tensor mask: the interpreter's t is an int
         h_prev = tl.load(h_ptr + row + (t - 1) * dim, mask=mask & has_prev, other=0.0)
         h_prev = tl.where(has_prev, h_prev, h0)

@@ -79,8 +79,6 @@ def mlstm_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tens
     causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
     if resets is None:
         pair_mask = causal
-        carried = torch.ones(batch, 1, num_chunks, L, dtype=torch.bool, device=q.device)
-        fresh = torch.full_like(b, NEG_INF)
     else:
         starts = _pad_time(resets[:, None], pad, False).reshape(batch, 1, num_chunks, L)
         doc = starts.long().cumsum(-1)                       # document index inside the chunk
@@ -89,17 +87,21 @@ def mlstm_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tens
         fresh = _fresh_stabiliser(b, log_f, starts)
 
     # ---- inter-chunk recurrence on the states entering each chunk --------------------------------
-    in_last_doc = pair_mask[..., -1, :]                                            # [B, ?, N, L]
-    log_w_end = torch.where(in_last_doc, b[..., -1:] - b + i, NEG_INF)             # [B, H, N, L]
-    m_end_local = torch.maximum(log_w_end.max(-1).values, fresh[..., -1])          # [B, H, N]
-    carried_end = carried[..., -1].expand_as(m_end_local)
+    log_w_end = b[..., -1:] - b + i                 # log weight of token s in the chunk's end state
+    if resets is not None:
+        log_w_end = torch.where(pair_mask[..., -1, :], log_w_end, NEG_INF)         # [B, H, N, L]
+    m_end_local = log_w_end.max(-1).values                                         # [B, H, N]
+    if resets is not None:  # a document starting in the chunk contributes its fresh m = 0
+        m_end_local = torch.maximum(m_end_local, fresh[..., -1])
     C, n, m = initial_mlstm_state(initial_state, batch, heads, dk, dv, dtype, q.device)
     C_in, n_in, m_in = [], [], []
     for c in range(num_chunks):
         C_in.append(C), n_in.append(n), m_in.append(m)
-        m_next = torch.where(carried_end[..., c], torch.maximum(b[..., c, -1] + m, m_end_local[..., c]),
-                             m_end_local[..., c])
-        decay = torch.where(carried_end[..., c], torch.exp(b[..., c, -1] + m - m_next), 0.0)
+        m_next = torch.maximum(b[..., c, -1] + m, m_end_local[..., c])
+        decay = torch.exp(b[..., c, -1] + m - m_next)
+        if resets is not None:  # a document starting inside the chunk drops the incoming state
+            m_next = torch.where(carried[..., c, -1], m_next, m_end_local[..., c])
+            decay = torch.where(carried[..., c, -1], decay, 0.0)
         k_weighted = k[:, :, c] * torch.exp(log_w_end[:, :, c] - m_next[..., None])[..., None]
         C = decay[..., None, None] * C + k_weighted.transpose(-1, -2) @ v[:, :, c]
         n = decay[..., None] * n + k_weighted.sum(-2)
@@ -108,13 +110,17 @@ def mlstm_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tens
 
     # ---- intra-chunk parallel part ----------------------------------------------------------------
     log_D = torch.where(pair_mask, b[..., :, None] - b[..., None, :] + i[..., None, :], NEG_INF)
-    log_inter = torch.where(carried, b + m_in[..., None], NEG_INF)                 # [B, H, N, L]
-    m_t = torch.maximum(torch.maximum(log_D.max(-1).values, log_inter), fresh)
+    log_inter = b + m_in[..., None]                                                # [B, H, N, L]
+    row_max = log_D.max(-1).values
+    if resets is not None:
+        log_inter = torch.where(carried, log_inter, NEG_INF)
+        row_max = torch.maximum(row_max, fresh)
+    m_t = torch.maximum(row_max, log_inter)
     D = torch.exp(log_D - m_t[..., None])
     scores = (q @ k.transpose(-1, -2)) * D                                         # [B, H, N, L, L]
     q_inter = q * torch.exp(log_inter - m_t)[..., None]
     numerator = q_inter @ C_in + scores @ v                                        # [B, H, N, L, V]
-    qn = (q_inter * n_in[..., None, :]).sum(-1) + scores.sum(-1)                   # [B, H, N, L]
+    qn = (q_inter @ n_in[..., None]).squeeze(-1) + scores.sum(-1)                  # [B, H, N, L]
     denominator = torch.maximum(qn.abs(), torch.exp(-m_t)) + eps
     h = numerator / denominator[..., None]
     h = h.reshape(batch, heads, num_chunks * L, dv)[:, :, :seq_len].transpose(1, 2).to(out_dtype)

@@ -64,6 +64,19 @@ def _segment_decay(log_cum: torch.Tensor, same_doc: torch.Tensor) -> torch.Tenso
     return torch.exp(torch.where(same_doc, diff, torch.full_like(diff, float("-inf"))))
 
 
+# Per-step log gates are floored here: a factor e^-40 (4e-18) is zero at the resolution of O(1)
+# terms in float32 and float64, and the floor keeps a gate that rounded to exactly 0 (alpha = 1 in
+# bf16/fp32) from putting -inf into the cumulative sums.
+LOG_GATE_FLOOR = -40.0
+
+
+def _log_gate(gate: torch.Tensor) -> torch.Tensor:
+    """log(gate) for gate in [0, 1], floored at LOG_GATE_FLOOR, with finite gradients at gate = 0."""
+    positive = gate > 0
+    safe = torch.where(positive, gate, torch.ones_like(gate))
+    return torch.where(positive, torch.log(safe), torch.full_like(gate, LOG_GATE_FLOOR)).clamp_min(LOG_GATE_FLOOR)
+
+
 def chunk_coefficients(theta: torch.Tensor, eta: torch.Tensor, alpha: torch.Tensor,
                        resets: torch.Tensor | None, chunk_size: int) -> ChunkCoefficients:
     """theta, eta, alpha [B, T, H] in (0, 1), resets [B, T] bool or None -> ChunkCoefficients.
@@ -81,8 +94,8 @@ def chunk_coefficients(theta: torch.Tensor, eta: torch.Tensor, alpha: torch.Tens
 
     theta_c = chunked(theta, 0.0)
     keep_c = chunked(1 - alpha, 1.0)                                          # 1 - alpha
-    log_keep = chunked(torch.log1p(-alpha), 0.0).cumsum(-1)
-    log_eta = chunked(torch.log(eta), 0.0).cumsum(-1)
+    log_keep = chunked(_log_gate(1 - alpha), 0.0).cumsum(-1)
+    log_eta = chunked(_log_gate(eta), 0.0).cumsum(-1)
     causal = torch.ones(C, C, dtype=torch.bool, device=theta.device).tril()
     if resets is None:
         doc = None

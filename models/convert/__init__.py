@@ -1,0 +1,1 @@
+"""Weight converters between reference implementations and recurlm models."""

@@ -1,0 +1,111 @@
+"""transformers' RecurrentGemma (Griffin / Hawk) <-> recurlm ``griffin`` / ``hawk``.
+
+Config: hidden_size -> d_model, num_hidden_layers -> n_layers, num_attention_heads -> n_heads and
+lru_heads (RecurrentGemma uses one head count for both), num_key_value_heads -> n_kv_heads,
+lru_width, intermediate_size // 2 -> mlp_hidden (HF's MLP branches are intermediate_size // 2
+wide), attention_window_size -> attention_window (both count the query itself), block_types,
+partial_rotary_factor -> rope_fraction, rope_theta, conv1d_width, logits_soft_cap, rms_norm_eps,
+tie_word_embeddings. A config whose ``block_types`` has no "attention" becomes family "hawk".
+
+Weights (per layer i, ``model.layers.{i}.`` in HF, ``blocks.{i}.`` here) map one to one except:
+- the RG-LRU parameter: HF stores p with a = exp(-softplus(p)) = sigmoid(-p); recurlm stores
+  Λ = -p (a = sigmoid(Λ), the paper's convention);
+- the convolution: HF ``conv_1d.weight`` [R, 1, W] applies tap k to x_{t-(W-1-k)}; recurlm's
+  ShortConv weight [W, R] applies row j to x_{t-j}, so weight[j] = conv_1d.weight[:, 0, W-1-j].
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from recurlm.models.griffin import GriffinConfig, GriffinLM, HawkConfig
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _negate(t: torch.Tensor) -> torch.Tensor:
+    return -t
+
+
+def _conv_from_hf(w: torch.Tensor) -> torch.Tensor:
+    return w[:, 0, :].flip(-1).t().contiguous()  # [R, 1, W] -> [W, R]
+
+
+def _conv_to_hf(w: torch.Tensor) -> torch.Tensor:
+    return w.t().flip(-1)[:, None, :].contiguous()  # [W, R] -> [R, 1, W]
+
+
+def config_from_transformers(hf_config: Any) -> GriffinConfig:
+    """A recurlm GriffinConfig / HawkConfig equal to a transformers RecurrentGemmaConfig."""
+    if hf_config.hidden_activation != "gelu_pytorch_tanh":
+        raise ValueError(f"recurlm's Griffin uses the tanh GeLU; got hidden_activation={hf_config.hidden_activation!r}")
+    if hf_config.attention_bias:
+        raise ValueError("recurlm's Griffin has no q/k/v biases (attention_bias=True is not supported)")
+    rope = hf_config.rope_parameters
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(f"only default RoPE is supported, got {rope}")
+    block_types = list(hf_config.block_types)
+    cls = GriffinConfig if "attention" in block_types else HawkConfig
+    return cls(
+        size="custom", vocab_size=hf_config.vocab_size, d_model=hf_config.hidden_size,
+        n_layers=hf_config.num_hidden_layers, n_heads=hf_config.num_attention_heads,
+        lru_heads=hf_config.num_attention_heads, n_kv_heads=hf_config.num_key_value_heads,
+        lru_width=hf_config.lru_width, mlp_hidden=hf_config.intermediate_size // 2,
+        block_types=block_types, attention_window=hf_config.attention_window_size,
+        rope_fraction=rope.get("partial_rotary_factor", 0.5), rope_theta=rope["rope_theta"],
+        conv_width=hf_config.conv1d_width, logit_softcap=hf_config.logits_soft_cap,
+        norm_eps=hf_config.rms_norm_eps, tie_embeddings=hf_config.tie_word_embeddings,
+    )
+
+
+def key_map(cfg: GriffinConfig) -> list[tuple[str, str, Transform, Transform]]:
+    """(recurlm key, HF key, HF -> recurlm transform, recurlm -> HF transform) for every tensor."""
+    entries = [("embed.weight", "model.embed_tokens.weight", _same, _same),
+               ("norm.weight", "model.final_norm.weight", _same, _same)]
+    if not cfg.tie_embeddings:
+        entries.append(("head.weight", "lm_head.weight", _same, _same))
+    linear = ("weight", "bias")
+    for i in range(cfg.n_layers):
+        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
+        names = [("temporal_norm.weight", "temporal_pre_norm.weight"), ("mlp_norm.weight", "channel_pre_norm.weight")]
+        names += [(f"mlp.{p}.{w}", f"mlp_block.{p}.{w}") for p in ("gate_proj", "up_proj", "down_proj") for w in linear]
+        special = []
+        if cfg.block_types[i % len(cfg.block_types)] == "recurrent":
+            names += [(f"mixer.{p}.{w}", f"temporal_block.{p}.{w}") for p in ("linear_x", "linear_y", "linear_out") for w in linear]
+            names += [("mixer.conv.bias", "temporal_block.conv_1d.bias")]
+            for gate, hf_gate in (("input_gate", "input_gate"), ("recurrence_gate", "recurrent_gate")):
+                names += [(f"mixer.rg_lru.{gate}.{w}", f"temporal_block.rg_lru.{hf_gate}_{w}") for w in linear]
+            special = [("mixer.conv.weight", "temporal_block.conv_1d.weight", _conv_from_hf, _conv_to_hf),
+                       ("mixer.rg_lru.a_logit", "temporal_block.rg_lru.recurrent_param", _negate, _negate)]
+        else:
+            names += [(f"mixer.{p}.weight", f"temporal_block.{p}.weight") for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+            names += [("mixer.o_proj.bias", "temporal_block.o_proj.bias")]
+        entries += [(ours + a, theirs + b, _same, _same) for a, b in names]
+        entries += [(ours + a, theirs + b, f, g) for a, b, f, g in special]
+    return entries
+
+
+def state_dict_from_transformers(hf_state_dict: dict[str, torch.Tensor], cfg: GriffinConfig) -> dict[str, torch.Tensor]:
+    """HF RecurrentGemmaForCausalLM state_dict -> recurlm GriffinLM state_dict."""
+    return {ours: to_ours(hf_state_dict[theirs]) for ours, theirs, to_ours, _ in key_map(cfg)}
+
+
+def state_dict_to_transformers(state_dict: dict[str, torch.Tensor], cfg: GriffinConfig) -> dict[str, torch.Tensor]:
+    """recurlm GriffinLM state_dict -> HF RecurrentGemmaForCausalLM state_dict (lm_head included)."""
+    out = {theirs: to_hf(state_dict[ours]) for ours, theirs, _, to_hf in key_map(cfg)}
+    out.setdefault("lm_head.weight", out["model.embed_tokens.weight"])
+    return out
+
+
+def from_transformers(hf_model: Any) -> GriffinLM:
+    """A recurlm Griffin/Hawk with the weights of a transformers RecurrentGemmaForCausalLM (same dtype)."""
+    cfg = config_from_transformers(hf_model.config)
+    model = GriffinLM(cfg)
+    dtype = next(hf_model.parameters()).dtype
+    model.to(dtype).load_state_dict(state_dict_from_transformers(hf_model.state_dict(), cfg))
+    return model

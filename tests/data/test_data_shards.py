@@ -1,0 +1,127 @@
+"""Shard files: memmap reading and every way a shard can be broken (each a clear ShardError)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from recurlm.data.shards import ShardError, ShardSet, check_tokenizer
+from recurlm.data.tokenizer import Tokenizer, file_sha256, token_dtype, train_tokenizer
+
+DOCS = [[5, 6, 7], [8] * 10, [9, 10], [11] * 4, [12]]
+
+
+def _manifest(directory):
+    with open(os.path.join(directory, "manifest.json")) as f:
+        return json.load(f)
+
+
+def _rewrite_manifest(directory, **changes):
+    m = _manifest(directory)
+    m.update(changes)
+    with open(os.path.join(directory, "manifest.json"), "w") as f:
+        json.dump(m, f)
+
+
+def test_memmap_reading(shards_from_docs, tiny_tokenizer):
+    shards = shards_from_docs("ok", DOCS * 3)  # 15 documents over 3 shard files
+    assert len(shards.shards) == 3 and shards.num_docs == 15
+    assert shards.doc_lengths.tolist() == [len(d) + 2 for d in DOCS] * 3
+    for i, doc in enumerate(DOCS * 3):
+        got = shards.document(i)
+        assert isinstance(got, np.memmap) and got.dtype == np.uint16  # a view, never a copy of the file
+        assert got.tolist() == [tiny_tokenizer.bos_id, *doc, tiny_tokenizer.eos_id]
+    with pytest.raises(IndexError, match="out of range"):
+        shards.document(15)
+    shards.validate()
+    check_tokenizer(shards, tiny_tokenizer)
+    both = ShardSet.concat([shards, shards])
+    assert both.num_docs == 30 and both.document(17).tolist() == shards.document(2).tolist()
+
+
+def test_truncated_shard(shards_from_docs):
+    d = shards_from_docs("trunc", DOCS).manifests[0]["directory"]
+    path = os.path.join(d, "shard_00000.bin")
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 2)
+    with pytest.raises(ShardError, match=r"shard_00000\.bin: .* bytes, the manifest implies .*truncated"):
+        ShardSet.open(d)
+
+
+def test_corrupted_tokens_fail_the_checksum(shards_from_docs):
+    d = shards_from_docs("corrupt", DOCS).manifests[0]["directory"]
+    with open(os.path.join(d, "shard_00000.bin"), "r+b") as f:
+        f.seek(4)
+        f.write(b"\x07\x00")
+    shards = ShardSet.open(d)  # sizes still agree: only the full validation sees it
+    with pytest.raises(ShardError, match=r"shard_00000\.bin: checksum mismatch"):
+        shards.validate()
+
+
+def test_index_out_of_range(shards_from_docs):
+    d = shards_from_docs("index", DOCS).manifests[0]["directory"]
+    path = os.path.join(d, "shard_00000.idx")
+    offsets = np.fromfile(path, dtype=np.int64)
+    offsets[-1] += 100
+    offsets.tofile(path)
+    with pytest.raises(ShardError, match=r"shard_00000\.idx: document index out of range"):
+        ShardSet.open(d)
+    offsets[-1] -= 100
+    offsets[2], offsets[3] = offsets[3], offsets[2]
+    offsets.tofile(path)
+    with pytest.raises(ShardError, match="not strictly increasing"):
+        ShardSet.open(d)
+
+
+def test_token_id_out_of_vocabulary(shards_from_docs):
+    d = shards_from_docs("oov", DOCS).manifests[0]["directory"]
+    path = os.path.join(d, "shard_00000.bin")
+    tokens = np.fromfile(path, dtype=np.uint16)
+    tokens[3] = 60000
+    tokens.tofile(path)
+    m = _manifest(d)
+    m["shards"][0]["tokens_sha256"] = file_sha256(path)  # a consistent file with a bad id
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump(m, f)
+    with pytest.raises(ShardError, match=r"token id 60000 out of range \(vocab size 400\)"):
+        ShardSet.open(d).validate()
+
+
+def test_missing_or_broken_manifest(tmp_path, shards_from_docs):
+    with pytest.raises(ShardError, match="no manifest"):
+        ShardSet.open(str(tmp_path))
+    d = shards_from_docs("broken", DOCS).manifests[0]["directory"]
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(ShardError, match="corrupted manifest"):
+        ShardSet.open(d)
+
+
+def test_missing_shard_file(shards_from_docs):
+    d = shards_from_docs("missing", DOCS).manifests[0]["directory"]
+    os.remove(os.path.join(d, "shard_00000.idx"))
+    with pytest.raises(ShardError, match=r"shard_00000\.idx: shard file listed in the manifest is missing"):
+        ShardSet.open(d)
+
+
+def test_vocab_larger_than_token_dtype(shards_from_docs):
+    d = shards_from_docs("dtype", DOCS).manifests[0]["directory"]
+    _rewrite_manifest(d, vocab_size=70_000)
+    with pytest.raises(ShardError, match="vocab size 70000 does not fit token dtype uint16"):
+        ShardSet.open(d)
+    assert token_dtype(70_000) == np.uint32 and token_dtype(65_536) == np.uint16
+    with pytest.raises(ValueError, match="does not fit"):
+        token_dtype(1 << 33)
+
+
+def test_tokenizer_mismatch(tmp_path, shards_from_docs, tiny_tokenizer_cfg):
+    shards = shards_from_docs("mismatch", DOCS)
+    other = train_tokenizer(["alpha beta gamma delta\n" * 50, "x = 1\n" * 30],
+                            dataclasses.replace(tiny_tokenizer_cfg, vocab_size=300), str(tmp_path / "other.model"))
+    assert other.sha256 != shards.tokenizer_sha256
+    with pytest.raises(ShardError, match=r"tokenized with tokenizer sha256 .* but the model uses .*other\.model"):
+        check_tokenizer(shards, other)
+    assert isinstance(other, Tokenizer)

@@ -1,0 +1,202 @@
+"""recurlm.kernels.gla: chunk vs naive (float64, fwd/bwd), documents, varlen, stability, bf16,
+the fla reference, and the Triton path."""
+import pytest
+import torch
+from fla.ops.gla.naive import naive_recurrent_gla
+
+from recurlm.kernels.gla import gla
+from recurlm.kernels.gla.chunk import chunk_gated_attention
+from recurlm.kernels.gla.naive import naive_gla
+from recurlm.kernels.gla.testing import flops, make_inputs, outputs_and_grads
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def assert_all_close(actual: dict, expected: dict, atol: float, rtol: float) -> None:
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        a, e = actual[name].double(), expected[name].double()
+        assert torch.isfinite(a).all(), name
+        torch.testing.assert_close(a, e, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("batch,seq_len,heads,head_dim,value_dim", [
+    (2, 1, 2, 8, 4),      # a single token
+    (2, 37, 2, 8, 6),     # not a multiple of the sub-chunk size
+    (1, 64, 1, 16, 16),   # exactly one chunk
+    (2, 150, 2, 8, 5),    # several chunks, ragged end
+])
+@pytest.mark.parametrize("reset_prob", [0.0, 0.08])
+def test_chunk_matches_naive_float64(batch, seq_len, heads, head_dim, value_dim, reset_prob):
+    inputs = make_inputs(batch, seq_len, heads, head_dim, value_dim, dtype=torch.float64, reset_prob=reset_prob,
+                         initial_state=True, requires_grad=True, generator=gen())
+    expected = outputs_and_grads(gla, inputs, impl="naive")
+    actual = outputs_and_grads(gla, inputs, impl="chunk")
+    assert {"dq", "dk", "dv", "dg", "dinitial_state"} <= actual.keys()
+    assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("chunk_size,sub_chunk_size", [(16, 4), (8, 8), (32, 1)])
+@pytest.mark.parametrize("decay_scale", [1.0, 12.0])  # factorised / elementwise sub-chunk blocks
+def test_chunk_geometries_match_naive(chunk_size, sub_chunk_size, decay_scale):
+    """Several chunks of several sub-chunks each, with resets at chunk and sub-chunk edges."""
+    inputs = make_inputs(2, 45, 2, 6, 3, dtype=torch.float64, decay_scale=decay_scale, initial_state=True,
+                         requires_grad=True, generator=gen(1))
+    resets = torch.zeros(2, 45, dtype=torch.bool)
+    resets[0, [0, 4, 5, 16, 30]] = True  # row 0 drops its initial state; documents of length 1 and more
+    resets[1, [7, 8, 33, 44]] = True     # row 1 continues its initial state; a reset at the last token
+    inputs["resets"] = resets
+
+    def chunked(q, k, v, g, initial_state, resets, output_final_state):
+        return chunk_gated_attention(q, k, v, g, 0.4, initial_state, resets,
+                                     chunk_size=chunk_size, sub_chunk_size=sub_chunk_size)
+
+    def naive(q, k, v, g, initial_state, resets, output_final_state):
+        return naive_gla(q, k, v, g, 0.4, initial_state, resets)
+
+    assert_all_close(outputs_and_grads(chunked, inputs), outputs_and_grads(naive, inputs), atol=1e-10, rtol=1e-9)
+
+
+def test_resets_equal_separate_documents():
+    """A row with resets computes what the documents computed one by one compute."""
+    inputs = make_inputs(1, 30, 2, 4, 3, dtype=torch.float64, initial_state=True, generator=gen(2))
+    starts = [0, 9, 10, 22]
+    resets = torch.zeros(1, 30, dtype=torch.bool)
+    resets[0, starts[1:]] = True  # the first document continues the initial state
+    o, final_state = gla(**inputs, resets=resets, output_final_state=True, impl="chunk")
+    for index, (start, end) in enumerate(zip(starts, starts[1:] + [30])):
+        piece = {name: inputs[name][:, start:end] for name in ("q", "k", "v", "g")}
+        state = inputs["initial_state"] if index == 0 else None
+        o_doc, s_doc = naive_gla(**piece, scale=4 ** -0.5, initial_state=state)
+        torch.testing.assert_close(o[:, start:end], o_doc)
+    torch.testing.assert_close(final_state, s_doc)
+
+
+@pytest.mark.parametrize("impl", ["naive", "chunk"])
+def test_cu_seqlens_match_sequences_run_separately(impl):
+    cu_seqlens = torch.tensor([0, 1, 21, 24, 90])
+    n_seqs = len(cu_seqlens) - 1
+    inputs = make_inputs(1, 90, 2, 8, 4, dtype=torch.float64, requires_grad=True, generator=gen(3))
+    inputs["initial_state"] = torch.randn(n_seqs, 2, 8, 4, dtype=torch.float64, generator=gen(4)).requires_grad_()
+    actual = outputs_and_grads(gla, inputs, cu_seqlens=cu_seqlens, impl=impl)
+
+    def per_sequence(q, k, v, g, initial_state, output_final_state):
+        outs, states = [], []
+        for n, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())):
+            o_n, s_n = naive_gla(q[:, start:end], k[:, start:end], v[:, start:end], g[:, start:end],
+                                 8 ** -0.5, initial_state[n:n + 1])
+            outs.append(o_n)
+            states.append(s_n)
+        return torch.cat(outs, dim=1), torch.cat(states, dim=0)
+
+    assert_all_close(actual, outputs_and_grads(per_sequence, inputs), atol=1e-10, rtol=1e-9)
+
+
+def test_cu_seqlens_with_resets():
+    cu_seqlens = torch.tensor([0, 12, 40])
+    inputs = make_inputs(1, 40, 1, 4, 4, dtype=torch.float64, requires_grad=True, generator=gen(5))
+    inputs["initial_state"] = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=gen(6)).requires_grad_()
+    resets = torch.zeros(1, 40, dtype=torch.bool)
+    resets[0, [5, 12, 30]] = True  # a reset inside sequence 0, and sequence 1 drops its initial state
+    inputs["resets"] = resets
+    expected = outputs_and_grads(gla, inputs, cu_seqlens=cu_seqlens, impl="naive")
+    actual = outputs_and_grads(gla, inputs, cu_seqlens=cu_seqlens, impl="chunk")
+    assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
+    assert actual["dinitial_state"][1].abs().max() == 0  # discarded by the reset at its first token
+
+
+def test_gradcheck_chunk():
+    inputs = make_inputs(2, 11, 1, 3, 2, dtype=torch.float64, initial_state=True, requires_grad=True, generator=gen(7))
+    resets = torch.zeros(2, 11, dtype=torch.bool)
+    resets[0, 6] = True
+    resets[1, 0] = True
+
+    def fn(q, k, v, g, initial_state):  # two chunks of two sub-chunks
+        return chunk_gated_attention(q, k, v, g, 0.7, initial_state, resets, chunk_size=8, sub_chunk_size=4)
+
+    names = ("q", "k", "v", "g", "initial_state")
+    assert torch.autograd.gradcheck(fn, tuple(inputs[n] for n in names))
+
+
+@pytest.mark.parametrize("impl", ["chunk", "naive"])
+def test_strong_decays_long_sequence_float32(impl):
+    """Log decays down to -20 (and exactly -20 on whole stretches) stay finite and match float64."""
+    inputs = make_inputs(1, 600 if impl == "chunk" else 200, 2, 16, 8, decay_scale=8.0, initial_state=True,
+                         requires_grad=True, generator=gen(8))
+    with torch.no_grad():
+        inputs["g"][:, 100:180] = -20.0
+        inputs["g"][:, 190:200] = 0.0
+    reference = {name: x.double().detach().requires_grad_() for name, x in inputs.items()}
+    expected = outputs_and_grads(gla, reference, impl="naive")
+    actual = outputs_and_grads(gla, inputs, impl=impl)
+    assert inputs["g"].min() == -20.0
+    assert_all_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_bfloat16_within_tolerance():
+    inputs = make_inputs(2, 100, 2, 16, 16, initial_state=True, reset_prob=0.05, generator=gen(9))
+    reference = {n: x.double() if x.is_floating_point() else x for n, x in inputs.items()}
+    o_ref, s_ref = gla(**reference, output_final_state=True, impl="naive")
+    low = {n: x.bfloat16() if n in ("q", "k", "v", "g") else x for n, x in inputs.items()}
+    leaves = {n: x.requires_grad_() if x.is_floating_point() else x for n, x in low.items()}
+    o, final_state = gla(**leaves, output_final_state=True, impl="chunk")
+    assert o.dtype == torch.bfloat16 and final_state.dtype == torch.float32
+    (o.float().sum() + final_state.sum()).backward()
+    assert all(torch.isfinite(leaves[n].grad).all() for n in ("q", "k", "v", "g", "initial_state"))
+    scale = o_ref.abs().max()
+    assert (o.double() - o_ref).abs().max() / scale < 3e-2
+    assert (final_state.double() - s_ref).abs().max() / s_ref.abs().max() < 3e-2
+
+
+def test_naive_matches_fla_reference():
+    inputs = make_inputs(2, 40, 3, 8, 6, initial_state=True, generator=gen(10))
+    o, final_state = gla(**inputs, output_final_state=True, impl="naive")
+    o_fla, s_fla = naive_recurrent_gla(inputs["q"], inputs["k"], inputs["v"], inputs["g"],
+                                       initial_state=inputs["initial_state"], output_final_state=True)
+    torch.testing.assert_close(o, o_fla, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(final_state, s_fla, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_uses_chunk_on_cpu_and_scale_default():
+    inputs = make_inputs(1, 20, 1, 9, 3, dtype=torch.float64, generator=gen(11))
+    o_auto, _ = gla(**inputs)
+    o_chunk, _ = gla(**inputs, scale=9 ** -0.5, impl="chunk")
+    assert torch.equal(o_auto, o_chunk)
+    assert gla(**inputs)[1] is None
+
+
+def test_bad_inputs_raise():
+    inputs = make_inputs(2, 10, 2, 4, 3, generator=gen(12))
+    with pytest.raises(ValueError, match="share a shape"):
+        gla(inputs["q"], inputs["k"][:, :, :, :3], inputs["v"], inputs["g"])
+    with pytest.raises(ValueError, match="values"):
+        gla(inputs["q"], inputs["k"], inputs["v"][:, :5], inputs["g"])
+    with pytest.raises(ValueError, match="resets"):
+        gla(**inputs, resets=torch.zeros(2, 10))
+    with pytest.raises(ValueError, match="batch size must be 1"):
+        gla(**inputs, cu_seqlens=torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match="initial_state"):
+        gla(**inputs, initial_state=torch.zeros(1, 2, 4, 3))
+    with pytest.raises(ValueError, match="impl"):
+        gla(**inputs, impl="fast")
+
+
+def test_flops_counts_chunk_matmuls():
+    assert flops(1, 64, 1, 16, 8, chunk_size=64) == 64 * (2 * 64 * 24 + 4 * 16 * 8)
+
+
+def test_triton_matches_naive_under_interpreter():
+    """fla's chunk_gla in the Triton interpreter (tiny fp32), through the resets adapter."""
+    inputs = make_inputs(2, 20, 1, 16, 16, initial_state=True, reset_prob=0.1, generator=gen(13))
+    expected = gla(**inputs, output_final_state=True, impl="naive")
+    try:
+        actual = gla(**inputs, output_final_state=True, impl="triton")
+    except RuntimeError as error:
+        if "active drivers" in str(error):
+            pytest.skip("fla's chunk_gla kernels are autotuned; plain TRITON_INTERPRET=1 cannot benchmark "
+                        f"configs without a GPU driver ({error})")
+        raise
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,140 @@
+"""The DeepSpeed engine: its JSON config from the typed job config, the optimizer, the model.
+
+Optimizer parameter groups come from the model (``RecurrentLM.param_groups``): no weight decay on
+vectors and tagged parameters, and per-group ``lr_scale`` multipliers that ``set_lr`` applies.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from recurlm.models import RecurrentLM, build_model
+from recurlm.train.config import DeepSpeedConfig, JobConfig, OptimConfig
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def batch_geometry(global_batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
+    """(micro batch per rank, gradient accumulation steps) for a global batch over ``world_size``."""
+    if global_batch_size % world_size:
+        raise ValueError(f"train.global_batch_size={global_batch_size} is not divisible by the world size {world_size}")
+    per_rank = global_batch_size // world_size
+    micro = micro_batch_size or per_rank
+    if per_rank % micro:
+        raise ValueError(f"train.micro_batch_size={micro} does not divide the per-rank batch {per_rank}")
+    return micro, per_rank // micro
+
+
+def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, global_batch_size: int, micro: int,
+                     accumulation: int) -> dict[str, Any]:
+    if ds.precision not in PRECISIONS:
+        raise ValueError(f"deepspeed.precision must be one of {PRECISIONS}, got {ds.precision!r}")
+    if ds.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {ds.zero_stage}")
+    if ds.offload_optimizer and ds.zero_stage < 2:
+        raise ValueError("deepspeed.offload_optimizer needs zero_stage 2 or 3")
+    if ds.offload_param and ds.zero_stage != 3:
+        raise ValueError("deepspeed.offload_param needs zero_stage 3")
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    if ds.offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    config: dict[str, Any] = {
+        "train_batch_size": global_batch_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {"enabled": ds.precision == "fp16", "initial_scale_power": 16},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    for key, value in ds.overrides.items():
+        config[key] = value
+    return config
+
+
+class SkipNonFinite(torch.optim.Optimizer):
+    """Wraps the client optimizer: a step whose gradients are not all finite is skipped.
+
+    DeepSpeed's ZeRO optimizers already skip such steps when they compute the gradient norm;
+    without ZeRO the client optimizer runs bare, and this wrapper gives the same behaviour
+    (DeepSpeed counts ``overflow`` steps in ``engine.skipped_steps`` either way)."""
+
+    def __init__(self, inner: torch.optim.Optimizer):
+        self.inner = inner
+        self.overflow = False
+        self.defaults = inner.defaults
+
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state_dict) -> None:
+        self.inner.load_state_dict(state_dict)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        grads = [p.grad for g in self.inner.param_groups for p in g["params"] if p.grad is not None]
+        self.overflow = bool(grads) and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        if self.overflow:
+            self.inner.zero_grad(set_to_none=True)
+            return None
+        return self.inner.step(closure)
+
+
+def make_optimizer(model: RecurrentLM, optim: OptimConfig, zero_stage: int) -> torch.optim.Optimizer:
+    groups = model.param_groups(optim.weight_decay)
+    for group in groups:
+        group["lr"] = optim.lr * group["lr_scale"]
+    if optim.name == "adamw":
+        inner = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
+    elif optim.name == "fused_adam":
+        from deepspeed.ops.adam import FusedAdam
+
+        inner = FusedAdam(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, adam_w_mode=True)
+    elif optim.name == "cpu_adam":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        inner = DeepSpeedCPUAdam(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, adamw_mode=True)
+    else:
+        raise ValueError(f"optim.name must be adamw, fused_adam or cpu_adam, got {optim.name!r}")
+    return SkipNonFinite(inner) if zero_stage == 0 else inner
+
+
+def set_lr(engine, peak_lr: float, multiplier: float) -> float:
+    """Set every group's learning rate to peak * multiplier * its lr_scale; returns the base rate."""
+    for group in engine.optimizer.param_groups:
+        group["lr"] = peak_lr * multiplier * group.get("lr_scale", 1.0)
+    return peak_lr * multiplier
+
+
+def build_engine(job: JobConfig, model_cfg, global_batch_size: int, micro: int, accumulation: int):
+    """(engine, model) with the model built under ZeRO-3's zero.Init when asked."""
+    import deepspeed
+
+    ds_config = deepspeed_config(job.deepspeed, job.optim, global_batch_size, micro, accumulation)
+    partition = job.deepspeed.zero_stage == 3 and job.deepspeed.zero_init
+    ctx = deepspeed.zero.Init(config_dict_or_path=ds_config) if partition else contextlib.nullcontext()
+    with ctx:
+        model = build_model(model_cfg)
+    blocks = list(job.deepspeed.checkpoint_blocks)
+    model.checkpoint_blocks = frozenset(range(len(model.blocks))) if blocks == [-1] else frozenset(blocks)
+    optimizer = make_optimizer(model, job.optim, job.deepspeed.zero_stage)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
+    return engine, model

@@ -1,0 +1,137 @@
+"""Where metrics go: ``<run_dir>/metrics.jsonl``, Weights & Biases and a progress bar (rank 0).
+
+Also the loss-spike detector (z-score over a window) and MFU against a peak FLOP/s that is
+measured on CPU (a float32 matmul) or looked up for known GPUs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import deque
+from typing import Any, Optional
+
+import torch
+
+from recurlm.train.config import LoggerConfig
+
+GPU_PEAK_BF16 = {"H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+def measure_cpu_peak_flops(size: int = 1024, repeats: int = 5) -> float:
+    """Float32 matmul FLOP/s of this machine (the ceiling MFU is reported against on CPU)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def peak_flops(configured: float) -> float:
+    if configured > 0:
+        return configured
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        for key, value in GPU_PEAK_BF16.items():
+            if key in name:
+                return value
+        return 0.0
+    return measure_cpu_peak_flops()
+
+
+class SpikeDetector:
+    """Flags a loss more than ``zscore`` standard deviations above the mean of the last ``window``."""
+
+    def __init__(self, window: int, zscore: float):
+        self.values: deque[float] = deque(maxlen=window)
+        self.zscore = zscore
+
+    def update(self, loss: float) -> Optional[float]:
+        """Add a loss; return its z-score if it is a spike."""
+        z = None
+        if len(self.values) >= max(10, self.values.maxlen // 2):
+            mean = sum(self.values) / len(self.values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in self.values) / len(self.values))
+            if std > 0 and (loss - mean) / std > self.zscore:
+                z = (loss - mean) / std
+        if math.isfinite(loss):
+            self.values.append(loss)
+        return z
+
+
+class Monitor:
+    """Rank-0 sink of metrics and events; other ranks get a silent instance."""
+
+    def __init__(self, cfg: LoggerConfig, run_dir: str, is_main: bool, total_steps: int, start_step: int,
+                 wandb_id: Optional[str], config: dict[str, Any]):
+        self.cfg, self.is_main = cfg, is_main
+        self.spikes = SpikeDetector(cfg.spike_window, cfg.spike_zscore)
+        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self.run = None
+        self.bar = None
+        if not is_main:
+            return
+        if cfg.wandb.mode != "disabled":
+            import wandb
+
+            self.run = wandb.init(project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
+                                  tags=list(cfg.wandb.tags), mode=cfg.wandb.mode, dir=run_dir, id=wandb_id,
+                                  resume="allow", config=config,
+                                  settings=wandb.Settings(console="off", silent=True))
+        if cfg.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    @property
+    def wandb_id(self) -> Optional[str]:
+        return self.run.id if self.run is not None else None
+
+    @property
+    def wandb_dir(self) -> Optional[str]:
+        return self.run.dir if self.run is not None else None
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        if not self.is_main:
+            return
+        record = {"step": step, **metrics}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.run is not None:
+            self.run.log(metrics, step=step)
+
+    def event(self, kind: str, message: str, step: int, alert: bool = True) -> None:
+        """A notable event (non-finite step, spike, abort): metrics file, W&B alert, console."""
+        if not self.is_main:
+            return
+        self.log({"event": kind, "message": message}, step)
+        self.write(f"[{kind}] step {step}: {message}")
+        if alert and self.run is not None and self.cfg.wandb.mode == "online":
+            import wandb
+
+            self.run.alert(title=f"recurlm {kind}", text=message, level=wandb.AlertLevel.WARN)
+
+    def progress(self, step: int, postfix: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.set_postfix(postfix, refresh=True)
+
+    def write(self, text: str) -> None:
+        if not self.is_main:
+            return
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self, summary: dict[str, Any]) -> None:
+        if not self.is_main:
+            return
+        if self.bar is not None:
+            self.bar.close()
+        if self.run is not None:
+            for key, value in summary.items():
+                self.run.summary[key] = value
+            self.run.finish()

@@ -1,0 +1,304 @@
+"""The training loop: config → data → model → DeepSpeed engine → steps (forward, backward,
+optimizer step, log, eval, checkpoint), with exact resume and failure handling.
+
+One step, from data to optimizer: ``PackedLoader.__next__`` (recurlm/data/loader.py) gives this
+rank's rows → split into micro-batches → ``engine(input_ids, resets=..., labels=...)`` runs
+``RecurrentLM.forward`` (recurlm/models/base.py) → ``engine.backward`` → ``engine.step`` (ZeRO
+reduce, clip, AdamW; a step with non-finite gradients is skipped) → metrics (monitor.py).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import psutil
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+
+from recurlm.configs import as_dataclass, to_yaml
+from recurlm.data import prepare
+from recurlm.data.config import DataConfig
+from recurlm.models import to_model_config
+from recurlm.train import checkpoint as ckpt
+from recurlm.train.config import LoopConfig, LoggerConfig, OptimConfig, ScheduleConfig
+from recurlm.train.distributed import DistEnv, all_reduce_max, barrier, init_distributed
+from recurlm.train.engine import batch_geometry, build_engine, set_lr
+from recurlm.train.monitor import Monitor, peak_flops
+from recurlm.train.run_dir import default_run_dir, snapshot_code
+from recurlm.train.schedule import lr_multiplier
+from recurlm.train.signals import EXIT_REQUEUE, StopRequest
+
+
+class TrainingAborted(RuntimeError):
+    """Training stopped on purpose (e.g. too many consecutive non-finite steps)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    step: int
+    checkpoint: Optional[str]
+    first_val_loss: Optional[float]
+    last_val_loss: Optional[float]
+    exit_code: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _agree_on_run_dir(job: DictConfig, env: DistEnv) -> str:
+    run_dir = job.run_dir or default_run_dir(job.model.family, job.model.size)
+    if env.world_size > 1:
+        box = [run_dir]
+        dist.broadcast_object_list(box, src=0)
+        run_dir = box[0]
+    return os.path.abspath(run_dir)
+
+
+def _resume_path(resume: str, manager: ckpt.CheckpointManager) -> Optional[str]:
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return manager.latest()
+    if not ckpt.is_valid(resume):
+        raise ckpt.CheckpointError(f"resume={resume!r} is not a recurlm checkpoint directory")
+    return resume
+
+
+def _mean_over_ranks(value: float) -> float:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([value], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t.item()) / dist.get_world_size()
+    return value
+
+
+def _memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return psutil.Process().memory_info().rss / 2**30
+
+
+class Trainer:
+    def __init__(self, job: DictConfig):
+        self.env = init_distributed()
+        self.job = job
+        self.loop: LoopConfig = as_dataclass(job.train, LoopConfig)
+        self.optim: OptimConfig = as_dataclass(job.optim, OptimConfig)
+        self.schedule: ScheduleConfig = as_dataclass(job.schedule, ScheduleConfig)
+        self.logger_cfg: LoggerConfig = as_dataclass(job.logger, LoggerConfig)
+        seed_everything(job.seed)
+        self.run_dir = _agree_on_run_dir(job, self.env)
+
+        data_cfg: DataConfig = as_dataclass(job.data, DataConfig)
+        if self.env.is_main:
+            self.data = prepare(data_cfg, progress=self.logger_cfg.progress)
+        barrier()
+        if not self.env.is_main:
+            self.data = prepare(data_cfg, progress=False)
+        model_cfg = to_model_config(job.model)
+        if model_cfg.vocab_size == 0:
+            model_cfg.vocab_size = self.data.tokenizer.vocab_size
+        elif model_cfg.vocab_size < self.data.tokenizer.vocab_size:
+            raise ValueError(f"model.vocab_size={model_cfg.vocab_size} < tokenizer vocabulary {self.data.tokenizer.vocab_size}")
+        self.model_cfg = model_cfg
+        OmegaConf.set_struct(job, False)
+        job.model = OmegaConf.structured(model_cfg)
+        job.run_dir = self.run_dir
+        OmegaConf.set_struct(job, True)
+        self.config_yaml = to_yaml(job)
+
+        if self.env.is_main:
+            os.makedirs(self.run_dir, exist_ok=True)
+            with open(os.path.join(self.run_dir, "config.yaml"), "w") as f:
+                f.write(self.config_yaml)
+            snapshot_code(self.run_dir)
+        barrier()
+
+        self.micro, self.accumulation = batch_geometry(self.loop.global_batch_size, self.loop.micro_batch_size,
+                                                       self.env.world_size)
+        self.engine, self.model = build_engine(job, model_cfg, self.loop.global_batch_size, self.micro,
+                                               self.accumulation)
+        self.loader = self.data.train_loader(self.loop.seq_len, self.loop.global_batch_size,
+                                             rank=self.env.rank, world_size=self.env.world_size)
+        self.checkpoints = ckpt.CheckpointManager(os.path.join(self.run_dir, "checkpoints"), self.env.rank,
+                                                  self.loop.keep_last, self.loop.keep_every)
+        self.step, self.tokens, self.wandb_id = 0, 0, None
+        self.first_val_loss: Optional[float] = None
+        self.last_checkpoint: Optional[str] = None
+        resume = _resume_path(job.resume, self.checkpoints)
+        if resume is not None:
+            self._restore(resume)
+        self.tokens_per_step = self.loop.global_batch_size * self.loop.seq_len
+        self.flops_per_token = 3 * self.model.flops_per_token(self.loop.seq_len)
+        self.peak = peak_flops(self.loop.peak_flops) * self.env.world_size
+        self.monitor = Monitor(self.logger_cfg, self.run_dir, self.env.is_main, self.loop.steps, self.step,
+                               self.wandb_id, OmegaConf.to_container(job, resolve=True))
+        self.wandb_id = self.monitor.wandb_id or self.wandb_id
+        self.stop = StopRequest()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _identity(self) -> dict[str, Any]:
+        return {"family": self.model_cfg.family, "size": self.model_cfg.size, "d_model": self.model_cfg.d_model,
+                "n_layers": self.model_cfg.n_layers, "vocab_size": self.model_cfg.vocab_size}
+
+    def _restore(self, path: str, keep_loader_position: bool = False) -> None:
+        state = ckpt.read_state(path)
+        ckpt.check_compatible(state, self._identity(), self.data.tokenizer.sha256, path)
+        ckpt.load(self.engine, path, self.env.rank)
+        if not keep_loader_position:
+            self.loader.load_state_dict(state["loader"])
+        self.step, self.tokens = state["step"], state["tokens"]
+        self.wandb_id = state.get("wandb_id")
+        self.first_val_loss = state.get("first_val_loss")
+        self.last_checkpoint = path
+
+    def save(self) -> Optional[str]:
+        state = {"step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
+                 "wandb_id": self.wandb_id, "model": self._identity(),
+                 "model_config": OmegaConf.to_container(OmegaConf.structured(self.model_cfg)),
+                 "tokenizer_sha256": self.data.tokenizer.sha256, "tokenizer_path": self.data.tokenizer.path,
+                 "first_val_loss": self.first_val_loss, "world_size": self.env.world_size}
+        try:
+            self.last_checkpoint = self.checkpoints.save(self.engine, self.step, state, self.config_yaml)
+        except ckpt.CheckpointError as err:
+            self.monitor.event("checkpoint_failed", str(err), self.step)
+            return None
+        return self.last_checkpoint
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.engine.eval()
+        total, count = 0.0, 0
+        for batch in self.data.eval_batches(self.loop.seq_len, self.micro, self.loop.eval_batches):
+            n = batch.num_loss_tokens
+            if n == 0:
+                continue
+            loss, _ = self.engine(batch.input_ids.to(self.engine.device), resets=batch.resets.to(self.engine.device),
+                                  labels=batch.labels.to(self.engine.device))
+            total += loss.item() * n
+            count += n
+        self.engine.train()
+        return total / max(count, 1)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, bool, int]:
+        """One optimizer step over the global batch. Returns (mean loss, applied?, loss tokens)."""
+        batch = next(self.loader)
+        skipped_before = self.engine.skipped_steps
+        losses, loss_tokens = [], 0
+        device = self.engine.device
+        for i in range(self.accumulation):
+            rows = slice(i * self.micro, (i + 1) * self.micro)
+            loss, _ = self.engine(batch.input_ids[rows].to(device), resets=batch.resets[rows].to(device),
+                                  labels=batch.labels[rows].to(device))
+            self.engine.backward(loss)
+            self.engine.step()
+            losses.append(loss.item())
+        loss_tokens = batch.num_loss_tokens
+        applied = self.engine.skipped_steps == skipped_before
+        return _mean_over_ranks(sum(losses) / len(losses)), applied, loss_tokens
+
+    def run(self) -> TrainResult:
+        loop, monitor = self.loop, self.monitor
+        if self.step == 0:
+            self.first_val_loss = self.validate()
+            monitor.log({"val_loss": self.first_val_loss, "tokens": 0}, 0)
+            monitor.write(f"step 0: val_loss {self.first_val_loss:.4f}")
+        consecutive_bad, steps_this_process, exit_code = 0, 0, 0
+        window_start, window_tokens = time.perf_counter(), 0
+        val_loss = self.first_val_loss
+        while self.step < loop.steps:
+            lr = set_lr(self.engine, self.optim.lr, lr_multiplier(self.schedule, self.step, self.tokens,
+                                                                   loop.steps, self.tokens_per_step))
+            loss, applied, _ = self.train_step()
+            self.step += 1
+            steps_this_process += 1
+            self.tokens += self.tokens_per_step
+            window_tokens += self.tokens_per_step
+
+            finite = math.isfinite(loss) and applied
+            if not finite:
+                consecutive_bad += 1
+                monitor.event("nonfinite", f"loss {loss}; update skipped ({consecutive_bad} in a row)", self.step)
+                if consecutive_bad >= loop.max_nonfinite_steps:
+                    if loop.rollback_on_nonfinite and self.last_checkpoint is not None:
+                        monitor.event("rollback", f"reloading {self.last_checkpoint}, skipping the offending data",
+                                      self.step)
+                        self._restore(self.last_checkpoint, keep_loader_position=True)
+                        consecutive_bad = 0
+                        continue
+                    monitor.event("abort", f"{consecutive_bad} consecutive non-finite steps", self.step)
+                    monitor.close({"aborted": True})
+                    raise TrainingAborted(f"stopped at step {self.step}: {consecutive_bad} consecutive steps had a "
+                                          f"non-finite loss or gradient (see {self.run_dir}/metrics.jsonl)")
+            else:
+                consecutive_bad = 0
+                z = monitor.spikes.update(loss)
+                if z is not None:
+                    monitor.event("loss_spike", f"loss {loss:.4f} is {z:.1f} std above the recent mean", self.step)
+
+            if self.step % self.logger_cfg.log_every == 0 or self.step == loop.steps:
+                elapsed = time.perf_counter() - window_start
+                tps = window_tokens / max(elapsed, 1e-9)
+                grad_norm = self.engine.get_global_grad_norm()
+                metrics = {"loss": loss, "lr": lr, "tokens": self.tokens, "tokens_per_s": tps,
+                           "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                           "mfu": self.flops_per_token * tps / self.peak if self.peak else None,
+                           "memory_gb": _memory_gb(), "skipped_steps": self.engine.skipped_steps}
+                monitor.log(metrics, self.step)
+                monitor.progress(self.step, {"loss": f"{loss:.3f}", "tok/s": f"{tps:,.0f}", "lr": f"{lr:.2e}"})
+                window_start, window_tokens = time.perf_counter(), 0
+
+            if loop.eval_every and self.step % loop.eval_every == 0 and self.step < loop.steps:
+                val_loss = self.validate()
+                monitor.log({"val_loss": val_loss, "tokens": self.tokens}, self.step)
+
+            stop = all_reduce_max(float(self.stop.requested))
+            out_of_budget = loop.exit_after_steps and steps_this_process >= loop.exit_after_steps
+            if (loop.checkpoint_every and self.step % loop.checkpoint_every == 0) or stop or out_of_budget:
+                self.save()
+            if stop:
+                monitor.event("preempted", f"signal {self.stop.signal_name or 'on another rank'}: saved, exiting "
+                                           f"with {EXIT_REQUEUE} for requeue", self.step, alert=False)
+                exit_code = EXIT_REQUEUE
+                break
+            if out_of_budget:
+                break
+
+        if self.step >= loop.steps:
+            val_loss = self.validate()
+            monitor.log({"val_loss": val_loss, "tokens": self.tokens}, self.step)
+            if self.last_checkpoint is None or not self.last_checkpoint.endswith(f"/{self.step}"):
+                self.save()
+        monitor.close({"val_loss": val_loss, "first_val_loss": self.first_val_loss, "step": self.step})
+        result = TrainResult(self.run_dir, self.step, self.last_checkpoint, self.first_val_loss, val_loss, exit_code)
+        if self.env.is_main:
+            self._report(result)
+        return result
+
+    def _report(self, result: TrainResult) -> None:
+        lines = [f"run_dir:     {result.run_dir}",
+                 f"config:      {os.path.join(result.run_dir, 'config.yaml')}",
+                 f"metrics:     {os.path.join(result.run_dir, 'metrics.jsonl')}",
+                 f"checkpoint:  {result.checkpoint}",
+                 f"wandb:       {self.monitor.wandb_dir or 'disabled'} ({self.logger_cfg.wandb.mode})"]
+        if result.first_val_loss is not None and result.last_val_loss is not None:
+            lines.append(f"val_loss:    {result.first_val_loss:.4f} (step 0) -> {result.last_val_loss:.4f} "
+                         f"(step {result.step})")
+        print("\n".join(lines), file=sys.stdout, flush=True)
+
+
+def train(job: DictConfig) -> TrainResult:
+    return Trainer(job).run()
