@@ -28,8 +28,9 @@ def make_inputs(
 
     kk is the L2-normalised key (times a per-channel k_k), a = -kk, b = kk * iclr with iclr = sigmoid(.) in (0, 1), so the
     low-rank part is -iclr-weighted projection onto kk and the transition stays contractive;
-    gk = log_decay_floor * sigmoid(x), x ~ N(0, 2^2) (RWKV-7's floor by default; pass -20 for the
-    strong-decay tests). Keys and queries are O(1) per channel.
+    gk = log_decay_floor * sigmoid(w0 + x), w0 spread from -6 to 3 over the key channels and
+    x ~ N(0, 0.5^2) (RWKV-7's floor by default; pass e.g. -20 for strong decays). Keys and queries
+    are O(1) per channel.
 
     Returns a dict with q, k, a, b, gk [B, T, H, K], v [B, T, H, V], and when asked
     ``initial_state`` [B, H, K, V] and ``resets`` [B, T] bool (each token starts a document with
@@ -51,7 +52,9 @@ def make_inputs(
         "v": randn(batch, seq_len, heads, dv),
         "a": -kk,
         "b": kk * iclr,
-        "gk": log_decay_floor * torch.sigmoid(2 * randn(*shape)),
+        # RWKV-7: gk = -e^{-0.5} sigmoid(w0 + lora(x)), w0 spread over channels (slow to fast decay)
+        "gk": log_decay_floor * torch.sigmoid(torch.linspace(-6.0, 3.0, dk, dtype=torch.float64)
+                                              + 0.5 * randn(*shape)),
     }
     if initial_state:
         inputs["initial_state"] = randn(batch, heads, dk, dv)

@@ -46,11 +46,12 @@ def local_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
 
     num_blocks = -(-seq_len // size)
     left, right = size - (window - 1), num_blocks * size - seq_len
-    # left padding: invalid cache slots (doc -1); right padding: a document of its own (so padded
-    # queries attend to something and stay finite), after every real token so causality hides it
+    # left padding: invalid cache slots (doc -1). Right padding: a document id no real token has
+    # (ids are <= T), so padded queries attend to each other and stay finite; they come after every
+    # real token, so causality hides them.
     k_pad = F.pad(k_ext, (0, 0, 0, 0, left, right))
     v_pad = F.pad(v_ext, (0, 0, 0, 0, left, right))
-    doc_pad = F.pad(F.pad(doc_ext, (left, 0), value=-1), (0, right), value=int(doc_ext.max()) + 1)
+    doc_pad = F.pad(F.pad(doc_ext, (left, 0), value=-1), (0, right), value=seq_len + 1)
 
     q_blocks = F.pad(q.to(dtype), (0, 0, 0, 0, 0, right)).view(
         batch, num_blocks, size, kv_heads, heads // kv_heads, head_dim)

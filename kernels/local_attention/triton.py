@@ -22,16 +22,11 @@ import torch
 import triton
 import triton.language as tl
 
+from recurlm.kernels.dispatch import triton_interpreting
 from recurlm.kernels.local_attention.state import LocalAttentionState, extend_with_state, final_state_from
 
-BLOCK = 16  # queries and keys per block; tl.dot needs >= 16
-
-
-@triton.jit
-def _allowed(q_pos, k_pos, q_doc, k_doc, window):
-    """[BLOCK_M, BLOCK_N] mask: key in the query's window and in the same document."""
-    distance = q_pos[:, None] - k_pos[None, :]
-    return (distance >= 0) & (distance < window) & (q_doc[:, None] == k_doc[None, :])
+# queries and keys per block: the smallest tl.dot tile when interpreting (speed), 64 on GPUs
+BLOCK = 16 if triton_interpreting() else 64
 
 
 @triton.jit
@@ -39,6 +34,37 @@ def _load_rows(ptr, rows, row_mask, offs_d, dim):
     """Rows of a [..., dim] tensor: element offsets rows * dim + d -> [len(rows), BLOCK_D]."""
     return tl.load(ptr + rows[:, None] * dim + offs_d[None, :], mask=row_mask[:, None] & (offs_d < dim)[None, :],
                    other=0.0)
+
+
+@triton.jit
+def _query_rows(i_b, i_h, offs_m, seq_len, HEADS: tl.constexpr):
+    """Validity and rows of queries ``offs_m`` of head i_h in tensors viewed as [B * T * H, D]."""
+    return (offs_m >= 0) & (offs_m < seq_len), (i_b * seq_len + offs_m).to(tl.int64) * HEADS + i_h
+
+
+@triton.jit
+def _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window):
+    """Extended positions and document ids of queries ``offs_m`` (-2 for padded rows: no key)."""
+    q_pos = offs_m + window - 1
+    return q_pos, tl.load(doc_ptr + i_b * ext_len + q_pos, mask=q_valid, other=-2)
+
+
+@triton.jit
+def _key_block(k_ptr, v_ptr, doc_ptr, i_b, i_hk, k_pos, ext_len, offs_d, dim, KV_HEADS: tl.constexpr):
+    """Keys, values [BLOCK_N, BLOCK_D] and document ids (-1 past the end) at extended positions k_pos."""
+    k_valid = k_pos < ext_len
+    kv_rows = (i_b * ext_len + k_pos).to(tl.int64) * KV_HEADS + i_hk
+    k = _load_rows(k_ptr, kv_rows, k_valid, offs_d, dim)
+    v = _load_rows(v_ptr, kv_rows, k_valid, offs_d, dim)
+    return k, v, tl.load(doc_ptr + i_b * ext_len + k_pos, mask=k_valid, other=-1)
+
+
+@triton.jit
+def _masked_scores(q, k, q_pos, k_pos, q_doc, k_doc, scale, window):
+    """scale q.k [BLOCK_M, BLOCK_N], -inf outside the window or across documents."""
+    distance = q_pos[:, None] - k_pos[None, :]
+    allowed = (distance >= 0) & (distance < window) & (q_doc[:, None] == k_doc[None, :])
+    return tl.where(allowed, tl.dot(q, tl.trans(k)) * scale, float("-inf"))
 
 
 @triton.jit
@@ -50,29 +76,23 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, o_ptr, lse_ptr, scale, seq_len, ex
     i_hk = i_h // (HEADS // KV_HEADS)
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_valid = offs_m < seq_len
-    q_rows = (i_b * seq_len + offs_m).to(tl.int64) * HEADS + i_h  # rows of q viewed as [B * T * H, D]
+    q_valid, q_rows = _query_rows(i_b, i_h, offs_m, seq_len, HEADS)
     q = _load_rows(q_ptr, q_rows, q_valid, offs_d, dim)
-    q_pos = offs_m + window - 1
-    q_doc = tl.load(doc_ptr + i_b * ext_len + q_pos, mask=q_valid, other=-2)
+    q_pos, q_doc = _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window)
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)  # finite, so padded rows never see inf - inf
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for j in range(0, num_key_blocks):
         k_pos = i_m * BLOCK_M + j * BLOCK_N + tl.arange(0, BLOCK_N)
-        k_valid = k_pos < ext_len
-        kv_rows = (i_b * ext_len + k_pos).to(tl.int64) * KV_HEADS + i_hk
-        k = _load_rows(k_ptr, kv_rows, k_valid, offs_d, dim)
-        v = _load_rows(v_ptr, kv_rows, k_valid, offs_d, dim)
-        k_doc = tl.load(doc_ptr + i_b * ext_len + k_pos, mask=k_valid, other=-1)
-        s = tl.dot(q, tl.trans(k)) * scale
-        s = tl.where(_allowed(q_pos, k_pos, q_doc, k_doc, window), s, float("-inf"))
+        k, v, k_doc = _key_block(k_ptr, v_ptr, doc_ptr, i_b, i_hk, k_pos, ext_len, offs_d, dim, KV_HEADS)
+        s = _masked_scores(q, k, q_pos, k_pos, q_doc, k_doc, scale, window)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp(s - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p, v)
         m_i = m_new
+    l_i = tl.where(q_valid, l_i, 1.0)  # padded rows attend to nothing; keep them finite
     d_mask = q_valid[:, None] & (offs_d < dim)[None, :]
     tl.store(o_ptr + q_rows[:, None] * dim + offs_d[None, :], acc / l_i[:, None], mask=d_mask)
     tl.store(lse_ptr + q_rows, m_i + tl.log(l_i), mask=q_valid)
@@ -87,24 +107,17 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, dq_
     i_hk = i_h // (HEADS // KV_HEADS)
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_valid = offs_m < seq_len
-    q_rows = (i_b * seq_len + offs_m).to(tl.int64) * HEADS + i_h
+    q_valid, q_rows = _query_rows(i_b, i_h, offs_m, seq_len, HEADS)
     q = _load_rows(q_ptr, q_rows, q_valid, offs_d, dim)
     do = _load_rows(do_ptr, q_rows, q_valid, offs_d, dim)
     lse = tl.load(lse_ptr + q_rows, mask=q_valid, other=0.0)
     delta = tl.load(delta_ptr + q_rows, mask=q_valid, other=0.0)
-    q_pos = offs_m + window - 1
-    q_doc = tl.load(doc_ptr + i_b * ext_len + q_pos, mask=q_valid, other=-2)
+    q_pos, q_doc = _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for j in range(0, num_key_blocks):
         k_pos = i_m * BLOCK_M + j * BLOCK_N + tl.arange(0, BLOCK_N)
-        k_valid = k_pos < ext_len
-        kv_rows = (i_b * ext_len + k_pos).to(tl.int64) * KV_HEADS + i_hk
-        k = _load_rows(k_ptr, kv_rows, k_valid, offs_d, dim)
-        v = _load_rows(v_ptr, kv_rows, k_valid, offs_d, dim)
-        k_doc = tl.load(doc_ptr + i_b * ext_len + k_pos, mask=k_valid, other=-1)
-        s = tl.dot(q, tl.trans(k)) * scale
-        p = tl.where(_allowed(q_pos, k_pos, q_doc, k_doc, window), tl.exp(s - lse[:, None]), 0.0)
+        k, v, k_doc = _key_block(k_ptr, v_ptr, doc_ptr, i_b, i_hk, k_pos, ext_len, offs_d, dim, KV_HEADS)
+        p = tl.exp(_masked_scores(q, k, q_pos, k_pos, q_doc, k_doc, scale, window) - lse[:, None])
         ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
         dq += tl.dot(ds, k)
     tl.store(dq_ptr + q_rows[:, None] * dim + offs_d[None, :], dq * scale,
@@ -120,32 +133,25 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, d
     i_hk = i_h // (HEADS // KV_HEADS)
     k_pos = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    k_valid = k_pos < ext_len
-    kv_rows = (i_b * ext_len + k_pos).to(tl.int64) * KV_HEADS + i_hk
-    k = _load_rows(k_ptr, kv_rows, k_valid, offs_d, dim)
-    v = _load_rows(v_ptr, kv_rows, k_valid, offs_d, dim)
-    k_doc = tl.load(doc_ptr + i_b * ext_len + k_pos, mask=k_valid, other=-1)
+    k, v, k_doc = _key_block(k_ptr, v_ptr, doc_ptr, i_b, i_hk, k_pos, ext_len, offs_d, dim, KV_HEADS)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     # queries i see key position s iff s <= i + window - 1 < s + window: i in [s - window + 1, s]
     for j in range(0, num_query_blocks):
         offs_m = i_n * BLOCK_N - window + 1 + j * BLOCK_M + tl.arange(0, BLOCK_M)
-        q_valid = (offs_m >= 0) & (offs_m < seq_len)
-        q_rows = (i_b * seq_len + offs_m).to(tl.int64) * HEADS + i_h
+        q_valid, q_rows = _query_rows(i_b, i_h, offs_m, seq_len, HEADS)
         q = _load_rows(q_ptr, q_rows, q_valid, offs_d, dim)
         do = _load_rows(do_ptr, q_rows, q_valid, offs_d, dim)
         lse = tl.load(lse_ptr + q_rows, mask=q_valid, other=0.0)
         delta = tl.load(delta_ptr + q_rows, mask=q_valid, other=0.0)
-        q_pos = offs_m + window - 1
-        q_doc = tl.load(doc_ptr + i_b * ext_len + q_pos, mask=q_valid, other=-2)
-        s = tl.dot(q, tl.trans(k)) * scale
-        p = tl.where(_allowed(q_pos, k_pos, q_doc, k_doc, window), tl.exp(s - lse[:, None]), 0.0)
+        q_pos, q_doc = _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window)
+        p = tl.exp(_masked_scores(q, k, q_pos, k_pos, q_doc, k_doc, scale, window) - lse[:, None])
         dv += tl.dot(tl.trans(p), do)
         ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
         dk += tl.dot(tl.trans(ds), q)
-    # per query head: rows of [B * ext_len * H, D]
+    # per query head: rows of [B * ext_len * H, D]; summed over the heads of a group afterwards
     out_rows = (i_b * ext_len + k_pos).to(tl.int64) * HEADS + i_h
-    d_mask = k_valid[:, None] & (offs_d < dim)[None, :]
+    d_mask = (k_pos < ext_len)[:, None] & (offs_d < dim)[None, :]
     tl.store(dk_ptr + out_rows[:, None] * dim + offs_d[None, :], dk * scale, mask=d_mask)
     tl.store(dv_ptr + out_rows[:, None] * dim + offs_d[None, :], dv, mask=d_mask)
 

@@ -28,6 +28,27 @@ from .common import TitansMemoryState, Weights, start_state
 
 
 @triton.jit
+def _load_chunk(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_ptr, gs_ptr, chunk, mem, init,
+                BT: tl.constexpr, BD: tl.constexpr):
+    """Load chunk ``chunk`` (q, k, v [BT, BD], the fresh mask and coefficient rows [BT], Gam [BT, BT])
+    and compute u = 2 (k M_base - v) [BT, BD], M_base = init for fresh tokens, else mem."""
+    t = tl.arange(0, BT)
+    tile_td = t[:, None] * BD + tl.arange(0, BD)[None, :]
+    q = tl.load(q_ptr + chunk * BT * BD + tile_td)
+    k = tl.load(k_ptr + chunk * BT * BD + tile_td)
+    v = tl.load(v_ptr + chunk * BT * BD + tile_td)
+    fresh = tl.load(f_ptr + chunk * BT + t)
+    gam = tl.load(gam_ptr + chunk * BT * BT + t[:, None] * BT + t[None, :])
+    rm = tl.load(rm_ptr + chunk * BT + t)
+    rs = tl.load(rs_ptr + chunk * BT + t)
+    ri = tl.load(ri_ptr + chunk * BT + t)
+    gm = tl.load(gm_ptr + chunk * BT + t)
+    gs = tl.load(gs_ptr + chunk * BT + t)
+    u = 2.0 * (fresh[:, None] * tl.dot(k, init) + (1.0 - fresh[:, None]) * tl.dot(k, mem) - v)
+    return q, k, v, fresh, gam, rm, rs, ri, gm, gs, u
+
+
+@triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_ptr, gs_ptr,
                 mm_ptr, ms_ptr, mi_ptr, ss_ptr, m0_ptr, s0_ptr, w_ptr,
                 y_ptr, m_chunks_ptr, s_chunks_ptr, m_end_ptr, s_end_ptr,
@@ -36,7 +57,6 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_
     t = tl.arange(0, BT)
     d = tl.arange(0, BD)
     tile_td = t[:, None] * BD + d[None, :]
-    tile_tt = t[:, None] * BT + t[None, :]
     tile_dd = d[:, None] * BD + d[None, :]
     mem = tl.load(m0_ptr + bh * BD * BD + tile_dd)
     mom = tl.load(s0_ptr + bh * BD * BD + tile_dd)
@@ -45,17 +65,8 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_
         chunk = bh * N + n
         tl.store(m_chunks_ptr + chunk * BD * BD + tile_dd, mem)
         tl.store(s_chunks_ptr + chunk * BD * BD + tile_dd, mom)
-        q = tl.load(q_ptr + chunk * BT * BD + tile_td)
-        k = tl.load(k_ptr + chunk * BT * BD + tile_td)
-        v = tl.load(v_ptr + chunk * BT * BD + tile_td)
-        fresh = tl.load(f_ptr + chunk * BT + t)
-        gam = tl.load(gam_ptr + chunk * BT * BT + tile_tt)
-        rm = tl.load(rm_ptr + chunk * BT + t)
-        rs = tl.load(rs_ptr + chunk * BT + t)
-        ri = tl.load(ri_ptr + chunk * BT + t)
-        gm = tl.load(gm_ptr + chunk * BT + t)
-        gs = tl.load(gs_ptr + chunk * BT + t)
-        u = 2.0 * (fresh[:, None] * tl.dot(k, init) + (1.0 - fresh[:, None]) * tl.dot(k, mem) - v)
+        q, k, v, fresh, gam, rm, rs, ri, gm, gs, u = _load_chunk(
+            q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_ptr, gs_ptr, chunk, mem, init, BT, BD)
         scores = gam * tl.dot(q, tl.trans(k))
         y = (rm[:, None] * tl.dot(q, mem) + rs[:, None] * tl.dot(q, mom) + ri[:, None] * tl.dot(q, init)
              - tl.dot(scores, u))
@@ -91,23 +102,14 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_
         chunk = bh * N + n
         mem = tl.load(m_chunks_ptr + chunk * BD * BD + tile_dd)
         mom = tl.load(s_chunks_ptr + chunk * BD * BD + tile_dd)
-        q = tl.load(q_ptr + chunk * BT * BD + tile_td)
-        k = tl.load(k_ptr + chunk * BT * BD + tile_td)
-        v = tl.load(v_ptr + chunk * BT * BD + tile_td)
         dy = tl.load(dy_ptr + chunk * BT * BD + tile_td)
-        fresh = tl.load(f_ptr + chunk * BT + t)
-        gam = tl.load(gam_ptr + chunk * BT * BT + tile_tt)
-        rm = tl.load(rm_ptr + chunk * BT + t)
-        rs = tl.load(rs_ptr + chunk * BT + t)
-        ri = tl.load(ri_ptr + chunk * BT + t)
-        gm = tl.load(gm_ptr + chunk * BT + t)
-        gs = tl.load(gs_ptr + chunk * BT + t)
+        # recompute the forward quantities of this chunk
+        q, k, v, fresh, gam, rm, rs, ri, gm, gs, u = _load_chunk(
+            q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_ptr, gs_ptr, chunk, mem, init, BT, BD)
         mm = tl.load(mm_ptr + chunk)
         ms = tl.load(ms_ptr + chunk)
         mi = tl.load(mi_ptr + chunk)
         ss = tl.load(ss_ptr + chunk)
-        # recompute the forward quantities of this chunk
-        u = 2.0 * (fresh[:, None] * tl.dot(k, init) + (1.0 - fresh[:, None]) * tl.dot(k, mem) - v)
         qk = tl.dot(q, tl.trans(k))
         q_mem = tl.dot(q, mem)
         q_mom = tl.dot(q, mom)

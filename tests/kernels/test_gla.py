@@ -4,6 +4,7 @@ import pytest
 import torch
 from fla.ops.gla.naive import naive_recurrent_gla
 
+from recurlm.kernels.gla import chunk as chunk_module
 from recurlm.kernels.gla import gla
 from recurlm.kernels.gla.chunk import chunk_gated_attention
 from recurlm.kernels.gla.naive import naive_gla
@@ -38,12 +39,14 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, head_dim, value_dim,
     assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
 
 
-@pytest.mark.parametrize("chunk_size,sub_chunk_size", [(16, 4), (8, 8), (32, 1)])
-@pytest.mark.parametrize("decay_scale", [1.0, 12.0])  # factorised / elementwise sub-chunk blocks
-def test_chunk_geometries_match_naive(chunk_size, sub_chunk_size, decay_scale):
-    """Several chunks of several sub-chunks each, with resets at chunk and sub-chunk edges."""
-    inputs = make_inputs(2, 45, 2, 6, 3, dtype=torch.float64, decay_scale=decay_scale, initial_state=True,
-                         requires_grad=True, generator=gen(1))
+@pytest.mark.parametrize("chunk_size,sub_chunk_size,elementwise", [
+    (16, 4, False), (16, 4, True), (8, 8, True), (32, 1, False)])
+def test_chunk_geometries_match_naive(chunk_size, sub_chunk_size, elementwise, monkeypatch):
+    """Several chunks of several sub-chunks each, with resets at chunk and sub-chunk edges; the
+    diagonal sub-chunk blocks by the factorised matmul and (forced) by the elementwise form."""
+    if elementwise:
+        monkeypatch.setattr(chunk_module, "FACTORISABLE_LOG_DECAY", 0.0)
+    inputs = make_inputs(2, 45, 2, 6, 3, dtype=torch.float64, initial_state=True, requires_grad=True, generator=gen(1))
     resets = torch.zeros(2, 45, dtype=torch.bool)
     resets[0, [0, 4, 5, 16, 30]] = True  # row 0 drops its initial state; documents of length 1 and more
     resets[1, [7, 8, 33, 44]] = True     # row 1 continues its initial state; a reset at the last token

@@ -6,7 +6,8 @@ import torch
 from recurlm.models import build_model
 from recurlm.models import testing as model_checks
 from recurlm.models.config import preset_table
-from recurlm.models.griffin import GriffinConfig, HawkConfig, RGLRU, bfloat16_sqrt
+from recurlm.models.griffin import (MAX_SQRT_GRADIENT, RGLRU, GriffinConfig, HawkConfig, SqrtBoundedGrad,
+                                    bfloat16_sqrt)
 
 transformers = pytest.importorskip("transformers")
 
@@ -51,16 +52,22 @@ def test_rglru_matches_the_paper_recurrence():
     assert a_init.min() >= 0.9 - 1e-9 and a_init.max() <= 0.999 + 1e-9
 
 
-def test_rglru_normaliser_gradient_is_bounded():
-    """a -> 1 (Λ large, r -> 1) makes d sqrt(1 - a^2) infinite; RecurrentGemma caps it at 1000."""
-    cfg = GriffinConfig(size="tiny", d_model=4, n_heads=1, lru_width=4, kernel_impl="chunk")
-    lru = RGLRU(cfg)
-    with torch.no_grad():
-        lru.a_logit.fill_(40.0)  # softplus(-40) ~ 4e-18: 1 - a^2 underflows to ~0
-    u = torch.ones(1, 3, 4)
-    out, _ = lru(u, torch.zeros(1, 3, dtype=torch.bool), None, False)
-    out.sum().backward()
-    assert torch.isfinite(lru.a_logit.grad).all() and torch.isfinite(lru.recurrence_gate.weight.grad).all()
+def test_normaliser_sqrt_gradient_is_capped():
+    """d sqrt(z) / dz = 1 / (2 sqrt(z)) is infinite at z = 1 - a^2 = 0 (a -> 1); RecurrentGemma caps it at 1000."""
+    z = torch.tensor([0.0, 1e-12, 0.25, 1.0], dtype=torch.float64, requires_grad=True)
+    y = SqrtBoundedGrad.apply(z)
+    y.sum().backward()
+    torch.testing.assert_close(y.detach(), z.detach().sqrt())
+    torch.testing.assert_close(z.grad, torch.tensor([MAX_SQRT_GRADIENT, MAX_SQRT_GRADIENT, 1.0, 0.5], dtype=torch.float64))
+
+
+def test_hydra_configs_compose():
+    from recurlm.configs import compose
+
+    for family, kinds in [("griffin", ["recurrent", "recurrent", "attention"]), ("hawk", ["recurrent", "recurrent"])]:
+        cfg = compose([f"model={family}", "model.size=tiny", "model.vocab_size=50"])
+        model = build_model(cfg.model)
+        assert [b.kind for b in model.blocks] == kinds
 
 
 def _tiny_hf(block_types, tie=True, window=6, seed=0):

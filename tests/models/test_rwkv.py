@@ -57,10 +57,10 @@ def test_optimizer_groups_follow_official_training():
 
 def test_rwkv7_value_residual_under_activation_checkpointing():
     torch.manual_seed(0)
-    model = perturbed(build_model(RWKV7Config(size="tiny", vocab_size=VOCAB, n_layers=3))).double()
-    ids = torch.randint(0, VOCAB, (2, 9))
+    model = perturbed(build_model(RWKV7Config(size="tiny", vocab_size=VOCAB))).double()
+    ids = torch.randint(0, VOCAB, (2, 6))
     grads = []
-    for blocks in (frozenset(), frozenset({0, 1, 2})):
+    for blocks in (frozenset(), frozenset({0, 1})):
         model.zero_grad()
         model.checkpoint_blocks = blocks
         model(ids, labels=ids)[0].backward()
@@ -131,10 +131,20 @@ def fla_on_cpu(monkeypatch):
     return fla.models
 
 
+def _torch_group_norm(norm):
+    """fla's Triton GroupNorm (RWKV-6's g_norm) as F.group_norm over [..., C]."""
+    return lambda x: F.group_norm(x.reshape(-1, x.shape[-1]), norm.num_groups, norm.weight, norm.bias,
+                                  norm.eps).view_as(x)
+
+
 def _fla_logits(fla_model, ids):
-    for module in fla_model.modules():  # squared ReLU without fla's fused function
-        if hasattr(module, "act_fn") and hasattr(module, "key"):
+    from fla.modules import GroupNorm
+
+    for module in fla_model.modules():
+        if hasattr(module, "act_fn") and hasattr(module, "key"):  # squared ReLU without fla's fused op
             module.act_fn = lambda x: F.relu(x).square()
+        if isinstance(module, GroupNorm):
+            module.forward = _torch_group_norm(module)
     with torch.no_grad():
         return fla_model(input_ids=ids, use_cache=False).logits
 
