@@ -74,7 +74,7 @@ setup(
             "recurlm-data=recurlm.data.cli:main",
             "recurlm-eval=recurlm.eval.cli:main",
             "recurlm-generate=recurlm.eval.generate_cli:main",
-            "recurlm-convert=recurlm.models.convert.cli:main",
+            "recurlm-convert=recurlm.train.convert:main",
             "recurlm-launch=recurlm.launch.cli:main",
             "recurlm-doctor=recurlm.launch.doctor:main",
         ],

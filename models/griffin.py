@@ -137,7 +137,8 @@ class BlockDiagonalGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xb = x.unflatten(-1, (self.blocks, self.block_width))
-        return torch.sigmoid(torch.einsum("...hi,hij->...hj", xb, self.weight.to(x.dtype)) + self.bias.to(x.dtype)).flatten(-2)
+        z = torch.einsum("...hi,hij->...hj", xb, self.weight.to(x.dtype)) + self.bias.to(x.dtype)
+        return torch.sigmoid(z).flatten(-2)
 
 
 class RGLRU(nn.Module):
@@ -203,7 +204,8 @@ class RecurrentMixer(nn.Module):
         return self.linear_out(h * y), ({"h": h_last, "conv": conv_history} if return_state else {})
 
     def init_state(self, batch_size: int, dtype: torch.dtype, device) -> LayerState:
-        return {"h": torch.zeros(batch_size, self.lru_width, dtype=torch.promote_types(dtype, torch.float32), device=device),
+        state_dtype = torch.promote_types(dtype, torch.float32)
+        return {"h": torch.zeros(batch_size, self.lru_width, dtype=state_dtype, device=device),
                 "conv": torch.zeros(batch_size, self.conv_width - 1, self.lru_width, dtype=dtype, device=device)}
 
     def flops_per_token(self, seq_len: int) -> float:
@@ -244,8 +246,9 @@ class LocalAttentionMixer(nn.Module):
     def forward(self, x: torch.Tensor, doc_start: torch.Tensor, positions: torch.Tensor,
                 state: Optional[LayerState], return_state: bool) -> tuple[torch.Tensor, LayerState]:
         B, T, _ = x.shape
-        q = rotate_half_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim), positions, self.rotary_dim, self.rope_theta)
-        k = rotate_half_rope(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim), positions, self.rotary_dim, self.rope_theta)
+        rope = dict(positions=positions, rotary_dim=self.rotary_dim, theta=self.rope_theta)
+        q = rotate_half_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim), **rope)
+        k = rotate_half_rope(self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim), **rope)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
         cache = None if state is None else LocalAttentionState(state["k"], state["v"], state["_valid"])
         o, cache = local_attention(q, k, v, self.window, self.head_dim ** -0.5, initial_state=cache,
@@ -309,7 +312,8 @@ class GriffinLM(RecurrentLM):
     def __init__(self, cfg: GriffinConfig):
         unknown = sorted(set(cfg.block_types) - set(BLOCK_TYPES))
         if not cfg.block_types or unknown:
-            raise ValueError(f"{cfg.family}: block_types must be a non-empty list of {BLOCK_TYPES}, got {cfg.block_types}")
+            raise ValueError(f"{cfg.family}: block_types must be a non-empty list of {BLOCK_TYPES}, "
+                             f"got {cfg.block_types}")
         kinds = [cfg.block_types[i % len(cfg.block_types)] for i in range(cfg.n_layers)]
         super().__init__(cfg, [GriffinBlock(cfg, kind) for kind in kinds],
                          RMSNorm(cfg.d_model, cfg.norm_eps, offset=True),

@@ -30,6 +30,13 @@ BLOCK = 16 if triton_interpreting() else 64
 
 
 @triton.jit
+def _heads(i_bh, HEADS: tl.constexpr, KV_HEADS: tl.constexpr):
+    """Program axis over B * H -> (batch row, query head, its key/value head h // (H / Hkv))."""
+    i_b, i_h = i_bh // HEADS, i_bh % HEADS
+    return i_b, i_h, i_h // (HEADS // KV_HEADS)
+
+
+@triton.jit
 def _load_rows(ptr, rows, row_mask, offs_d, dim):
     """Rows of a [..., dim] tensor: element offsets rows * dim + d -> [len(rows), BLOCK_D]."""
     return tl.load(ptr + rows[:, None] * dim + offs_d[None, :], mask=row_mask[:, None] & (offs_d < dim)[None, :],
@@ -72,8 +79,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, o_ptr, lse_ptr, scale, seq_len, ex
                 num_key_blocks, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // HEADS, i_bh % HEADS
-    i_hk = i_h // (HEADS // KV_HEADS)
+    i_b, i_h, i_hk = _heads(i_bh, HEADS, KV_HEADS)
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q_valid, q_rows = _query_rows(i_b, i_h, offs_m, seq_len, HEADS)
@@ -103,8 +109,7 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, dq_
                    window, dim, num_key_blocks, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // HEADS, i_bh % HEADS
-    i_hk = i_h // (HEADS // KV_HEADS)
+    i_b, i_h, i_hk = _heads(i_bh, HEADS, KV_HEADS)
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     q_valid, q_rows = _query_rows(i_b, i_h, offs_m, seq_len, HEADS)
@@ -129,8 +134,7 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, d
                      ext_len, window, dim, num_query_blocks, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // HEADS, i_bh % HEADS
-    i_hk = i_h // (HEADS // KV_HEADS)
+    i_b, i_h, i_hk = _heads(i_bh, HEADS, KV_HEADS)
     k_pos = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     k, v, k_doc = _key_block(k_ptr, v_ptr, doc_ptr, i_b, i_hk, k_pos, ext_len, offs_d, dim, KV_HEADS)

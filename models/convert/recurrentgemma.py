@@ -76,14 +76,16 @@ def key_map(cfg: GriffinConfig) -> list[tuple[str, str, Transform, Transform]]:
         names += [(f"mlp.{p}.{w}", f"mlp_block.{p}.{w}") for p in ("gate_proj", "up_proj", "down_proj") for w in linear]
         special = []
         if cfg.block_types[i % len(cfg.block_types)] == "recurrent":
-            names += [(f"mixer.{p}.{w}", f"temporal_block.{p}.{w}") for p in ("linear_x", "linear_y", "linear_out") for w in linear]
+            names += [(f"mixer.{p}.{w}", f"temporal_block.{p}.{w}")
+                      for p in ("linear_x", "linear_y", "linear_out") for w in linear]
             names += [("mixer.conv.bias", "temporal_block.conv_1d.bias")]
             for gate, hf_gate in (("input_gate", "input_gate"), ("recurrence_gate", "recurrent_gate")):
                 names += [(f"mixer.rg_lru.{gate}.{w}", f"temporal_block.rg_lru.{hf_gate}_{w}") for w in linear]
             special = [("mixer.conv.weight", "temporal_block.conv_1d.weight", _conv_from_hf, _conv_to_hf),
                        ("mixer.rg_lru.a_logit", "temporal_block.rg_lru.recurrent_param", _negate, _negate)]
         else:
-            names += [(f"mixer.{p}.weight", f"temporal_block.{p}.weight") for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+            names += [(f"mixer.{p}.weight", f"temporal_block.{p}.weight")
+                      for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
             names += [("mixer.o_proj.bias", "temporal_block.o_proj.bias")]
         entries += [(ours + a, theirs + b, _same, _same) for a, b in names]
         entries += [(ours + a, theirs + b, f, g) for a, b, f, g in special]

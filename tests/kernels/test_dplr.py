@@ -26,8 +26,9 @@ def run_with_grads(fn, inputs: dict, seed: int = 1):
     """Output, final state and the gradients of a random projection of both w.r.t. every input."""
     o, state = fn(**inputs)
     gen = torch.Generator().manual_seed(seed)
-    loss = (o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum()
-    loss = loss + (state * torch.randn(state.shape, generator=gen, dtype=state.dtype)).sum()
+    # projections drawn in float64 whatever the dtype, so that every precision sees the same ones
+    loss = (o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum()
+    loss = loss + (state * torch.randn(state.shape, generator=gen, dtype=torch.float64).to(state.dtype)).sum()
     leaves = [x for x in inputs.values() if torch.is_tensor(x) and x.requires_grad]
     return [o, state, *torch.autograd.grad(loss, leaves)]
 

@@ -17,7 +17,8 @@ GRIFFIN = ("recurrent", "recurrent", "attention")
 @pytest.mark.parametrize("cfg", [
     HawkConfig(size="tiny", vocab_size=97),
     GriffinConfig(size="tiny", vocab_size=97),  # window 8 < the checks' sequences (13, 17, 21)
-    GriffinConfig(size="tiny", vocab_size=97, attention_window=3, n_kv_heads=2, block_types=["attention", "recurrent"]),
+    GriffinConfig(size="tiny", vocab_size=97, attention_window=3, n_kv_heads=2,
+                  block_types=["attention", "recurrent"]),
 ], ids=["hawk", "griffin", "griffin-window3-gqa"])
 def test_griffin_modes_agree(cfg):
     torch.manual_seed(0)
@@ -121,7 +122,8 @@ def test_step_decoding_equals_transformers_generate():
 
 
 def test_embedding_scale_is_bfloat16_rounded():
-    model = build_model(GriffinConfig(size="tiny", vocab_size=11, d_model=2560, n_heads=10, lru_width=2560, mlp_hidden=8, n_layers=1))
+    model = build_model(GriffinConfig(size="tiny", vocab_size=11, d_model=2560, n_heads=10, lru_width=2560,
+                                      mlp_hidden=8, n_layers=1))
     assert model.embed_scale == 50.5 != math.sqrt(2560)  # bf16(50.596...) = 50.5
     assert bfloat16_sqrt(64) == 8.0
 

@@ -82,3 +82,19 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tiny_job, tmp_path,
     assert trainer.checkpoints.latest() == good
     assert not any(n.startswith(".tmp") for n in os.listdir(trainer.checkpoints.root))
     assert ckpt.read_state(good)["step"] == 1
+
+
+def test_export_gives_the_training_models_logits(tiny_job, tmp_path):
+    from recurlm.train.convert import main as convert_main
+    from recurlm.train.export import load_for_inference
+
+    trainer = Trainer(tiny_job("train.steps=2", run_dir=str(tmp_path / "e")))
+    result = trainer.run()
+    out = tmp_path / "export"
+    assert convert_main(["export", result.run_dir, "--out", str(out)]) == 0
+    model, tokenizer, info = load_for_inference(str(out))
+    assert info["step"] == 2 and tokenizer is not None
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids)[0], trainer.model(ids)[0], rtol=0, atol=0)

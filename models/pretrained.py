@@ -1,0 +1,61 @@
+"""Self-contained model directories ("exports"): weights + config, loadable without DeepSpeed.
+
+    <dir>/model.safetensors   consolidated float32 weights
+    <dir>/config.json         the model config (family, size, every field)
+    <dir>/tokenizer.model     the SentencePiece model the weights were trained with (if known)
+    <dir>/export.json         provenance (source checkpoint, step, tokenizer sha256)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from recurlm.models.base import RecurrentLM
+from recurlm.models.registry import build_model, to_model_config
+
+WEIGHTS, CONFIG, TOKENIZER, INFO = "model.safetensors", "config.json", "tokenizer.model", "export.json"
+
+
+def is_export(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, WEIGHTS)) and os.path.isfile(os.path.join(path, CONFIG))
+
+
+def save_pretrained(out_dir: str, model_config: Any, state_dict: dict[str, torch.Tensor],
+                    tokenizer_path: Optional[str] = None, info: Optional[dict[str, Any]] = None) -> str:
+    cfg = to_model_config(model_config)
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
+    # tied weights appear once in a state dict from a module, but safetensors refuses shared storage
+    save_file({k: v.clone() for k, v in tensors.items()}, os.path.join(out_dir, WEIGHTS))
+    with open(os.path.join(out_dir, CONFIG), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=1)
+    if tokenizer_path:
+        shutil.copyfile(tokenizer_path, os.path.join(out_dir, TOKENIZER))
+    with open(os.path.join(out_dir, INFO), "w") as f:
+        json.dump(info or {}, f, indent=1)
+    return out_dir
+
+
+def load_pretrained(path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    **config_overrides: Any) -> RecurrentLM:
+    """Build the model of an export directory and load its weights (strict)."""
+    if not is_export(path):
+        raise FileNotFoundError(f"{path} is not a recurlm export (needs {WEIGHTS} and {CONFIG})")
+    with open(os.path.join(path, CONFIG)) as f:
+        cfg = {**json.load(f), **config_overrides}
+    with torch.device("meta"):
+        model = build_model(cfg)
+    state = load_file(os.path.join(path, WEIGHTS))
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def tokenizer_file(path: str) -> Optional[str]:
+    candidate = os.path.join(path, TOKENIZER)
+    return candidate if os.path.isfile(candidate) else None
