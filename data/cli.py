@@ -45,21 +45,14 @@ def _source(args: argparse.Namespace) -> SourceConfig:
 
 def vocab_stats(tok: Tokenizer, sample_texts: Sequence[str]) -> dict:
     """Piece counts by kind and compression (characters per token) on sample texts."""
-    sp = tok.sp
-    kinds = {"control": 0, "byte": 0, "user_defined": 0, "unknown": 0, "normal": 0}
-    lengths = []
-    for i in range(tok.vocab_size):
-        if sp.is_control(i):
-            kinds["control"] += 1
-        elif sp.is_byte(i):
-            kinds["byte"] += 1
-        elif sp.is_unknown(i):
-            kinds["unknown"] += 1
-        elif sp.IsUserDefined(i):
-            kinds["user_defined"] += 1
-        else:
-            kinds["normal"] += 1
-            lengths.append(len(sp.id_to_piece(i)))
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto.FromString(tok.sp.serialized_model_proto())
+    type_names = {v: k.lower() for k, v in sentencepiece_model_pb2.ModelProto.SentencePiece.Type.items()}
+    kinds: dict[str, int] = {}
+    for piece in proto.pieces:
+        kinds[type_names[piece.type]] = kinds.get(type_names[piece.type], 0) + 1
+    lengths = [len(p.piece) for p in proto.pieces if p.type == sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL]
     chars = sum(len(t) for t in sample_texts)
     tokens = sum(len(ids) for ids in tok.encode_batch(list(sample_texts))) if sample_texts else 0
     return {"vocab_size": tok.vocab_size, **kinds, "mean_piece_chars": float(np.mean(lengths)) if lengths else 0.0,
@@ -112,7 +105,8 @@ def _histogram(lengths: np.ndarray, bins: int = 12, width: int = 50) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    for d in _split_dirs(args.dirs):
+    dirs = _split_dirs(args.dirs)
+    for d in dirs:
         shards = ShardSet.open(d)
         m = shards.manifests[0]
         lengths = shards.doc_lengths
@@ -131,8 +125,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
 
-            png = args.png if len(args.dirs) == 1 and len(_split_dirs(args.dirs)) == 1 else \
-                f"{os.path.splitext(args.png)[0]}_{m['source']}_{m['split']}.png"
+            png = args.png if len(dirs) == 1 else f"{os.path.splitext(args.png)[0]}_{m['source']}_{m['split']}.png"
             fig, ax = plt.subplots(figsize=(7, 4))
             ax.hist(lengths, bins=np.geomspace(max(lengths.min(), 1), lengths.max() + 1, 40))
             ax.set(xscale="log", xlabel="tokens per document (BOS/EOS included)", ylabel="documents",

@@ -143,6 +143,8 @@ def _fla_logits(fla_model, ids):
     for module in fla_model.modules():
         if hasattr(module, "act_fn") and hasattr(module, "key"):  # squared ReLU without fla's fused op
             module.act_fn = lambda x: F.relu(x).square()
+        if hasattr(module, "gate_fn"):  # RWKV-6's swish gate without fla's fused op
+            module.gate_fn = F.silu
         if isinstance(module, GroupNorm):
             module.forward = _torch_group_norm(module)
     with torch.no_grad():
