@@ -130,6 +130,11 @@ class DataConfig:
     """A shard is closed once its training split holds at least this many tokens (the validation
     split is cut at the same document). Shards are the unit of resumption."""
 
+    verify_checksums: bool = True
+    """When reusing cached shards, re-hash every shard file and check token ids against the
+    manifest before training starts (reads the whole dataset once per call: turn off for very
+    large corpora and run ``recurlm-data validate`` instead)."""
+
     loader_mode: str = "packed"
     """``packed``: documents shuffled per epoch, concatenated and cut into rows.
     ``documents_in_order``: every row of a batch is a lane that continues in the next step

@@ -193,8 +193,11 @@ class PackedLoader:
                     raise ValueError(f"source {name!r}: {s.num_tokens} tokens cannot fill one row of seq_len {seq_len}")
         else:
             self.lane_source = _quota_assign(self.weights, [0] * len(self.names), global_batch_size)
-            self.lane_index = [self.lane_source[:j].count(s) for j, s in enumerate(self.lane_source)]
-            self.lanes = [self.lane_source.count(i) for i in range(len(self.names))]
+            self.lanes = [0] * len(self.names)  # lanes per source
+            self.lane_index = []  # lane j is lane number lane_index[j] of its source
+            for s in self.lane_source:
+                self.lane_index.append(self.lanes[s])
+                self.lanes[s] += 1
             self.lane_len = [s.num_tokens // max(n, 1) for s, n in zip(self.streams, self.lanes)]
             self.steps_per_epoch = [(length - 1) // seq_len for length in self.lane_len]
             for name, n, steps in zip(self.names, self.lanes, self.steps_per_epoch):

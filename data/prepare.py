@@ -118,6 +118,8 @@ def prepare(cfg: DataConfig, progress: bool = True) -> PreparedData:
              f"{splits['valid'].num_tokens:,} tokens in {out_dir}", progress)
         for split in splits.values():
             check_tokenizer(split, tokenizer)
+            if cached and cfg.verify_checksums:
+                split.validate(progress=progress)
         train[src.name] = splits["train"]
         valid.append(splits["valid"])
     return PreparedData(cfg=cfg, tokenizer=tokenizer,

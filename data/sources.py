@@ -47,9 +47,6 @@ class SkipStats:
             self.examples[reason] = where
         self.counts[reason] = self.counts.get(reason, 0) + 1
 
-    def copy(self) -> "SkipStats":
-        return SkipStats(dict(self.counts), dict(self.examples))
-
     def summary(self) -> str:
         if not self.counts:
             return "nothing skipped"

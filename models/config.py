@@ -41,11 +41,19 @@ def preset_table(family: str) -> dict[str, dict]:
     return yaml.safe_load(text)
 
 
+def _preset_fields(table: dict[str, dict]) -> set[str]:
+    return {key for preset in table.values() for key in preset}
+
+
 def apply_preset(cfg: ModelConfig) -> ModelConfig:
     """Fill the fields of ``cfg`` left at None from its family's ``size`` preset (in place)."""
     table = preset_table(cfg.family)
     if cfg.size not in table:
-        raise ValueError(f"model.size={cfg.size!r} is not a {cfg.family} preset; choose one of {sorted(table)}")
+        unset = [f.name for f in fields(cfg) if getattr(cfg, f.name) is None and f.name in _preset_fields(table)]
+        if unset:  # a custom size (e.g. converted from a reference model) must set every size field
+            raise ValueError(f"model.size={cfg.size!r} is not a {cfg.family} preset (choose one of "
+                             f"{sorted(table)}) and these fields are unset: {unset}")
+        return cfg
     names = {f.name for f in fields(cfg)}
     for key, value in table[cfg.size].items():
         if key not in names:

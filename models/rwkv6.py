@@ -42,6 +42,8 @@ DDLERP_TARGETS = ("w", "k", "v", "r", "g")
 
 @dataclass
 class RWKV6Config(ModelConfig):
+    """``init_std`` is not used: every parameter gets the official RWKV-LM initialisation."""
+
     family: str = "rwkv6"
     norm_eps: float = 1e-5
     """Epsilon of the LayerNorms (ln0, ln1, ln2, ln_out); PyTorch's default, as official."""

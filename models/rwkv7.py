@@ -50,6 +50,8 @@ LOG_DECAY_LIMIT = math.exp(-0.5)
 
 @dataclass
 class RWKV7Config(ModelConfig):
+    """``init_std`` is not used: every parameter gets the official RWKV-LM initialisation."""
+
     family: str = "rwkv7"
     norm_eps: float = 1e-5
     """Epsilon of the LayerNorms (ln0, ln1, ln2, ln_out); PyTorch's default, as official."""

@@ -151,16 +151,44 @@ def check_compatible(saved: dict[str, Any], model_identity: dict[str, Any], toke
                               + "\n  ".join(problems))
 
 
-def load(engine, path: str, rank: int, load_optimizer: bool = True) -> dict[str, Any]:
+UNIVERSAL_TAG = "state_universal"
+
+
+def needs_universal(path: str, world_size: int, zero_stage: int) -> bool:
+    """A ZeRO checkpoint written at another world size loads only through DeepSpeed's universal format."""
+    saved = read_state(path)
+    return zero_stage > 0 and saved.get("world_size", world_size) != world_size
+
+
+def make_universal(path: str, rank: int) -> None:
+    """Convert ``<path>/ds/state`` to ``<path>/ds/state_universal`` once (rank 0; others wait)."""
+    import subprocess
+    import sys
+
+    target = os.path.join(path, "ds", UNIVERSAL_TAG)
+    if rank == 0 and not os.path.isdir(target):
+        tmp = target + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        result = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal",
+                                 "--input_folder", os.path.join(path, "ds", "state"), "--output_folder", tmp,
+                                 "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise CheckpointError(f"converting {path} to a universal checkpoint failed:\n{result.stderr[-2000:]}")
+        os.replace(tmp, target)
+    barrier()
+
+
+def load(engine, path: str, rank: int, load_optimizer: bool = True, universal: bool = False) -> dict[str, Any]:
     """Load model (+ optimizer) states and this rank's RNG; returns the trainer state."""
     state = read_state(path)
-    load_path, _ = engine.load_checkpoint(os.path.join(path, "ds"), tag="state",
+    load_path, _ = engine.load_checkpoint(os.path.join(path, "ds"), tag=UNIVERSAL_TAG if universal else "state",
                                           load_optimizer_states=load_optimizer,
                                           load_lr_scheduler_states=False,
                                           load_module_strict=True)
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load {path}/ds/state")
     rng_file = os.path.join(path, "rng", f"rank{rank}.pt")
-    if load_optimizer and os.path.isfile(rng_file):
+    if load_optimizer and os.path.isfile(rng_file) and not universal:
         set_rng_state(torch.load(rng_file, weights_only=False))
     return state

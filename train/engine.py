@@ -124,11 +124,15 @@ def set_lr(engine, peak_lr: float, multiplier: float) -> float:
     return peak_lr * multiplier
 
 
-def build_engine(job: JobConfig, model_cfg, global_batch_size: int, micro: int, accumulation: int):
-    """(engine, model) with the model built under ZeRO-3's zero.Init when asked."""
+def build_engine(job: JobConfig, model_cfg, global_batch_size: int, micro: int, accumulation: int,
+                 load_universal: bool = False):
+    """(engine, model) with the model built under ZeRO-3's zero.Init when asked. ``load_universal``
+    prepares the engine to load a universal checkpoint (resuming at another world size)."""
     import deepspeed
 
     ds_config = deepspeed_config(job.deepspeed, job.optim, global_batch_size, micro, accumulation)
+    if load_universal:
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     partition = job.deepspeed.zero_stage == 3 and job.deepspeed.zero_init
     ctx = deepspeed.zero.Init(config_dict_or_path=ds_config) if partition else contextlib.nullcontext()
     with ctx:

@@ -127,18 +127,22 @@ class Trainer:
 
         self.micro, self.accumulation = batch_geometry(self.loop.global_batch_size, self.loop.micro_batch_size,
                                                        self.env.world_size)
-        self.engine, self.model = build_engine(job, model_cfg, self.loop.global_batch_size, self.micro,
-                                               self.accumulation)
-        self.loader = self.data.train_loader(self.loop.seq_len, self.loop.global_batch_size,
-                                             rank=self.env.rank, world_size=self.env.world_size)
         self.checkpoints = ckpt.CheckpointManager(os.path.join(self.run_dir, "checkpoints"), self.env.rank,
                                                   self.loop.keep_last, self.loop.keep_every)
+        resume = _resume_path(job.resume, self.checkpoints)
+        universal = resume is not None and ckpt.needs_universal(resume, self.env.world_size,
+                                                                 job.deepspeed.zero_stage)
+        if universal:
+            ckpt.make_universal(resume, self.env.rank)
+        self.engine, self.model = build_engine(job, model_cfg, self.loop.global_batch_size, self.micro,
+                                               self.accumulation, load_universal=universal)
+        self.loader = self.data.train_loader(self.loop.seq_len, self.loop.global_batch_size,
+                                             rank=self.env.rank, world_size=self.env.world_size)
         self.step, self.tokens, self.wandb_id = 0, 0, None
         self.first_val_loss: Optional[float] = None
         self.last_checkpoint: Optional[str] = None
-        resume = _resume_path(job.resume, self.checkpoints)
         if resume is not None:
-            self._restore(resume)
+            self._restore(resume, universal=universal)
         self.tokens_per_step = self.loop.global_batch_size * self.loop.seq_len
         self.flops_per_token = 3 * self.model.flops_per_token(self.loop.seq_len)
         self.peak = peak_flops(self.loop.peak_flops) * self.env.world_size
@@ -152,10 +156,10 @@ class Trainer:
         return {"family": self.model_cfg.family, "size": self.model_cfg.size, "d_model": self.model_cfg.d_model,
                 "n_layers": self.model_cfg.n_layers, "vocab_size": self.model_cfg.vocab_size}
 
-    def _restore(self, path: str, keep_loader_position: bool = False) -> None:
+    def _restore(self, path: str, keep_loader_position: bool = False, universal: bool = False) -> None:
         state = ckpt.read_state(path)
         ckpt.check_compatible(state, self._identity(), self.data.tokenizer.sha256, path)
-        ckpt.load(self.engine, path, self.env.rank)
+        ckpt.load(self.engine, path, self.env.rank, universal=universal)
         if not keep_loader_position:
             self.loader.load_state_dict(state["loader"])
         self.step, self.tokens = state["step"], state["tokens"]
@@ -236,7 +240,8 @@ class Trainer:
                     if loop.rollback_on_nonfinite and self.last_checkpoint is not None:
                         monitor.event("rollback", f"reloading {self.last_checkpoint}, skipping the offending data",
                                       self.step)
-                        self._restore(self.last_checkpoint, keep_loader_position=True)
+                        self._restore(self.last_checkpoint, keep_loader_position=True,
+                                      universal=self.engine.load_universal_checkpoint())
                         consecutive_bad = 0
                         continue
                     monitor.event("abort", f"{consecutive_bad} consecutive non-finite steps", self.step)

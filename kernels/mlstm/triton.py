@@ -36,20 +36,33 @@ def _logsigmoid(x):
 
 
 @triton.jit
+def _program_tile(H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Program (value block, batch * head) -> its indices, offsets and masks."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    ok = tl.arange(0, BK)
+    ov = i_v * BV + tl.arange(0, BV)
+    mask_k = ok < K
+    mask_v = ov < V
+    return i_v, i_bh, i_bh // H, i_bh % H, ok, ov, mask_k, mask_v, mask_k[:, None] & mask_v[None, :]
+
+
+@triton.jit
+def _load_token(q, k, v, i, f, token, ok, ov, mask_k, mask_v, scale, K: tl.constexpr, V: tl.constexpr):
+    """Token ``token`` (flat index into [B, T, H]): scaled q [BK], k [BK], v [BV], i, logsigmoid(f)."""
+    q_t = tl.load(q + token * K + ok, mask=mask_k, other=0.0) * scale
+    k_t = tl.load(k + token * K + ok, mask=mask_k, other=0.0)
+    v_t = tl.load(v + token * V + ov, mask=mask_v, other=0.0)
+    return q_t, k_t, v_t, tl.load(i + token), _logsigmoid(tl.load(f + token))
+
+
+@triton.jit
 def _mlstm_fwd_kernel(q, k, v, i, f, resets, C0, n0, m0, h, m_seq, qn_seq, CT, nT, mT, dnum, dqn, dq,
                       T, BTH, scale, eps,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       HAS_RESETS: tl.constexpr, HAS_INITIAL: tl.constexpr, STORE_FINAL: tl.constexpr,
                       DQ_MODE: tl.constexpr):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    ok = tl.arange(0, BK)
-    ov = i_v * BV + tl.arange(0, BV)
-    mask_k = ok < K
-    mask_v = ov < V
-    mask_kv = mask_k[:, None] & mask_v[None, :]
+    i_v, i_bh, i_b, i_h, ok, ov, mask_k, mask_v, mask_kv = _program_tile(H, K, V, BK, BV)
     first_block = i_v == 0
 
     C = tl.zeros([BK, BV], dtype=tl.float32)
@@ -61,11 +74,7 @@ def _mlstm_fwd_kernel(q, k, v, i, f, resets, C0, n0, m0, h, m_seq, qn_seq, CT, n
         m = tl.load(m0 + i_bh)
     for t in range(T):
         token = (i_b * T + t) * H + i_h
-        q_t = tl.load(q + token * K + ok, mask=mask_k, other=0.0) * scale
-        k_t = tl.load(k + token * K + ok, mask=mask_k, other=0.0)
-        v_t = tl.load(v + token * V + ov, mask=mask_v, other=0.0)
-        i_t = tl.load(i + token)
-        log_f = _logsigmoid(tl.load(f + token))
+        q_t, k_t, v_t, i_t, log_f = _load_token(q, k, v, i, f, token, ok, ov, mask_k, mask_v, scale, K, V)
         if HAS_RESETS:
             fresh = tl.load(resets + i_b * T + t) != 0
             C = tl.where(fresh, 0.0, C)
@@ -100,15 +109,7 @@ def _mlstm_bwd_kernel(q, k, v, i, f, resets, m0, m_seq, dnum, dqn, dCT, dnT, dk,
                       T, BTH, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                       HAS_RESETS: tl.constexpr, HAS_INITIAL: tl.constexpr, HAS_DFINAL: tl.constexpr):
-    i_v = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    ok = tl.arange(0, BK)
-    ov = i_v * BV + tl.arange(0, BV)
-    mask_k = ok < K
-    mask_v = ov < V
-    mask_kv = mask_k[:, None] & mask_v[None, :]
+    i_v, i_bh, i_b, i_h, ok, ov, mask_k, mask_v, mask_kv = _program_tile(H, K, V, BK, BV)
     first_block = i_v == 0
 
     dC = tl.zeros([BK, BV], dtype=tl.float32)
@@ -122,11 +123,7 @@ def _mlstm_bwd_kernel(q, k, v, i, f, resets, m0, m_seq, dnum, dqn, dCT, dnT, dk,
     for step in range(T):
         t = T - 1 - step
         token = (i_b * T + t) * H + i_h
-        q_t = tl.load(q + token * K + ok, mask=mask_k, other=0.0) * scale
-        k_t = tl.load(k + token * K + ok, mask=mask_k, other=0.0)
-        v_t = tl.load(v + token * V + ov, mask=mask_v, other=0.0)
-        i_t = tl.load(i + token)
-        log_f = _logsigmoid(tl.load(f + token))
+        q_t, k_t, v_t, i_t, log_f = _load_token(q, k, v, i, f, token, ok, ov, mask_k, mask_v, scale, K, V)
         m_t = tl.load(m_seq + token)
         m_prev = tl.load(m_seq + token - H, mask=t > 0, other=m_initial)
         dnum_t = tl.load(dnum + token * V + ov, mask=mask_v, other=0.0)

@@ -30,6 +30,24 @@ def _tanh(x):
 
 
 @triton.jit
+def _load_gates(ptr, offsets, mask, gate_stride):
+    """The four gate vectors (i, f, z, o) at ``offsets`` of a [B, T, 4, H, D] tensor."""
+    return (tl.load(ptr + offsets, mask=mask, other=0.0),
+            tl.load(ptr + offsets + gate_stride, mask=mask, other=0.0),
+            tl.load(ptr + offsets + 2 * gate_stride, mask=mask, other=0.0),
+            tl.load(ptr + offsets + 3 * gate_stride, mask=mask, other=0.0))
+
+
+@triton.jit
+def _store_gates(ptr, offsets, mask, gate_stride, g_i, g_f, g_z, g_o):
+    """Store four gate vectors (i, f, z, o) at ``offsets`` of a [B, T, 4, H, D] tensor."""
+    tl.store(ptr + offsets, g_i, mask=mask)
+    tl.store(ptr + offsets + gate_stride, g_f, mask=mask)
+    tl.store(ptr + offsets + 2 * gate_stride, g_z, mask=mask)
+    tl.store(ptr + offsets + 3 * gate_stride, g_o, mask=mask)
+
+
+@triton.jit
 def _load_gate_blocks(R, i_h, od, mask_dd, D: tl.constexpr):
     """R [H, D, 4, D] -> the four [D, D] blocks R[i_h, :, g, :] (rows: input unit d)."""
     base = R + i_h * D * 4 * D + od[:, None] * 4 * D + od[None, :]
@@ -38,35 +56,46 @@ def _load_gate_blocks(R, i_h, od, mask_dd, D: tl.constexpr):
 
 
 @triton.jit
-def _slstm_fwd_kernel(x, R, resets, raw, c_seq, n_seq, m_seq, h_seq, T,
-                      H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, HAS_RESETS: tl.constexpr):
+def _program_head(H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
+    """Program (batch * head) -> batch row, head, unit offsets [BD] and masks [BD], [BD, BD]."""
     i_bh = tl.program_id(0)
-    i_b = i_bh // H
-    i_h = i_bh % H
     od = tl.arange(0, BD)
     mask_d = od < D
-    R_i, R_f, R_z, R_o = _load_gate_blocks(R, i_h, od, mask_d[:, None] & mask_d[None, :], D)
+    return i_bh, i_bh // H, i_bh % H, od, mask_d, mask_d[:, None] & mask_d[None, :]
+
+
+@triton.jit
+def _load_state(c_ptr, n_ptr, m_ptr, h_ptr, offsets, mask):
+    """(c, n, m, h) vectors at ``offsets`` (padded lanes: n = 1, the rest 0, so they stay finite)."""
+    return (tl.load(c_ptr + offsets, mask=mask, other=0.0), tl.load(n_ptr + offsets, mask=mask, other=1.0),
+            tl.load(m_ptr + offsets, mask=mask, other=0.0), tl.load(h_ptr + offsets, mask=mask, other=0.0))
+
+
+@triton.jit
+def _discard_state(resets, reset_index, c, n, m, h):
+    """The fresh state (c = n = h = 0, m = -inf) where a document starts at ``reset_index``."""
+    fresh = tl.load(resets + reset_index) != 0
+    return (tl.where(fresh, 0.0, c), tl.where(fresh, 0.0, n), tl.where(fresh, float("-inf"), m),
+            tl.where(fresh, 0.0, h), fresh)
+
+
+@triton.jit
+def _slstm_fwd_kernel(x, R, resets, raw, c_seq, n_seq, m_seq, h_seq, T,
+                      H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, HAS_RESETS: tl.constexpr):
+    i_bh, i_b, i_h, od, mask_d, mask_dd = _program_head(H, D, BD)
+    R_i, R_f, R_z, R_o = _load_gate_blocks(R, i_h, od, mask_dd, D)
     state = (i_b * (T + 1) * H + i_h) * D + od           # [B, T + 1, H, D], index 0 = initial
-    c = tl.load(c_seq + state, mask=mask_d, other=0.0)
-    n = tl.load(n_seq + state, mask=mask_d, other=1.0)
-    m = tl.load(m_seq + state, mask=mask_d, other=0.0)
-    h = tl.load(h_seq + state, mask=mask_d, other=0.0)
+    c, n, m, h = _load_state(c_seq, n_seq, m_seq, h_seq, state, mask_d)
     for t in range(T):
         if HAS_RESETS:
-            fresh = tl.load(resets + i_b * T + t) != 0
-            c = tl.where(fresh, 0.0, c)
-            n = tl.where(fresh, 0.0, n)
-            m = tl.where(fresh, float("-inf"), m)
-            h = tl.where(fresh, 0.0, h)
+            c, n, m, h, fresh = _discard_state(resets, i_b * T + t, c, n, m, h)
         gates = ((i_b * T + t) * 4 * H + i_h) * D + od   # [B, T, 4, H, D]
-        i_raw = tl.load(x + gates, mask=mask_d, other=0.0) + tl.sum(h[:, None] * R_i, axis=0)
-        f_raw = tl.load(x + gates + H * D, mask=mask_d, other=0.0) + tl.sum(h[:, None] * R_f, axis=0)
-        z_raw = tl.load(x + gates + 2 * H * D, mask=mask_d, other=0.0) + tl.sum(h[:, None] * R_z, axis=0)
-        o_raw = tl.load(x + gates + 3 * H * D, mask=mask_d, other=0.0) + tl.sum(h[:, None] * R_o, axis=0)
-        tl.store(raw + gates, i_raw, mask=mask_d)
-        tl.store(raw + gates + H * D, f_raw, mask=mask_d)
-        tl.store(raw + gates + 2 * H * D, z_raw, mask=mask_d)
-        tl.store(raw + gates + 3 * H * D, o_raw, mask=mask_d)
+        i_raw, f_raw, z_raw, o_raw = _load_gates(x, gates, mask_d, H * D)
+        i_raw += tl.sum(h[:, None] * R_i, axis=0)
+        f_raw += tl.sum(h[:, None] * R_f, axis=0)
+        z_raw += tl.sum(h[:, None] * R_z, axis=0)
+        o_raw += tl.sum(h[:, None] * R_o, axis=0)
+        _store_gates(raw, gates, mask_d, H * D, i_raw, f_raw, z_raw, o_raw)
         log_f_plus_m = tl.minimum(f_raw, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_raw))) + m
         m = tl.maximum(i_raw, log_f_plus_m)
         i_gate = tl.exp(i_raw - m)
@@ -85,22 +114,13 @@ def _slstm_fwd_kernel(x, R, resets, raw, c_seq, n_seq, m_seq, h_seq, T,
 def _slstm_bwd_kernel(R, resets, raw, c_seq, n_seq, m_seq, h_seq, dh_seq, final_positions,
                       dcT, dnT, dmT, dhT, draw, dR, d_initial, T,
                       H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, HAS_RESETS: tl.constexpr):
-    i_bh = tl.program_id(0)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    od = tl.arange(0, BD)
-    mask_d = od < D
-    mask_dd = mask_d[:, None] & mask_d[None, :]
+    i_bh, i_b, i_h, od, mask_d, mask_dd = _program_head(H, D, BD)
     R_i, R_f, R_z, R_o = _load_gate_blocks(R, i_h, od, mask_dd, D)
     dR_i = tl.zeros([BD, BD], dtype=tl.float32)
     dR_f = tl.zeros([BD, BD], dtype=tl.float32)
     dR_z = tl.zeros([BD, BD], dtype=tl.float32)
     dR_o = tl.zeros([BD, BD], dtype=tl.float32)
-    final = i_bh * D + od                                 # [B, H, D]
-    dc_final = tl.load(dcT + final, mask=mask_d, other=0.0)
-    dn_final = tl.load(dnT + final, mask=mask_d, other=0.0)
-    dm_final = tl.load(dmT + final, mask=mask_d, other=0.0)
-    dh_final = tl.load(dhT + final, mask=mask_d, other=0.0)
+    dc_final, dn_final, dm_final, dh_final = _load_state(dcT, dnT, dmT, dhT, i_bh * D + od, mask_d)
     final_t = tl.load(final_positions + i_b)
     dc = tl.zeros([BD], dtype=tl.float32)
     dn = tl.zeros([BD], dtype=tl.float32)
@@ -115,25 +135,13 @@ def _slstm_bwd_kernel(R, resets, raw, c_seq, n_seq, m_seq, h_seq, dh_seq, final_
         dh += tl.where(at_final, dh_final, 0.0) + tl.load(dh_seq + (i_b * T + t) * H * D + i_h * D + od,
                                                           mask=mask_d, other=0.0)
         prev = (i_b * (T + 1) * H + i_h) * D + t * H * D + od
-        c_prev = tl.load(c_seq + prev, mask=mask_d, other=0.0)
-        n_prev = tl.load(n_seq + prev, mask=mask_d, other=0.0)
-        m_prev = tl.load(m_seq + prev, mask=mask_d, other=0.0)
-        h_prev = tl.load(h_seq + prev, mask=mask_d, other=0.0)
+        c_prev, n_prev, m_prev, h_prev = _load_state(c_seq, n_seq, m_seq, h_seq, prev, mask_d)
         if HAS_RESETS:
-            fresh = tl.load(resets + i_b * T + t) != 0
-            c_prev = tl.where(fresh, 0.0, c_prev)
-            n_prev = tl.where(fresh, 0.0, n_prev)
-            m_prev = tl.where(fresh, float("-inf"), m_prev)
-            h_prev = tl.where(fresh, 0.0, h_prev)
-        c = tl.load(c_seq + prev + H * D, mask=mask_d, other=0.0)
-        n = tl.load(n_seq + prev + H * D, mask=mask_d, other=1.0)
-        m = tl.load(m_seq + prev + H * D, mask=mask_d, other=0.0)
-        h = tl.load(h_seq + prev + H * D, mask=mask_d, other=0.0)
+            c_prev, n_prev, m_prev, h_prev, fresh = _discard_state(resets, i_b * T + t, c_prev, n_prev,
+                                                                   m_prev, h_prev)
+        c, n, m, h = _load_state(c_seq, n_seq, m_seq, h_seq, prev + H * D, mask_d)
         gates = ((i_b * T + t) * 4 * H + i_h) * D + od
-        i_raw = tl.load(raw + gates, mask=mask_d, other=0.0)
-        f_raw = tl.load(raw + gates + H * D, mask=mask_d, other=0.0)
-        z_raw = tl.load(raw + gates + 2 * H * D, mask=mask_d, other=0.0)
-        o_raw = tl.load(raw + gates + 3 * H * D, mask=mask_d, other=0.0)
+        i_raw, f_raw, z_raw, o_raw = _load_gates(raw, gates, mask_d, H * D)
 
         log_f_plus_m = tl.minimum(f_raw, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_raw))) + m_prev
         i_gate = tl.exp(i_raw - m)
@@ -151,10 +159,7 @@ def _slstm_bwd_kernel(R, resets, raw, c_seq, n_seq, m_seq, h_seq, dh_seq, final_
         d_log_f_plus_m = df_gate + tl.where(i_wins, 0.0, dm)
         df_raw = d_log_f_plus_m * _sigmoid(-f_raw)
         dz_raw = dc * i_gate * (1.0 - z * z)
-        tl.store(draw + gates, di_raw, mask=mask_d)
-        tl.store(draw + gates + H * D, df_raw, mask=mask_d)
-        tl.store(draw + gates + 2 * H * D, dz_raw, mask=mask_d)
-        tl.store(draw + gates + 3 * H * D, do_raw, mask=mask_d)
+        _store_gates(draw, gates, mask_d, H * D, di_raw, df_raw, dz_raw, do_raw)
         dR_i += h_prev[:, None] * di_raw[None, :]
         dR_f += h_prev[:, None] * df_raw[None, :]
         dR_z += h_prev[:, None] * dz_raw[None, :]
@@ -179,6 +184,11 @@ def _slstm_bwd_kernel(R, resets, raw, c_seq, n_seq, m_seq, h_seq, dh_seq, final_
     tl.store(d_initial + 3 * BHD + init, dh, mask=mask_d)
 
 
+def _num_warps(block: int) -> int:
+    """Warps per program: the backward holds eight [BD, BD] fp32 tiles (R and dR per gate)."""
+    return 4 if block <= 32 else 8
+
+
 class _SLSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, R, resets, final_positions, has_initial_state, c0, n0, m0, h0):
@@ -188,8 +198,9 @@ class _SLSTMFunction(torch.autograd.Function):
             buffer[:, 0] = value
         raw = torch.empty_like(x)
         resets_arg = resets.to(torch.int8) if resets is not None else x
-        _slstm_fwd_kernel[(batch * heads,)](x, R, resets_arg, raw, *states, seq_len, H=heads, D=dim,
-                                            BD=triton.next_power_of_2(dim), HAS_RESETS=resets is not None)
+        block = triton.next_power_of_2(dim)
+        _slstm_fwd_kernel[(batch * heads,)](x, R, resets_arg, raw, *states, seq_len, H=heads, D=dim, BD=block,
+                                            HAS_RESETS=resets is not None, num_warps=_num_warps(block))
         ctx.save_for_backward(R, resets_arg, raw, final_positions, *states)
         ctx.config = (resets is not None, has_initial_state)
         rows = torch.arange(batch, device=x.device)
@@ -207,9 +218,10 @@ class _SLSTMFunction(torch.autograd.Function):
         draw = torch.empty_like(raw)
         dR = raw.new_empty(batch, *R.shape)
         d_initial = raw.new_empty(4, batch, heads, dim)
+        block = triton.next_power_of_2(dim)
         _slstm_bwd_kernel[(batch * heads,)](R, resets, raw, *states, dh_seq, final_positions, *d_final,
-                                            draw, dR, d_initial, seq_len, H=heads, D=dim,
-                                            BD=triton.next_power_of_2(dim), HAS_RESETS=has_resets)
+                                            draw, dR, d_initial, seq_len, H=heads, D=dim, BD=block,
+                                            HAS_RESETS=has_resets, num_warps=_num_warps(block))
         d_state = tuple(d_initial) if has_initial_state else (None,) * 4
         return draw, dR.sum(0), None, None, None, *d_state
 

@@ -128,6 +128,13 @@ def test_mixture_exact_proportions_per_global_batch(shards_from_docs):
         for ids, _, _ in _global_batches(sets, 12, ws, seq_len=8, global_batch_size=8, seed=0,
                                          mixture_weights={"low": 0.75, "high": 0.25}):
             assert source_counts(ids) == (6, 2)
+    # documents in order: lanes are split 6/2 once and keep their source
+    lanes = PackedLoader(sets, 8, 8, mode="documents_in_order", mixture_weights={"low": 3, "high": 1})
+    first = next(lanes).input_ids
+    for _ in range(3):
+        ids = next(lanes).input_ids
+        assert source_counts(ids) == (6, 2)
+        assert torch.equal((ids >= 300).any(dim=1), (first >= 300).any(dim=1))
     # a share B*w that is not an integer: every prefix stays within one row of the exact share
     loader = PackedLoader(sets, 8, 4, seed=0, mixture_weights={"low": 2, "high": 1})
     total_high = 0

@@ -8,9 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from recurlm.data import DataConfig, PackedLoader, SourceConfig, prepare
+from recurlm.data import DataConfig, PackedLoader, ShardError, SourceConfig, prepare
 from recurlm.data.build import build_shards, is_valid_doc
-from recurlm.data.shards import ShardSet
 from recurlm.data.sources import iter_documents, source_files
 
 
@@ -48,6 +47,16 @@ def test_prepare_builds_then_reuses(tmp_path, capsys, corpus, tiny_tokenizer_cfg
     err = capsys.readouterr().err
     assert "reusing cached tokenizer" in err and "reusing cached shards" in err
     assert again.tokenizer.sha256 == tok.sha256 and again.train.manifests[0]["directory"] == m["directory"]
+
+    # a cached shard corrupted on disk is caught before training starts
+    bin_path = again.train.shards[0].tokens_path
+    original = open(bin_path, "rb").read()
+    with open(bin_path, "r+b") as f:
+        f.write(b"\x05\x00")
+    with pytest.raises(ShardError, match="checksum mismatch"):
+        prepare(cfg, progress=False)
+    with open(bin_path, "wb") as f:
+        f.write(original)
 
     # editing the corpus invalidates the cache
     with open(os.path.join(corpus_dir, "doc_000.py"), "a") as f:
@@ -136,3 +145,20 @@ def test_default_stdlib_config_prepares_quickly(tmp_path):
     t0 = time.perf_counter()
     prepare(DataConfig(cache_dir=str(tmp_path)), progress=False)
     assert time.perf_counter() - t0 < 10
+
+
+def test_mixture_of_sources_and_a_given_tokenizer(tmp_path, corpus, tiny_tokenizer, tiny_tokenizer_cfg):
+    a_dir, _ = corpus(20, seed=1, name="a")
+    b_dir, _ = corpus(20, seed=2, name="b")
+    cfg = DataConfig(sources=[SourceConfig(name="a", kind="text", paths=[a_dir], weight=3.0),
+                              SourceConfig(name="b", kind="text", paths=[b_dir], weight=1.0)],
+                     tokenizer_path=tiny_tokenizer.path, valid_fraction=0.2,
+                     cache_dir=str(tmp_path / "cache"), num_workers=1)
+    data = prepare(cfg, progress=False)
+    assert data.tokenizer.sha256 == tiny_tokenizer.sha256
+    assert set(data.train) == {"a", "b"} and data.mixture_weights == {"a": 0.75, "b": 0.25}
+    assert len(data.valid.manifests) == 2  # both sources' validation documents
+    batch = next(data.train_loader(seq_len=8, global_batch_size=8))
+    assert batch.input_ids.shape == (8, 8)
+    with pytest.raises(ValueError, match="source names must be unique"):
+        prepare(dataclasses.replace(cfg, sources=[cfg.sources[0], cfg.sources[0]]))

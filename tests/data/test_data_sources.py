@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from recurlm.data.build import build_shards
 from recurlm.data.config import SourceConfig
 from recurlm.data.sources import SkipStats, iter_documents
 
@@ -80,3 +81,12 @@ def test_missing_paths_and_empty_corpus(tmp_path):
         _docs(SourceConfig(name="m", kind="text", paths=[str(tmp_path)]))
     with pytest.raises(FileNotFoundError, match="holds no file ending in"):
         _docs(SourceConfig(name="m", kind="jsonl", paths=[str(tmp_path)]))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_empty_corpus_stops_the_shard_build(tmp_path, tiny_tokenizer, workers):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "a.py").write_bytes(b"\xff\xfe")
+    src = SourceConfig(name="e", kind="text", paths=[str(tmp_path / "c")])
+    with pytest.raises(ValueError, match="source 'e': empty corpus.*1 non-UTF-8 bytes"):
+        build_shards(src, tiny_tokenizer, str(tmp_path / "out"), num_workers=workers, progress=False)

@@ -56,12 +56,24 @@ def test_line_chunks_respect_the_byte_limit():
     assert all(len(c.encode()) <= 16 for c in chunks)
 
 
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "data")
+
+
 def test_default_yaml_matches_the_dataclass():
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "data", "stdlib.yaml")
-    node = OmegaConf.load(path)
+    node = OmegaConf.load(os.path.join(CONFIG_DIR, "stdlib.yaml"))
     assert list(node.pop("defaults")) == ["data_schema", "_self_"]
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), node))
     assert cfg == DataConfig()
     cfg.validate()
     with pytest.raises(ValueError, match="model_type"):
         dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, model_type="wordpiece")).validate()
+
+
+def test_jsonl_yaml_fits_the_schema():
+    node = OmegaConf.load(os.path.join(CONFIG_DIR, "jsonl.yaml"))
+    node.pop("defaults")
+    merged = OmegaConf.merge(OmegaConf.structured(DataConfig), node)  # unknown keys / bad types raise
+    merged.sources[0].paths = ["corpus/*.jsonl.zst"]
+    cfg = OmegaConf.to_object(merged)
+    cfg.validate()
+    assert cfg.sources[0].kind == "jsonl" and cfg.tokenizer.vocab_size == 32768

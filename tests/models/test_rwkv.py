@@ -38,6 +38,22 @@ def test_modes_agree(config):
     model_checks.run_all(perturbed(build_model(config(size="tiny", vocab_size=VOCAB))))
 
 
+@pytest.mark.parametrize("config", [RWKV6Config, RWKV7Config], ids=["rwkv6", "rwkv7"])
+def test_bfloat16_close_to_float32(config):
+    torch.manual_seed(0)
+    model = perturbed(build_model(config(size="tiny", vocab_size=VOCAB)))
+    ids = torch.randint(0, VOCAB, (2, 40))
+    with torch.no_grad():
+        reference = model(ids)[0]
+    model = model.to(torch.bfloat16)
+    logits, state = model(ids, return_state=True)
+    assert logits.dtype == torch.bfloat16 and state.layers[0]["wkv"].dtype == torch.float32
+    assert_logits_close(logits.float(), reference, rtol=5e-2)  # bf16 matmuls, 2 layers
+    loss, _ = model(ids, labels=ids)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_optimizer_groups_follow_official_training():
     groups = {}
     for config in (RWKV6Config, RWKV7Config):
@@ -186,27 +202,31 @@ def test_rwkv6_equals_fla(fla_on_cpu):
         assert_logits_close(model(ids)[0], _fla_logits(fla_model, ids))
 
 
-# -- BlinkDL's official RWKV-7 ---------------------------------------------------------------------
+# -- BlinkDL's official RWKV-6 / RWKV-7 ------------------------------------------------------------
 
-@pytest.fixture
-def official_rwkv7(monkeypatch):
-    """The ``rwkv`` package's model class with RWKV-7 enabled (it reads RWKV_V7_ON at import)."""
-    monkeypatch.setenv("RWKV_V7_ON", "1")
+def official_model_class(monkeypatch, family):
+    """The ``rwkv`` package's model class for ``family`` (it reads RWKV_V7_ON when imported)."""
+    if family == "rwkv7":
+        monkeypatch.setenv("RWKV_V7_ON", "1")
+    else:
+        monkeypatch.delenv("RWKV_V7_ON", raising=False)
     monkeypatch.setenv("RWKV_CUDA_ON", "0")
     module = sys.modules.get("rwkv.model")
     module = importlib.reload(module) if module is not None else importlib.import_module("rwkv.model")
     return module.RWKV
 
 
-def test_rwkv7_equals_official_package(official_rwkv7, tmp_path):
+@pytest.mark.parametrize("config", [RWKV6Config, RWKV7Config], ids=["rwkv6", "rwkv7"])
+def test_equals_official_package(config, monkeypatch, tmp_path):
     from recurlm.models.convert.rwkv_official import from_official, to_official
 
     torch.manual_seed(0)
-    model = perturbed(build_model(RWKV7Config(size="tiny", vocab_size=VOCAB, n_layers=3))).eval()
+    model = perturbed(build_model(config(size="tiny", vocab_size=VOCAB, n_layers=3))).eval()
     official = to_official(model)
-    torch.save(official, tmp_path / "goose.pth")
-    reference = official_rwkv7(str(tmp_path / "goose"), "cpu fp32")
+    torch.save(official, tmp_path / "model.pth")
+    reference = official_model_class(monkeypatch, model.config.family)(str(tmp_path / "model"), "cpu fp32")
     ids = torch.randint(0, VOCAB, (1, 12))
+    # two calls: the package's state carries the document on
     theirs, state = reference.forward(ids[0, :7].tolist(), None, full_output=True)
     theirs_rest, _ = reference.forward(ids[0, 7:].tolist(), state, full_output=True)
     with torch.no_grad():
@@ -215,6 +235,7 @@ def test_rwkv7_equals_official_package(official_rwkv7, tmp_path):
 
     # official → recurlm gives the same model back
     cfg, sd = from_official(official)
+    assert cfg.family == model.config.family
     imported = build_model(cfg).eval()
     imported.load_state_dict(sd)
     with torch.no_grad():

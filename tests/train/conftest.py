@@ -24,6 +24,12 @@ TINY_TRAIN = [
 
 
 @pytest.fixture(scope="session")
+def tiny_overrides():
+    """The overrides of the tiny job (data and training), without run_dir and cache."""
+    return [*TINY_DATA, *TINY_TRAIN]
+
+
+@pytest.fixture(scope="session")
 def data_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data-cache"))
 
