@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from recurlm.models.config import ModelConfig
-from recurlm.models.layers import cross_entropy, init_normal_
+from recurlm.models.layers import Embedding, Linear, cross_entropy
 from recurlm.models.state import LayerState, ModelState
 
 
@@ -53,15 +53,10 @@ class RecurrentLM(nn.Module):
         if cfg.vocab_size <= 0:
             raise ValueError("model.vocab_size must be set (the trainer takes it from the tokenizer)")
         self.config = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        with torch.no_grad():
-            init_normal_(self.embed.weight, cfg.init_std)
+        self.embed = Embedding(cfg.vocab_size, cfg.d_model, cfg.init_std)
         self.blocks = nn.ModuleList(blocks)
         self.norm = final_norm
-        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        if self.head is not None:
-            with torch.no_grad():
-                init_normal_(self.head.weight, cfg.init_std)
+        self.head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, cfg.init_std)
         self.embed_scale = embed_scale
         self.logit_softcap = logit_softcap
         self.checkpoint_blocks: frozenset[int] = frozenset()

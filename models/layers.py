@@ -19,14 +19,31 @@ def init_normal_(weight: torch.Tensor, std: float) -> torch.Tensor:
     return nn.init.trunc_normal_(weight, std=std, a=-3 * std, b=3 * std)
 
 
-def linear(d_in: int, d_out: int, std: float, bias: bool = False) -> nn.Linear:
-    """nn.Linear initialised in its constructor (so ZeRO-3's zero.Init can partition it at once)."""
-    layer = nn.Linear(d_in, d_out, bias=bias)
-    with torch.no_grad():
-        init_normal_(layer.weight, std)
-        if bias:
-            layer.bias.zero_()
-    return layer
+class Linear(nn.Linear):
+    """nn.Linear with a truncated-normal weight (std ``std``) and zero bias.
+
+    The init runs inside the constructor: under ZeRO-3's ``zero.Init`` a module's parameters are
+    partitioned when its constructor returns, so an init applied afterwards would be lost."""
+
+    def __init__(self, d_in: int, d_out: int, std: float, bias: bool = False):
+        super().__init__(d_in, d_out, bias=bias)
+        with torch.no_grad():
+            init_normal_(self.weight, std)
+            if bias:
+                self.bias.zero_()
+
+
+def linear(d_in: int, d_out: int, std: float, bias: bool = False) -> Linear:
+    return Linear(d_in, d_out, std, bias)
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding with a truncated-normal init in the constructor (see :class:`Linear`)."""
+
+    def __init__(self, vocab_size: int, dim: int, std: float):
+        super().__init__(vocab_size, dim)
+        with torch.no_grad():
+            init_normal_(self.weight, std)
 
 
 class RMSNorm(nn.Module):

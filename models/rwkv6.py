@@ -33,7 +33,7 @@ from recurlm.kernels.rwkv6 import rwkv6
 from recurlm.models.config import ModelConfig
 from recurlm.models.layers import token_shift
 from recurlm.models.rwkv_common import (ChannelMix, HeadGroupNorm, RWKVBlock, RWKVLM, channel_ramp,
-                                        depth_ratios, lerp_prev, no_weight_decay, rwkv_linear,
+                                        depth_ratios, lerp_prev, no_weight_decay, OrthogonalLinear,
                                         shift_mix_init)
 
 DDLERP_TARGETS = ("w", "k", "v", "r", "g")
@@ -88,11 +88,11 @@ class RWKV6TimeMix(nn.Module):
         bonus = r01 * (1 - n / (D - 1)) + ((n + 1) % 3 - 1) * 0.1
         self.time_faaaa = no_weight_decay(nn.Parameter(bonus.view(self.n_heads, N)))
 
-        self.receptance = rwkv_linear(D, D, 1.0)
-        self.key = rwkv_linear(D, D, 0.1)
-        self.value = rwkv_linear(D, D, 1.0)
-        self.gate = rwkv_linear(D, D, 0.1)
-        self.output = rwkv_linear(D, D, 0.0)
+        self.receptance = OrthogonalLinear(D, D, 1.0)
+        self.key = OrthogonalLinear(D, D, 0.1)
+        self.value = OrthogonalLinear(D, D, 1.0)
+        self.gate = OrthogonalLinear(D, D, 0.1)
+        self.output = OrthogonalLinear(D, D, 0.0)
         self.ln_x = HeadGroupNorm(self.n_heads, D, cfg.group_norm_eps)
 
     def forward(self, x: torch.Tensor, resets: Optional[torch.Tensor], wkv: Optional[torch.Tensor],

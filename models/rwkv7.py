@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from recurlm.kernels.dplr import dplr_delta_rule
 from recurlm.models.config import ModelConfig
 from recurlm.models.rwkv_common import (ChannelMix, HeadGroupNorm, RWKVBlock, RWKVLM, depth_ratios,
-                                        lerp_prev, no_weight_decay, orthogonal_, rwkv_linear,
+                                        lerp_prev, no_weight_decay, orthogonal_, OrthogonalLinear,
                                         shift_mix_init)
 from recurlm.models.layers import token_shift
 
@@ -127,10 +127,10 @@ class RWKV7TimeMix(nn.Module):
         self.k_a = nn.Parameter(torch.full((D,), 1.02))
         self.r_k = no_weight_decay(nn.Parameter(torch.full((self.n_heads, N), -0.04)))
 
-        self.receptance = rwkv_linear(D, D, 1.0)
-        self.key = rwkv_linear(D, D, 0.1)
-        self.value = rwkv_linear(D, D, 1.0)
-        self.output = rwkv_linear(D, D, 0.0)
+        self.receptance = OrthogonalLinear(D, D, 1.0)
+        self.key = OrthogonalLinear(D, D, 0.1)
+        self.value = OrthogonalLinear(D, D, 1.0)
+        self.output = OrthogonalLinear(D, D, 0.0)
         self.ln_x = HeadGroupNorm(self.n_heads, D, cfg.group_norm_eps,
                                   weight_init=((layer_idx + 1) / cfg.n_layers) ** 0.7)
 
@@ -142,7 +142,8 @@ class RWKV7TimeMix(nn.Module):
         H, N = self.n_heads, self.head_dim
         x_prev, new_shift = token_shift(x, resets, shift)
         dx = x_prev - x
-        xr, xw, xk, xv, xa, xg = (lerp_prev(x, dx, mu) for mu in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+        mixes = (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
+        xr, xw, xk, xv, xa, xg = (lerp_prev(x, dx, mu) for mu in mixes)
 
         r = self.receptance(xr)
         k = self.key(xk)

@@ -50,12 +50,23 @@ def orthogonal_(weight: torch.Tensor, gain: float) -> torch.Tensor:
         return weight.copy_(w)
 
 
-def rwkv_linear(d_in: int, d_out: int, gain: float) -> nn.Linear:
+class OrthogonalLinear(nn.Linear):
     """Bias-free projection, orthogonally initialised with ``gain`` (0 = zeros), as the official
-    ``generate_init_weight`` does for every ``.weight`` matrix."""
-    layer = nn.Linear(d_in, d_out, bias=False)
-    orthogonal_(layer.weight, gain)
-    return layer
+    ``generate_init_weight`` does for every ``.weight`` matrix. The init runs in the constructor
+    (ZeRO-3's ``zero.Init`` partitions a module's parameters when its constructor returns)."""
+
+    def __init__(self, d_in: int, d_out: int, gain: float):
+        super().__init__(d_in, d_out, bias=False)
+        orthogonal_(self.weight, gain)
+
+
+class TinyUniformEmbedding(nn.Embedding):
+    """Embedding initialised uniformly in ±``bound`` (official RWKV: 1e-4; ``ln0`` normalises it)."""
+
+    def __init__(self, vocab_size: int, dim: int, bound: float = 1e-4):
+        super().__init__(vocab_size, dim)
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
 
 
 def no_weight_decay(p: nn.Parameter, lr_scale: float = 1.0) -> nn.Parameter:
@@ -103,9 +114,9 @@ class ChannelMix(nn.Module):
         super().__init__()
         self.x_k = nn.Parameter(shift_mix_init(d_model, mix_power))
         self.x_r = nn.Parameter(shift_mix_init(d_model, mix_power)) if receptance else None
-        self.key = rwkv_linear(d_model, d_hidden, 1.0)
-        self.value = rwkv_linear(d_hidden, d_model, 0.0)
-        self.receptance = rwkv_linear(d_model, d_model, 0.0) if receptance else None
+        self.key = OrthogonalLinear(d_model, d_hidden, 1.0)
+        self.value = OrthogonalLinear(d_hidden, d_model, 0.0)
+        self.receptance = OrthogonalLinear(d_model, d_model, 0.0) if receptance else None
 
     def forward(self, x: torch.Tensor, resets: Optional[torch.Tensor], last: Optional[torch.Tensor]
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,13 +173,12 @@ class RWKVBlock(Block):
 
 class RWKVLM(RecurrentLM):
     """RecurrentLM with RWKV's final LayerNorm (``ln_out``) and official embedding / head init:
-    embedding uniform in ±1e-4 (``ln0`` normalises it), head orthogonal with gain
-    0.5 * sqrt(V / D) (0.5 when V <= D)."""
+    embedding uniform in ±1e-4, head orthogonal with gain 0.5 * sqrt(V / D) (0.5 when V <= D).
+    Both replace the base class's modules with modules that initialise in their constructors."""
 
     def __init__(self, cfg: ModelConfig, blocks: list[RWKVBlock]):
         super().__init__(cfg, blocks, nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps))
-        with torch.no_grad():
-            self.embed.weight.uniform_(-1e-4, 1e-4)
-            if self.head is not None:
-                V, D = cfg.vocab_size, cfg.d_model
-                orthogonal_(self.head.weight, 0.5 * (V / D) ** 0.5 if V > D else 0.5)
+        V, D = cfg.vocab_size, cfg.d_model
+        self.embed = TinyUniformEmbedding(V, D)
+        if self.head is not None:
+            self.head = OrthogonalLinear(D, V, 0.5 * (V / D) ** 0.5 if V > D else 0.5)

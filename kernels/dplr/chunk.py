@@ -23,13 +23,16 @@ with K~[s] = k_s e^{g_C - g_s}, B~[s] = b_s e^{g_C - g_s}. Everything except S_n
 (one [K, K] @ [K, V] product per chunk) runs for all chunks at once.
 
 Stability (log decays gk <= 0, any magnitude; tested down to -20 per token): the decayed products
-are formed in one of two exact ways, chosen per call from the largest chunk span |g_C|:
-- span <= FACTOR_SPAN_LIMIT (60 in float32; RWKV-7's decays give at most 39 at C=64): one matmul
-  of (x e^{gx - g_C/2}) by (y e^{g_C/2 - gy}), every factor within e^{+-span/2};
-- otherwise, per sub-block of c tokens: exponents gx_t - g_s taken pairwise inside sub-blocks
-  (masked to -inf before exp), and factored through the cumulative decay at the end of the
-  writer's sub-block between sub-blocks, where both factors are <= 1 (products underflow to 0
-  exactly where the true value is below the float range).
+are formed in one of two exact ways, chosen per call:
+- factored, when every chunk's span max |g| is within FACTOR_SPAN_LIMIT (60 in float32): one
+  matmul of (x e^{gx - g_C/2}) by (y e^{g_C/2 - gy}), every factor within e^{+-span/2}. The chunk
+  is halved (down to the leaf size) until the spans fit: RWKV-7's decays (> -0.61) always fit
+  at C = 64, decays down to -3.75 at C = 16;
+- otherwise, blockwise: exponents gx_t - g_s taken pairwise inside leaf blocks of c tokens
+  (masked to -inf before exp), and, merging sibling blocks bottom-up, the lower-left quadrant of
+  each block of twice the size as one matmul factored through the cumulative decay at the end of
+  its upper half, where both factors are <= 1 (products underflow to 0 exactly where the true
+  value is below the float range). O(C K log C) exponentials per chunk; a few times slower.
 Cumulative sums are taken within a chunk, so the exponent's absolute error is about eps * |g_C|
 (float32: ~1e-4 at C=64 and gk=-20; ~5e-6 for RWKV-7 decays).
 
@@ -45,24 +48,26 @@ import torch.nn.functional as F
 
 
 FACTOR_SPAN_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
-"""Largest per-chunk log-decay span |g_C| for which the chunk's decayed products may be factored as
+"""Largest per-chunk log-decay span max |g| for which the chunk's decayed products may be factored as
 (x e^{gx - ref}) (y e^{ref - gy}) with ref = g_C / 2: both factors stay within e^{+-span/2} and
 the masked (s > t) products within e^{span}, far from the float range."""
 
 
 def _decayed_products(x: torch.Tensor, gx: torch.Tensor, strict: tuple[bool, ...],
-                      y: torch.Tensor, gy: torch.Tensor, sub: int | None) -> torch.Tensor:
+                      y: torch.Tensor, gy: torch.Tensor, leaf: int | None) -> torch.Tensor:
     """All reader/writer decayed products of a chunk, computed stably.
 
     Args:
         x: [*, P, C, K] P reader sequences (e.g. q and a); gx: [*, P, C, K] their log decays.
         strict: P flags; True excludes the diagonal s = t for that reader.
         y: [*, R, C, K] R writer sequences (e.g. k and b); gy: [*, C, K] their cumulative log
-            decays (shared by the writers), non-increasing along C, with every gx in [gy[-1], 0].
-        sub: None when the chunk's span |gy[-1]| is within FACTOR_SPAN_LIMIT: one factored
-            matmul per chunk. Otherwise the sub-block size c (a divisor of C): exponents are taken
-            pairwise (masked before exp) inside sub-blocks and factored through the decay at the
-            end of the writer's sub-block between them, where both factors are <= 1.
+            decays (shared by the writers), non-increasing along C; a reader's gx[t] lies between
+            gy[t] and gy[t - 1] (g and the exclusive g both do).
+        leaf: None when every span |gy| is within FACTOR_SPAN_LIMIT: one factored matmul per
+            chunk. Otherwise the leaf block size c (C / c a power of two): exponents are taken
+            pairwise (masked before exp) inside leaf blocks, and the lower-left quadrant of every
+            block of twice the size is one matmul factored through the decay at the end of its
+            upper half, where both factors are <= 1: O(C K log C) exponentials in all.
 
     Returns:
         [*, P, R, C, C] with out[..., p, r, t, s] = sum_k x[p,t,k] y[r,s,k] exp(gx[p,t,k] - gy[s,k])
@@ -70,8 +75,8 @@ def _decayed_products(x: torch.Tensor, gx: torch.Tensor, strict: tuple[bool, ...
     """
     chunk = x.shape[-2]
     n_readers, n_writers = x.shape[-3], y.shape[-3]
-    ones = torch.ones(chunk if sub is None else sub, chunk if sub is None else sub, dtype=torch.bool,
-                      device=x.device)
+    size = chunk if leaf is None else leaf
+    ones = torch.ones(size, size, dtype=torch.bool, device=x.device)
     lower = torch.stack([ones.tril(-1 if s else 0) for s in strict])  # [P, c, c]
 
     def pair_products(x_scaled: torch.Tensor, y_scaled: torch.Tensor) -> torch.Tensor:
@@ -79,31 +84,59 @@ def _decayed_products(x: torch.Tensor, gx: torch.Tensor, strict: tuple[bool, ...
         out = x_scaled.flatten(-3, -2) @ y_scaled.flatten(-3, -2).mT  # [*, P*L, R*M]
         return out.unflatten(-1, (n_writers, -1)).unflatten(-3, (n_readers, -1)).transpose(-3, -2)
 
-    if sub is None:
+    if leaf is None:
         ref = gy[..., -1:, :] / 2  # [*, 1, K]
         out = pair_products(x * (gx - ref[..., None, :, :]).exp(), y * (ref - gy)[..., None, :, :].exp())
         return torch.where(lower[:, None], out, 0.0)
 
-    n = chunk // sub
-    xb, gxb, yb = (z.unflatten(-2, (n, sub)) for z in (x, gx, y))  # [*, P|R, n, c, K]
-    gyb = gy.unflatten(-2, (n, sub))  # [*, n, c, K]
-    # Diagonal sub-blocks: exponents taken pairwise, masked to -inf above the diagonal before exp.
+    # Leaf blocks on the diagonal: exponents taken pairwise, masked to -inf above it before exp.
+    n = chunk // leaf
+    xb, gxb, yb = (z.unflatten(-2, (n, leaf)) for z in (x, gx, y))  # [*, P|R, n, c, K]
+    gyb = gy.unflatten(-2, (n, leaf))  # [*, n, c, K]
     diff = gxb[..., :, None, :] - gyb[..., None, :, None, :, :]  # [*, P, n, c, c, K]
     decay = torch.where(lower[:, None, :, :, None], diff, float("-inf")).exp()
-    diag = torch.einsum("...pntsk,...rnsk->...prnts", xb[..., None, :] * decay, yb)  # [*,P,R,n,c,c]
-    eye = torch.eye(n, dtype=x.dtype, device=x.device)
-    out = (diag[..., None, :] * eye[:, None, :, None]).flatten(-4, -3).flatten(-2, -1)
-    if n == 1:
-        return out
-    # Between sub-blocks: e^{gx_t - gy_s} = e^{gx_t - ref_J} e^{ref_J - gy_s}, ref_J = gy at the end of
-    # writer block J; both exponents are <= 0 for readers in later blocks (the others are masked).
-    ref = gyb[..., -1, :]  # [*, n, K]
-    y_scaled = yb * (ref[..., None, :, None, :] - gyb[..., None, :, :, :]).exp()  # [*, R, n, c, K]
-    later = (torch.arange(chunk, device=x.device) // sub)[None, :] > torch.arange(n, device=x.device)[:, None]
-    expo = torch.where(later[:, None, :, None], gx[..., None, :, :, :] - ref[..., :, None, None, :],
-                       float("-inf"))  # [*, n, P, C, K]
-    between = pair_products(x[..., None, :, :, :] * expo.exp(), y_scaled.movedim(-4, -3))  # [*,n,P,R,C,c]
-    return out + between.movedim(-5, -2).flatten(-2, -1)
+    blocks = torch.einsum("...pntsk,...rnsk->...prnts", xb[..., None, :] * decay, yb)  # [*,P,R,n,c,c]
+    # Merge sibling blocks bottom-up: [[upper, 0], [lower-left, lower]] for blocks of size 2s.
+    size = leaf
+    while size < chunk:
+        halves = chunk // (2 * size)
+        xh, gxh, yh = (z.unflatten(-2, (halves, 2, size)) for z in (x, gx, y))  # [*, P|R, m, 2, s, K]
+        gyh = gy.unflatten(-2, (halves, 2, size))[..., 0, :, :]  # upper halves [*, m, s, K]
+        ref = gyh[..., -1:, :]  # gy at the end of each upper half [*, m, 1, K]
+        x_scaled = xh[..., 1, :, :] * (gxh[..., 1, :, :] - ref[..., None, :, :, :]).exp()
+        y_scaled = yh[..., 0, :, :] * (ref - gyh)[..., None, :, :, :].exp()
+        lower_left = pair_products(x_scaled.movedim(-4, -3), y_scaled.movedim(-4, -3)).movedim(-5, -3)
+        upper, lower_right = blocks.unflatten(-3, (halves, 2)).unbind(-3)  # [*, P, R, m, s, s]
+        blocks = torch.cat([torch.cat([upper, torch.zeros_like(upper)], -1),
+                            torch.cat([lower_left, lower_right], -1)], -2)
+        size *= 2
+    return blocks.squeeze(-3)
+
+
+def _choose_chunking(gk: torch.Tensor, longest: int, leaf: int, limit: float) -> tuple[int, bool]:
+    """Pick the chunk size and how to form the decayed products.
+
+    Args:
+        gk: [B, T, H, K] log decays (resets already zeroed).
+        longest: the largest chunk size allowed (``leaf`` times a power of two).
+        leaf: the leaf block size, the smallest candidate.
+        limit: the largest cumulative |log decay| inside a chunk that may be factored.
+
+    Returns:
+        (C, True) for the largest C in longest, longest / 2, ..., leaf whose chunks all stay within
+        ``limit`` (one factored matmul per chunk); (longest, False) if none does (blockwise path).
+    """
+    seq_len = gk.shape[1]
+    gk = gk.detach()
+    size = longest
+    while True:
+        n_chunks = -(-seq_len // size)
+        padded = F.pad(gk, (0, 0, 0, 0, 0, n_chunks * size - seq_len)).unflatten(1, (n_chunks, size))
+        if padded.cumsum(2).abs().amax().item() <= limit:
+            return size, True
+        if size == leaf:
+            return longest, False
+        size //= 2
 
 
 def dplr_chunk(
@@ -129,25 +162,29 @@ def dplr_chunk(
         initial_state: [B, H, K, V] or None (zeros).
         output_final_state: return S_T.
         resets: [B, T] bool or None; True zeroes the state entering that token.
-        chunk_size: tokens per chunk C (a multiple of sub_chunk_size; shrunk for short inputs).
-        sub_chunk_size: sub-block size c of the stable decayed products.
+        chunk_size: tokens per chunk C, at most (shrunk for short inputs and strong decays).
+        sub_chunk_size: leaf block size c of the blockwise decayed products; chunk_size / c must
+            be a power of two.
 
     Returns:
         o [B, T, H, V] in q's dtype; S_T [B, H, K, V] in float32 (float64 for float64 inputs) or
         None. Accumulation is in that dtype.
     """
-    if chunk_size % sub_chunk_size:
-        raise ValueError(f"chunk_size {chunk_size} must be a multiple of sub_chunk_size {sub_chunk_size}")
+    blocks = chunk_size // sub_chunk_size
+    if chunk_size % sub_chunk_size or blocks & (blocks - 1):
+        raise ValueError(f"chunk_size {chunk_size} must be sub_chunk_size {sub_chunk_size} times a power of two")
     out_dtype = q.dtype
     acc = torch.promote_types(out_dtype, torch.float32)
     batch, seq_len, heads, dk = q.shape
     dv = v.shape[-1]
-    chunk = min(chunk_size, -(-seq_len // sub_chunk_size) * sub_chunk_size)
-    n_chunks = -(-seq_len // chunk)
-    pad = n_chunks * chunk - seq_len
-
     if resets is not None:
         gk = gk.masked_fill(resets[:, :, None, None], 0.0)
+    longest = sub_chunk_size
+    while longest < min(chunk_size, seq_len):
+        longest *= 2
+    chunk, factored = _choose_chunking(gk, longest, sub_chunk_size, FACTOR_SPAN_LIMIT.get(acc, float("-inf")))
+    n_chunks = -(-seq_len // chunk)
+    pad = n_chunks * chunk - seq_len
 
     def to_chunks(x: torch.Tensor) -> torch.Tensor:
         """[B, T, H, D] -> [B, H, N, C, D]; padded tokens are identity steps (all zeros)."""
@@ -158,8 +195,6 @@ def dplr_chunk(
     g_excl = g - gk
     g_last = g[..., -1:, :]  # [B, H, N, 1, K]
 
-    span = g.abs().amax().item()  # = max |g_C| for non-positive log decays
-    factored = span <= FACTOR_SPAN_LIMIT.get(acc, 0.0)
     products = _decayed_products(torch.stack([q, a], -3), torch.stack([g, g_excl], -3), (False, True),
                                  torch.stack([k, b], -3), g, None if factored else sub_chunk_size)
     (a_qk, a_qb), (a_ak, a_ab) = (pair.unbind(-3) for pair in products.unbind(-4))

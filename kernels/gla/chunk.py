@@ -83,7 +83,7 @@ def _intra_chunk(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, exclusive: b
     # inside a sub-chunk
     causal = torch.ones(c, c, dtype=torch.bool, device=device).tril(-1 if exclusive else 0)
     if sub_total.min() > -FACTORISABLE_LOG_DECAY:
-        # exp(Gq_i - G_j) = exp(Gq_i) exp(-G_j) with both factors within exp(+-30): one matmul
+        # exp(Gq_i - G_j) = exp(Gq_i) exp(-G_j) with both factors within exp(+-FACTORISABLE_LOG_DECAY): one matmul
         a_diag = torch.where(causal, q_from_start @ (ks * (-key_cum).exp()).transpose(-1, -2), 0.0)
     else:
         # elementwise, exponent masked to -inf before exp (exp(-inf) = 0, finite grads)

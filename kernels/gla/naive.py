@@ -53,15 +53,17 @@ def naive_gated_recurrence(
     dtype, out_dtype = compute_dtype(q), q.dtype
     q, k, v, g = (x.to(dtype) for x in (q, k, v, g))
     state = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(dtype)
+    keep = torch.ones(B, T, dtype=dtype, device=q.device) if resets is None else (~resets).to(dtype)
     outputs = []
-    for t in range(T):
-        if resets is not None:
-            state = state * (~resets[:, t]).to(dtype)[:, None, None, None]
-        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # [B, H, K, V]
-        q_t = q[:, t] * scale
+    # unbind (not q[:, t]) so that the backward stacks per-step gradients instead of writing each
+    # into a fresh [B, T, ...] buffer
+    for q_t, k_t, v_t, g_t, keep_t in zip(*(x.unbind(1) for x in (q, k, v, g, keep))):
+        state = state * keep_t[:, None, None, None]
+        kv = k_t[..., None] * v_t[..., None, :]  # [B, H, K, V]
+        q_t = q_t * scale
         if bonus is not None:
             outputs.append(torch.einsum("bhk,bhkv->bhv", q_t, state + bonus.to(dtype)[..., None] * kv))
-        state = g[:, t].exp()[..., None] * state + kv
+        state = g_t.exp()[..., None] * state + kv
         if bonus is None:
             outputs.append(torch.einsum("bhk,bhkv->bhv", q_t, state))
     o = torch.stack(outputs, dim=1) if outputs else v.new_zeros(B, 0, H, V)

@@ -156,6 +156,36 @@ def _segment_reverse_cumsum(x: torch.Tensor, starts: torch.Tensor) -> torch.Tens
     return suffix[:, :seq_len] - torch.gather(suffix, 1, next_start)
 
 
+def _gate_gradients(q_dq: torch.Tensor, k_dk: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                    m0: torch.Tensor, m_seq: torch.Tensor, starts: torch.Tensor, dm: torch.Tensor,
+                    final_pair: torch.Tensor, dm_final: torch.Tensor | None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of i, f [B, T, H] and of the initial stabiliser m0 [B, H].
+
+    q_dq, k_dk: [B, T, H, K] products q * dq and k * dk; m_seq [B, T, H] the stabilisers;
+    starts [B, T, 1] bool document starts; dm [B, T, H] the direct gradient of each m_t (through
+    the exp(-m_t) floor); final_pair [B, H] = <dC_T, C_T> + <dn_T, n_T>; dm_final [B, H] or None.
+    """
+    q_dq, k_dk = q_dq.sum(-1), k_dk.sum(-1)                                         # [B, T, H]
+    in_last_doc = (starts.long().flip(1).cumsum(1).flip(1) - starts.long()) == 0
+    # f'_t df'_t = <dC_t, C_t> + <dn_t, n_t> - k_t . dk_t, telescoped (module docstring)
+    decay_grad = _segment_reverse_cumsum(q_dq - k_dk, starts) + torch.where(in_last_doc, final_pair[:, None], 0.0)
+    decay_grad = torch.where(starts, 0.0, decay_grad)
+    # f' = exp(lf_t + m_{t-1} - m_t) and i' = exp(i_t - m_t) (i'_t di'_t = k_t . dk_t) move m too
+    dm = dm - decay_grad - k_dk
+    dm[:, :-1] += decay_grad[:, 1:]
+    if dm_final is not None:
+        dm[:, -1] += dm_final
+    # reverse scan of m_t = max(lf_t + m_{t-1}, i_t); a document start cuts the chain
+    m_prev = torch.where(starts, 0.0, torch.cat([m0[:, None], m_seq[:, :-1]], 1))
+    forget_wins = F.logsigmoid(f) + m_prev >= i
+    dm_total = _segment_reverse_cumsum(dm, starts | ~forget_wins)
+    d_log_f = decay_grad + torch.where(forget_wins, dm_total, 0.0)
+    d_i = k_dk + torch.where(forget_wins, 0.0, dm_total)
+    d_m0 = torch.where(starts[:, 0] | ~forget_wins[:, 0], 0.0, dm_total[:, 0]) + decay_grad[:, 0]
+    return d_i, d_log_f * torch.sigmoid(-f), d_m0
+
+
 def _launch_config(dk: int, dv: int, block_v: int | None) -> tuple[int, int, int]:
     """(BK, BV, number of value blocks)."""
     block_k = triton.next_power_of_2(dk)
@@ -218,27 +248,9 @@ class _MLSTMFunction(torch.autograd.Function):
                                 dC0, dn0, seq_len, bth, dk ** -0.5, HAS_DFINAL=has_dfinal, **common)
         dq, dk_ = dq.sum(0), dk_blocks.sum(0)
 
-        # gate gradients from the telescoped <dC_t, C_t> (see the module docstring)
         starts = resets.bool()[..., None] if has_resets else torch.zeros_like(m_seq[:, :, :1], dtype=torch.bool)
-        q_dq, k_dk = (q * dq).sum(-1), (k * dk_).sum(-1)                            # [B, T, H]
-        final_pair = (dCT * CT).sum((-1, -2)) + (dnT * nT).sum(-1)                  # [B, H]
-        in_last_doc = (starts.long().flip(1).cumsum(1).flip(1) - starts.long()) == 0
-        log_f_gate = F.logsigmoid(f)
-        decay_grad = _segment_reverse_cumsum(q_dq - k_dk, starts) + torch.where(in_last_doc, final_pair[:, None], 0.0)
-        decay_grad = torch.where(starts, 0.0, decay_grad)                           # f' d f'
-        d_log_f, d_i = decay_grad.clone(), k_dk.clone()
-        dm = dm - decay_grad - k_dk
-        dm[:, :-1] += decay_grad[:, 1:]
-        if dmT is not None:
-            dm[:, -1] += dmT
-        m_prev = torch.cat([m0[:, None], m_seq[:, :-1]], 1)
-        m_prev = torch.where(starts, 0.0, m_prev)
-        forget_wins = log_f_gate + m_prev >= i
-        dm_total = _segment_reverse_cumsum(dm, starts | ~forget_wins)
-        d_log_f += torch.where(forget_wins, dm_total, 0.0)
-        d_i += torch.where(forget_wins, 0.0, dm_total)
-        d_f = d_log_f * torch.sigmoid(-f)
-        d_m0 = torch.where(starts[:, 0] | ~forget_wins[:, 0], 0.0, dm_total[:, 0]) + decay_grad[:, 0]
+        d_i, d_f, d_m0 = _gate_gradients(q * dq, k * dk_, i, f, m0, m_seq, starts, dm,
+                                         (dCT * CT).sum((-1, -2)) + (dnT * nT).sum(-1), dmT)
         d_initial = (dC0, dn0, d_m0) if has_initial else (None, None, None)
         return dq, dk_, dv_, d_i, d_f, None, None, None, None, *d_initial
 

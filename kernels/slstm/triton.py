@@ -88,7 +88,7 @@ def _slstm_fwd_kernel(x, R, resets, raw, c_seq, n_seq, m_seq, h_seq, T,
     c, n, m, h = _load_state(c_seq, n_seq, m_seq, h_seq, state, mask_d)
     for t in range(T):
         if HAS_RESETS:
-            c, n, m, h, fresh = _discard_state(resets, i_b * T + t, c, n, m, h)
+            c, n, m, h, _ = _discard_state(resets, i_b * T + t, c, n, m, h)
         gates = ((i_b * T + t) * 4 * H + i_h) * D + od   # [B, T, 4, H, D]
         i_raw, f_raw, z_raw, o_raw = _load_gates(x, gates, mask_d, H * D)
         i_raw += tl.sum(h[:, None] * R_i, axis=0)

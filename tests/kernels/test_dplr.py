@@ -147,6 +147,18 @@ def test_strong_decays_stay_finite_and_match():
     torch.testing.assert_close(state32.double(), expected[1], atol=2e-4, rtol=2e-4)
 
 
+def test_moderate_decays_use_shorter_factored_chunks_float32():
+    """Log decays down to -3.5 do not fit a factored 64-token chunk in float32 but fit 16 tokens."""
+    inputs = make_inputs(2, 100, 2, 16, 8, dtype=torch.float64, initial_state=True, reset_prob=0.02,
+                         log_decay_floor=-3.5, seed=10)
+    as_float32 = {n: (x.float() if x.is_floating_point() else x) for n, x in inputs.items()}
+    assert chunk_module._choose_chunking(as_float32["gk"], 64, 16, 60.0) == (16, True)
+    o_ref, state_ref = dplr_delta_rule(**inputs, output_final_state=True, impl="naive")
+    o, state = dplr_delta_rule(**as_float32, output_final_state=True, impl="chunk")
+    torch.testing.assert_close(o.double(), o_ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(state.double(), state_ref, atol=1e-4, rtol=1e-4)
+
+
 def test_long_sequence_float32_matches_reference():
     inputs = make_inputs(1, 1000, 2, 16, 16, dtype=torch.float64, initial_state=True, seed=9)
     o_ref, state_ref = dplr_delta_rule(**inputs, output_final_state=True, impl="naive")
@@ -181,34 +193,34 @@ def test_naive_matches_fla_dplr_recurrence():
     torch.testing.assert_close(state, state_fla, atol=1e-5, rtol=1e-5)
 
 
-def test_triton_matches_naive_under_interpreter():
-    """fla's chunk_dplr_delta_rule (the CUDA path) in the Triton interpreter, tiny fp32, through
-    the resets adapter: outputs, final states and gradients of every input."""
+@pytest.fixture
+def fla_interpreter():
+    """fla's Triton kernels made runnable in the CPU interpreter (see fla_interpret.py)."""
     from recurlm.kernels.dispatch import triton_interpreting
     from recurlm.kernels.dplr.fla_interpret import fla_interpreter_patches
 
     if not triton_interpreting():
         pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+    with fla_interpreter_patches():
+        yield
+
+
+def test_triton_matches_naive_under_interpreter(fla_interpreter):
+    """fla's chunk_dplr_delta_rule (the CUDA path) in the Triton interpreter, tiny fp32, through
+    the resets adapter: outputs, final states and gradients of every input."""
     inputs = make_inputs(2, 10, 1, 16, 16, initial_state=True, requires_grad=True, seed=13)
     inputs["resets"] = torch.tensor([[False] * 4 + [True] + [False] * 5, [True] + [False] * 6 + [True] * 2 + [False]])
     expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive"), inputs)
-    with fla_interpreter_patches():
-        actual = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="triton"), inputs)
+    actual = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="triton"), inputs)
     assert_all_close(actual, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_triton_cu_seqlens_under_interpreter():
-    from recurlm.kernels.dispatch import triton_interpreting
-    from recurlm.kernels.dplr.fla_interpret import fla_interpreter_patches
-
-    if not triton_interpreting():
-        pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+def test_triton_cu_seqlens_under_interpreter(fla_interpreter):
     cu_seqlens = torch.tensor([0, 7, 20])
     inputs = make_inputs(1, 20, 1, 16, 16, seed=14)
     inputs["initial_state"] = torch.randn(2, 1, 16, 16)
     expected = dplr_delta_rule(**inputs, output_final_state=True, cu_seqlens=cu_seqlens, impl="naive")
-    with fla_interpreter_patches():
-        actual = dplr_delta_rule(**inputs, output_final_state=True, cu_seqlens=cu_seqlens, impl="triton")
+    actual = dplr_delta_rule(**inputs, output_final_state=True, cu_seqlens=cu_seqlens, impl="triton")
     assert_all_close(actual, expected, atol=1e-4, rtol=1e-4)
 
 
@@ -237,15 +249,16 @@ def test_bad_inputs_raise():
         dplr_delta_rule(**single, cu_seqlens=torch.tensor([0, 5, 5, 8]))
     with pytest.raises(ValueError, match="impl"):
         dplr_delta_rule(**inputs, impl="fast")
-    with pytest.raises(ValueError, match="multiple of sub_chunk_size"):
-        dplr_chunk(**inputs, scale=1.0, chunk_size=24, sub_chunk_size=16)
+    for chunk_size in (24, 48):
+        with pytest.raises(ValueError, match="times a power of two"):
+            dplr_chunk(**inputs, scale=1.0, chunk_size=chunk_size, sub_chunk_size=16)
 
 
 def test_flops_count():
     per_chunk = flops(1, 64, 1, 16, 8)
     assert flops(3, 64 * 5, 2, 16, 8) == 3 * 5 * 2 * per_chunk
-    # T = 10 runs as one 16-token chunk: products 2*4*16*16*(16+16), A_ak v, solve, outputs, state
+    # T = 10 runs as one 16-token chunk
     c, k, v = 16, 16, 8
-    expected = (8 * c * k * (c + 16) + 2 * c * c * v + c * c * (v + k) + 4 * c * c * v + 2 * c * c * k
+    expected = (8 * c * c * k + 2 * c * c * v + c * c * (v + k) + 4 * c * c * v + 2 * c * c * k
                 + 2 * c * k * v + 2 * c * k * k + 4 * c * k * v + 2 * k * k * v)
     assert flops(1, 10, 1, k, v) == expected

@@ -89,6 +89,25 @@ def test_cu_seqlens_with_initial_states_chunk_matches_naive():
     _assert_all_close(grads, ref_grads, atol=1e-9)
 
 
+def test_varlen_padding_over_whole_chunks_stays_exact():
+    """A short sequence padded by several whole chunks of identity steps (i = -inf, f = +inf)."""
+    from recurlm.kernels.dispatch import run_varlen
+
+    cu_seqlens = torch.tensor([0, 3, 80])
+    inputs = make_inputs(1, 80, 2, 4, 4, dtype=torch.float64, seed=6, requires_grad=True)
+    ref_out, ref_grads = _run(partial(naive, cu_seqlens=cu_seqlens), inputs)
+
+    def padded_chunk(q, k, v, i, f, initial_state=None, output_final_state=False, resets=None):
+        inf = float("inf")
+        return run_varlen(partial(mlstm_chunk, chunk_size=16), [q, k, v, i, f], [0.0, 0.0, 0.0, -inf, inf],
+                          cu_seqlens, initial_state=initial_state, output_final_state=output_final_state)
+
+    out, grads = _run(padded_chunk, inputs)
+    assert all(torch.isfinite(g).all() for g in grads)
+    _assert_all_close(out, ref_out, atol=1e-10)
+    _assert_all_close(grads, ref_grads, atol=1e-9)
+
+
 def test_gradcheck_chunk_float64():
     inputs = make_inputs(2, 6, 1, 3, 2, dtype=torch.float64, seed=1, initial_state=True, requires_grad=True)
     resets = torch.tensor([[False, False, False, True, False, False], [True, False, True, False, False, True]])
@@ -187,14 +206,17 @@ def test_flops_counts_chunkwise_matmuls():
     assert flops(1, 128, 2, 16, 32, chunk_size=64) == 2 * 2 * 128 * (64 * 16 + 64 * 32 + 2 * 16 * 32)
 
 
-@pytest.mark.parametrize("reset_prob,initial_state,block_v", [(0.0, False, None), (0.25, True, 4)])
-def test_triton_matches_naive_interpreter(reset_prob, initial_state, block_v):
+@pytest.mark.parametrize("reset_prob,initial_state,block_v,strong", [
+    (0.0, False, None, False), (0.25, True, 4, False), (0.0, True, None, True)])
+def test_triton_matches_naive_interpreter(reset_prob, initial_state, block_v, strong):
     """Fused recurrent Triton kernel (fwd + bwd) under TRITON_INTERPRET=1, float32, tiny shapes;
-    block_v = 4 splits V = 8 over two programs."""
+    block_v = 4 splits V = 8 over two programs; strong: forget preactivations down to -20 and
+    input gates of scale 10."""
     from recurlm.kernels.mlstm.triton import mlstm_triton
 
+    gates = dict(forget_range=(-20.0, 8.0), input_scale=10.0) if strong else {}
     inputs = make_inputs(2, 9, 2, 4, 8, seed=21, reset_prob=reset_prob, initial_state=initial_state,
-                         requires_grad=True)
+                         requires_grad=True, **gates)
     if reset_prob:
         inputs["resets"][0, 0] = True
     ref_out, ref_grads = _run(naive, inputs)

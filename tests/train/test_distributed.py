@@ -43,7 +43,8 @@ def runner(tmp_path_factory, tiny_overrides):
     return run
 
 
-def assert_close(a, b, rtol=2e-5):
+def assert_close(a, b, rtol=1e-4):
+    """fp32 sums in another order (reduce-scatter, partitioned AdamW) drift by ~1e-5 over a few steps."""
     assert a.keys() == b.keys()
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=rtol), (step, a[step], b[step])
