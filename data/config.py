@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
-SOURCE_KINDS = ("stdlib", "text", "jsonl", "parquet", "hf_disk")
+SOURCE_KINDS = ("stdlib", "text", "jsonl", "parquet", "hf_disk", "synthetic")
 """Source kinds understood by :mod:`recurlm.data.sources`."""
 
 
@@ -27,7 +27,8 @@ class SourceConfig:
     document per file. ``text``: text files (one document per file). ``jsonl``: ``.jsonl`` or
     ``.jsonl.zst`` files, one document per line (``text_field``). ``parquet``: parquet files, one
     document per row (``text_field``). ``hf_disk``: a ``datasets`` directory written by
-    ``save_to_disk`` (``text_field``; the ``train`` split of a DatasetDict)."""
+    ``save_to_disk`` (``text_field``; the ``train`` split of a DatasetDict). ``synthetic``:
+    generated task documents (``synthetic`` options, :mod:`recurlm.data.synthetic`)."""
 
     paths: List[str] = field(default_factory=list)
     """Files, directories (searched recursively for ``suffixes``) or glob patterns. Ignored for
@@ -45,6 +46,11 @@ class SourceConfig:
 
     max_docs: Optional[int] = None
     """Stop reading the source after this many documents (None: no cap)."""
+
+    synthetic: Dict[str, Any] = field(default_factory=dict)
+    """Options of a ``synthetic`` source: ``task`` (mqar, passkey, parity, modcount), ``num_docs``,
+    ``seed`` and the task's parameters, a list meaning one value drawn per document
+    (see ``recurlm.data.synthetic.make_example``). Ignored by other kinds."""
 
     weight: float = 1.0
     """Mixture weight: the share of every global training batch drawn from this source (weights
@@ -166,7 +172,7 @@ class DataConfig:
         for s in self.sources:
             if s.kind not in SOURCE_KINDS:
                 raise ValueError(f"data.sources[{s.name}].kind={s.kind!r}: expected one of {SOURCE_KINDS}")
-            if s.kind != "stdlib" and not s.paths:
+            if s.kind not in ("stdlib", "synthetic") and not s.paths:
                 raise ValueError(f"data.sources[{s.name}]: kind {s.kind!r} needs 'paths'")
             if not s.weight > 0:
                 raise ValueError(f"data.sources[{s.name}].weight={s.weight}: must be > 0")

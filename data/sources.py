@@ -120,7 +120,14 @@ def fingerprint(src: SourceConfig) -> dict:
         else:
             files.append([file_id, st.st_size, st.st_mtime_ns])
     return {"kind": src.kind, "text_field": src.text_field, "max_bytes": src.max_bytes,
-            "max_docs": src.max_docs, "suffixes": list(src.suffixes), "files": files}
+            "max_docs": src.max_docs, "suffixes": list(src.suffixes), "files": files,
+            **({"synthetic": _synthetic_options(src)} if src.kind == "synthetic" else {})}
+
+
+def _synthetic_options(src: SourceConfig) -> dict:
+    from recurlm.data.synthetic import plain_options
+
+    return plain_options(src.synthetic)
 
 
 def _decode(raw: bytes, where: str, stats: SkipStats) -> str | None:
@@ -201,6 +208,11 @@ def _iter_hf_disk(path: str, file_id: str, field_name: str, stats: SkipStats) ->
 
 
 def _iter_unbounded(src: SourceConfig, stats: SkipStats) -> Iterator[Document]:
+    if src.kind == "synthetic":
+        from recurlm.data.synthetic import iter_texts
+
+        yield from (Document(f"{src.name}:{i}", text) for i, text in iter_texts(src.synthetic))
+        return
     for path, file_id in source_files(src):
         if src.kind in ("stdlib", "text"):
             with open(path, "rb") as f:

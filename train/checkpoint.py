@@ -49,6 +49,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _universal_info() -> dict[str, Any]:
+    """Marks the checkpoint as convertible by ``ds_to_universal`` (no tensor or pipeline parallelism)."""
+    from deepspeed.checkpoint.constants import (UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_CHECKPOINT_VERSION_KEY,
+                                                UNIVERSAL_CHECKPOINT_VERSION_VALUE)
+
+    return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+
+
 def _write_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
@@ -79,7 +87,8 @@ class CheckpointManager:
         barrier()
         error: Optional[BaseException] = None
         try:
-            engine.save_checkpoint(os.path.join(tmp, "ds"), tag="state", save_latest=False)
+            engine.save_checkpoint(os.path.join(tmp, "ds"), tag="state", save_latest=False,
+                                   client_state=_universal_info())
             torch.save(rng_state(), os.path.join(tmp, "rng", f"rank{self.rank}.pt"))
             if self.rank == 0:
                 _write_atomic(os.path.join(tmp, STATE_FILE), json.dumps(trainer_state, indent=1))

@@ -27,12 +27,12 @@ are formed in one of two exact ways, chosen per call:
 - factored, when every chunk's span max |g| is within FACTOR_SPAN_LIMIT (60 in float32): one
   matmul of (x e^{gx - g_C/2}) by (y e^{g_C/2 - gy}), every factor within e^{+-span/2}. The chunk
   is halved (down to the leaf size) until the spans fit: RWKV-7's decays (> -0.61) always fit
-  at C = 64, decays down to -3.75 at C = 16;
+  at C = 64, decays down to -3.75 at C = 16 (MIN_FACTORED_CHUNK);
 - otherwise, blockwise: exponents gx_t - g_s taken pairwise inside leaf blocks of c tokens
   (masked to -inf before exp), and, merging sibling blocks bottom-up, the lower-left quadrant of
   each block of twice the size as one matmul factored through the cumulative decay at the end of
   its upper half, where both factors are <= 1 (products underflow to 0 exactly where the true
-  value is below the float range). O(C K log C) exponentials per chunk; a few times slower.
+  value is below the float range). O(C K log C) exponentials per chunk; about 2x slower.
 Cumulative sums are taken within a chunk, so the exponent's absolute error is about eps * |g_C|
 (float32: ~1e-4 at C=64 and gk=-20; ~5e-6 for RWKV-7 decays).
 
@@ -51,6 +51,10 @@ FACTOR_SPAN_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
 """Largest per-chunk log-decay span max |g| for which the chunk's decayed products may be factored as
 (x e^{gx - ref}) (y e^{ref - gy}) with ref = g_C / 2: both factors stay within e^{+-span/2} and
 the masked (s > t) products within e^{span}, far from the float range."""
+
+MIN_FACTORED_CHUNK = 16
+"""Chunks are not halved below this to make the factored path fit: shorter chunks lengthen the
+sequential part, and the blockwise path at full length is faster then."""
 
 
 def _decayed_products(x: torch.Tensor, gx: torch.Tensor, strict: tuple[bool, ...],
@@ -123,7 +127,8 @@ def _choose_chunking(gk: torch.Tensor, longest: int, leaf: int, limit: float) ->
         limit: the largest cumulative |log decay| inside a chunk that may be factored.
 
     Returns:
-        (C, True) for the largest C in longest, longest / 2, ..., leaf whose chunks all stay within
+        (C, True) for the largest C in longest, longest / 2, ..., down to max(leaf,
+        MIN_FACTORED_CHUNK) (or longest if smaller), whose chunks all stay within
         ``limit`` (one factored matmul per chunk); (longest, False) if none does (blockwise path).
     """
     seq_len = gk.shape[1]
@@ -134,7 +139,7 @@ def _choose_chunking(gk: torch.Tensor, longest: int, leaf: int, limit: float) ->
         padded = F.pad(gk, (0, 0, 0, 0, 0, n_chunks * size - seq_len)).unflatten(1, (n_chunks, size))
         if padded.cumsum(2).abs().amax().item() <= limit:
             return size, True
-        if size == leaf:
+        if size == leaf or size <= MIN_FACTORED_CHUNK:
             return longest, False
         size //= 2
 
@@ -151,7 +156,7 @@ def dplr_chunk(
     output_final_state: bool = False,
     resets: torch.Tensor | None = None,
     chunk_size: int = 64,
-    sub_chunk_size: int = 16,
+    sub_chunk_size: int = 4,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Chunkwise generalized delta rule (math in the module docstring); autograd does the backward.
 
@@ -190,7 +195,8 @@ def dplr_chunk(
         """[B, T, H, D] -> [B, H, N, C, D]; padded tokens are identity steps (all zeros)."""
         return F.pad(x.to(acc).transpose(1, 2), (0, 0, 0, pad)).unflatten(2, (n_chunks, chunk))
 
-    q, k, v, a, b, gk = (to_chunks(x) for x in (q * scale, k, v, a, b, gk))
+    q, k, v, a, b, gk = (to_chunks(x) for x in (q, k, v, a, b, gk))
+    q = q * scale
     g = gk.cumsum(-2)
     g_excl = g - gk
     g_last = g[..., -1:, :]  # [B, H, N, 1, K]

@@ -26,8 +26,9 @@ def make_inputs(
 ) -> dict[str, torch.Tensor]:
     """Random inputs shaped like RWKV-7's call of the op.
 
-    kk is the L2-normalised key (times a per-channel k_k), a = -kk, b = kk * iclr with iclr = sigmoid(.) in (0, 1), so the
-    low-rank part is -iclr-weighted projection onto kk and the transition stays contractive;
+    kk is the L2-normalised key (times a per-channel k_k), a = -kk, b = kk * iclr with the in-context
+    learning rate iclr = sigmoid(.) in (0, 1), so the low-rank part removes an iclr-weighted
+    projection onto kk and the transition's spectral radius stays below 1;
     gk = log_decay_floor * sigmoid(w0 + x), w0 spread from -6 to 3 over the key channels and
     x ~ N(0, 0.5^2) (RWKV-7's floor by default; pass e.g. -20 for strong decays). Keys and queries
     are O(1) per channel.
@@ -66,7 +67,7 @@ def make_inputs(
 
 
 def flops(batch: int, seq_len: int, heads: int, dk: int, dv: int, chunk_size: int = 64,
-          sub_chunk_size: int = 16) -> int:
+          sub_chunk_size: int = 4) -> int:
     """Forward FLOPs (a multiply-add counts 2) of the chunkwise form in ``chunk.py`` on its factored
     path (every RWKV-7 input; the blockwise path for stronger decays does about half the product
     work in smaller matmuls).

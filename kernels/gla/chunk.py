@@ -19,9 +19,9 @@ Sequence -> chunks of C tokens (default 64) -> sub-chunks of c tokens (default 1
              (k_r * exp(G_end(r) - G))^T
 
 - inside a sub-chunk, the c x c weights are one matmul of exp(Gq)-scaled queries and
-  exp(-G)-scaled keys when the sub-chunk's decay is mild enough to factorise (see
-  FACTORISABLE_LOG_DECAY), and are formed elementwise from exp(Gq_i - G_j), masked *before* the
-  exponential, otherwise.
+  exp(-G)-scaled keys where the sub-chunk's decay is mild enough to factorise (see
+  FACTORISABLE_LOG_DECAY); only the other sub-chunks are formed elementwise from
+  exp(Gq_i - G_j), masked *before* the exponential.
 
 Every exponent is a sum of log decays over a forward span, so every factor is <= 1 and nothing
 overflows however strong the decay (per-step log decays of -20 over a 64-token chunk would reach
@@ -41,9 +41,17 @@ from recurlm.kernels.gla.naive import compute_dtype
 CHUNK_SIZE = 64
 SUB_CHUNK_SIZE = 16
 FACTORISABLE_LOG_DECAY = 40.0
-"""Sub-chunks whose total log decay stays above -40 in every channel (checked per call) take the
-diagonal blocks as one matmul of exp(G)-scaled queries and exp(-G)-scaled keys (factors within
-exp(+-40), far from float32 overflow); stronger decays use the elementwise c x c x K form."""
+"""Sub-chunks whose total log decay stays above -40 in every channel take their diagonal block as
+one matmul of exp(G)-scaled queries and exp(-G)-scaled keys (factors within exp(+-40), far from
+float32 overflow); the other sub-chunks (selected per call) use the elementwise c x c x K form."""
+
+
+def _exp_decay(log_decay: torch.Tensor) -> torch.Tensor:
+    """exp of log decays (<= 0), flushed to exactly 0 below sqrt of the dtype's smallest normal
+    (about 1e-19 in float32): such factors are negligible, and left as they are they or their
+    products become subnormal floats, which make CPU matmuls up to 100x slower."""
+    floor = math.log(torch.finfo(log_decay.dtype).tiny) / 2
+    return torch.where(log_decay > floor, log_decay, -math.inf).exp()
 
 
 def _decay_sums(g: torch.Tensor, exclusive: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,27 +84,30 @@ def _intra_chunk(q: torch.Tensor, k: torch.Tensor, g: torch.Tensor, exclusive: b
     key_cum, query_cum, key_to_end = _decay_sums(gs, exclusive)
     device = q.device
 
-    q_from_start = qs * query_cum.exp()  # decay since the sub-chunk start, <= 1
-    k_to_end = ks * key_to_end.exp()  # decay until the sub-chunk end, <= 1
+    q_from_start = qs * _exp_decay(query_cum)  # decay since the sub-chunk start, <= 1
+    k_to_end = ks * _exp_decay(key_to_end)  # decay until the sub-chunk end, <= 1
     sub_total = key_cum[..., -1, :]  # [..., ns, K]
 
-    # inside a sub-chunk
+    # inside a sub-chunk: exp(Gq_i - G_j) = exp(Gq_i) exp(-G_j), one matmul, exact for sub-chunks
+    # whose decay stays above -FACTORISABLE_LOG_DECAY (both factors within exp(+-40)); the clamp
+    # only keeps the other (strong-decay) sub-chunks finite, they are recomputed elementwise below
     causal = torch.ones(c, c, dtype=torch.bool, device=device).tril(-1 if exclusive else 0)
-    if sub_total.min() > -FACTORISABLE_LOG_DECAY:
-        # exp(Gq_i - G_j) = exp(Gq_i) exp(-G_j) with both factors within exp(+-FACTORISABLE_LOG_DECAY): one matmul
-        a_diag = torch.where(causal, q_from_start @ (ks * (-key_cum).exp()).transpose(-1, -2), 0.0)
-    else:
-        # elementwise, exponent masked to -inf before exp (exp(-inf) = 0, finite grads)
-        pair_log_decay = query_cum[..., :, None, :] - key_cum[..., None, :, :]  # [..., ns, c, c, K]
-        pair_decay = torch.where(causal[:, :, None], pair_log_decay, -math.inf).exp()
-        a_diag = (qs[..., :, None, :] * ks[..., None, :, :] * pair_decay).sum(-1)  # [..., ns, c, c]
+    k_scaled = ks * (-key_cum).clamp(max=FACTORISABLE_LOG_DECAY).exp()
+    a_diag = (q_from_start @ k_scaled.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [..., ns, c, c]
+    strong = sub_total.min(-1).values < -FACTORISABLE_LOG_DECAY  # [..., ns]
+    if strong.any():
+        # elementwise c x c x K weights, exponent masked to -inf before exp (exp(-inf) = 0, finite grads)
+        pair_log_decay = query_cum[strong][:, :, None, :] - key_cum[strong][:, None, :, :]  # [M, c, c, K]
+        pair_decay = _exp_decay(torch.where(causal[:, :, None], pair_log_decay, -math.inf))
+        a_strong = (qs[strong][:, :, None, :] * ks[strong][:, None, :, :] * pair_decay).sum(-1)
+        a_diag = a_diag.index_put((strong,), a_strong)
 
     # across sub-chunks r < s: factors relative to the sub-chunk boundaries, all <= 1
     idx = torch.arange(ns, device=device)
     strictly_between = (idx[None, :, None] < idx[None, None, :]) & (idx[None, None, :] < idx[:, None, None])
     span = torch.einsum("srm,...mk->...srk", strictly_between.to(g.dtype), sub_total)  # [..., ns, ns, K]
     earlier = idx[None, :] < idx[:, None]  # [s, r]: r < s
-    between = torch.where(earlier[:, :, None], span, -math.inf).exp()
+    between = _exp_decay(torch.where(earlier[:, :, None], span, -math.inf))
     a_off = (q_from_start[..., :, None, :, :] * between[..., None, :]) @ k_to_end[..., None, :, :, :].transpose(-1, -2)
 
     eye = torch.eye(ns, dtype=torch.bool, device=device)
@@ -152,9 +163,9 @@ def chunk_gated_attention(
 
     attn = _intra_chunk(q, k, g, exclusive, sub_chunk_size)  # [B, H, n, C, C]
     key_cum, query_cum, key_to_end = _decay_sums(g, exclusive)
-    q_from_start = q * query_cum.exp()
-    k_to_end = k * key_to_end.exp()
-    carry = key_cum[..., -1, :].exp()  # [B, H, n, K]: decay of a whole chunk
+    q_from_start = q * _exp_decay(query_cum)
+    k_to_end = k * _exp_decay(key_to_end)
+    carry = _exp_decay(key_cum[..., -1, :])  # [B, H, n, K]: decay of a whole chunk
     if resets is not None:
         # resets_seen[i] = number of document starts in the chunk up to and including token i
         resets_seen = F.pad(resets, (0, pad)).view(B, 1, n_chunks, C).long().cumsum(-1)

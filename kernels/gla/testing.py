@@ -1,6 +1,9 @@
 """Random inputs and FLOP counts for the gated linear attention ops (tests and benchmarks)."""
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -18,7 +21,7 @@ def make_inputs(
     reset_prob: float = 0.0,
     initial_state: bool = False,
     requires_grad: bool = False,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Random GLA inputs with realistic gates.
 
@@ -28,12 +31,14 @@ def make_inputs(
         reset_prob: probability of a document start at each token (``resets`` [B, T]; position 0
             included); 0 gives no ``resets`` entry.
         initial_state: include an ``initial_state`` [B, H, K, V] (float32, or float64 for float64).
+        seed: seeds a private generator (the global RNG is left alone).
 
     Returns:
         {"q", "k", "g": [B, T, H, K], "v": [B, T, H, V], and optionally "resets", "initial_state"}.
     """
     value_dim = head_dim if value_dim is None else value_dim
     shape = (batch, seq_len, heads, head_dim)
+    generator = torch.Generator().manual_seed(seed)
 
     def randn(*size: int) -> torch.Tensor:
         return torch.randn(*size, generator=generator, dtype=torch.float64).to(device)
@@ -63,6 +68,30 @@ def flops(batch: int, seq_len: int, heads: int, head_dim: int, value_dim: int | 
     return batch * heads * seq_len * per_token
 
 
+def assert_results_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                         atol: float, rtol: float) -> None:
+    """Same keys, every ``actual`` tensor finite and close to ``expected`` (compared in float64)."""
+    assert actual.keys() == expected.keys(), (sorted(actual), sorted(expected))
+    for name in expected:
+        assert torch.isfinite(actual[name]).all(), f"{name} is not finite"
+        torch.testing.assert_close(actual[name].double(), expected[name].double(), atol=atol, rtol=rtol,
+                                   msg=lambda message: f"{name}: {message}")
+
+
+@contextmanager
+def fla_interpreter(packages: tuple[str, ...] = ("fla.ops.gla", "fla.ops.rwkv6", "fla.ops.common", "fla.ops.utils")
+                    ) -> Iterator[None]:
+    """Let fla's Triton kernels of ``packages`` (gla, rwkv6 and the shared chunk-state / cumsum
+    kernels they call) run under ``TRITON_INTERPRET=1``, by the patches of
+    :func:`recurlm.kernels.dplr.fla_interpret.fla_interpreter_patches` (tests only)."""
+    from recurlm.kernels.dplr.fla_interpret import fla_interpreter_patches
+
+    with ExitStack() as stack:
+        for package in packages:
+            stack.enter_context(fla_interpreter_patches(package))
+        yield
+
+
 def outputs_and_grads(op, inputs: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:
     """Run ``op(**inputs, output_final_state=True, **kwargs)`` and backpropagate a fixed random
     projection of the output and final state.
@@ -73,9 +102,11 @@ def outputs_and_grads(op, inputs: dict[str, torch.Tensor], **kwargs) -> dict[str
     leaves = {name: x.detach().clone().requires_grad_(x.requires_grad) for name, x in inputs.items()}
     o, final_state = op(**leaves, output_final_state=True, **kwargs)
     gen = torch.Generator().manual_seed(1234)
-    o_weight = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device, o.dtype)
-    s_weight = torch.randn(final_state.shape, generator=gen, dtype=torch.float64).to(final_state.device, final_state.dtype)
-    loss = (o * o_weight).sum() + (final_state * s_weight).sum()
+
+    def projection(x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.device, x.dtype)
+
+    loss = (o * projection(o)).sum() + (final_state * projection(final_state)).sum()
     with_grad = {name: x for name, x in leaves.items() if x.requires_grad}
     grads = torch.autograd.grad(loss, list(with_grad.values())) if with_grad else ()
     result = {"o": o.detach(), "final_state": final_state.detach()}

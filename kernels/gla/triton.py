@@ -5,22 +5,21 @@ fla 0.6.0's ``fla.ops.gla.chunk_gla`` computes exactly recurlm's GLA convention 
 this is a thin call: :func:`recurlm.kernels.fla_adapter.run_fla_varlen` turns ``resets`` into
 segments of fla's varlen form.
 
-Interpreter note (CPU tests, fla 0.6.0, triton 3.9): under plain ``TRITON_INTERPRET=1`` fla's
-``chunk_gla`` cannot run.
+Interpreter note (CPU tests, fla 0.6.0, triton 3.9): plain ``TRITON_INTERPRET=1`` cannot run
+fla's ``chunk_gla``, nor ``chunk_rwkv6`` / ``chunk_dplr_delta_rule``:
 
-1. Its kernels (``chunk_gla_fwd_A_kernel_intra_sub_inter`` / ``..._intra``,
-   ``chunk_fwd_kernel_h``, ``chunk_gla_fwd_kernel_o`` and the backward kernels) are wrapped in
+1. the kernels (``chunk_gla_fwd_A_kernel_intra_sub_inter`` / ``..._intra``,
+   ``chunk_fwd_kernel_h``, ``chunk_gla_fwd_kernel_o``, the backward kernels) are wrapped in
    ``@triton.autotune`` / fla's ``fla_cache_autotune``, whose benchmarking asks for a GPU driver:
-   ``RuntimeError: 0 active drivers ([]). There should only be one.``
-2. With autotuning cut to one config (no benchmark), the cumsum and intra-chunk kernels run, but
-   ``fla/ops/common/chunk_h.py::chunk_fwd_kernel_h`` (the inter-chunk state kernel, shared by
-   gla, rwkv6 and most fla chunk ops) fails on ``i_t.to(tl.int64)`` of a loop variable:
-   ``AttributeError: 'int' object has no attribute 'to'``.
+   ``RuntimeError: 0 active drivers ([]). There should only be one.``;
+2. with autotuning cut to one config, ``fla/ops/common/chunk_h.py::chunk_fwd_kernel_h`` (the
+   inter-chunk state kernel shared by most fla chunk ops) fails on ``i_t.to(tl.int64)`` of a loop
+   index: ``AttributeError: 'int' object has no attribute 'to'``.
 
-The same holds for ``fla.ops.rwkv6.chunk_rwkv6`` and
-``fla.ops.generalized_delta_rule.dplr.chunk_dplr_delta_rule``. The CPU tests therefore check the
-adapter with recurlm's naive op standing in for the fla kernel; the triton-vs-naive test skips
-with the interpreter's error message when the fla kernel cannot run (it runs on a GPU machine).
+The tests close these gaps with :func:`recurlm.kernels.gla.testing.fla_interpreter` (the patches of
+``recurlm.kernels.dplr.fla_interpret`` applied to ``fla.ops.gla``, ``fla.ops.rwkv6``,
+``fla.ops.common`` and ``fla.ops.utils``); the kernels then run in fp32 at tiny shapes and match
+the naive op, gradients included, through the resets adapter.
 """
 from __future__ import annotations
 

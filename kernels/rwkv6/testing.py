@@ -6,14 +6,15 @@ import torch
 from recurlm.kernels.gla import testing as gla_testing
 
 
-def make_inputs(*args, generator: torch.Generator | None = None, **kwargs) -> dict[str, torch.Tensor]:
+def make_inputs(*args, seed: int = 0, **kwargs) -> dict[str, torch.Tensor]:
     """RWKV-6 inputs: the arguments of :func:`recurlm.kernels.gla.testing.make_inputs`, returned as
     {"r", "k", "w": [B, T, H, K], "v": [B, T, H, V], "u": [H, K], and optionally "resets",
     "initial_state"}; the bonus ``u`` is drawn like RWKV-6's ``time_faaaa`` (O(1) values)."""
-    inputs = gla_testing.make_inputs(*args, generator=generator, **kwargs)
+    inputs = gla_testing.make_inputs(*args, seed=seed, **kwargs)
     q, g = inputs.pop("q"), inputs.pop("g")
     heads, head_dim = q.shape[2], q.shape[3]
-    u = (0.5 * torch.randn(heads, head_dim, generator=generator, dtype=torch.float64)).to(q.device, q.dtype)
+    u = (0.5 * torch.randn(heads, head_dim, generator=torch.Generator().manual_seed(seed + 1),
+                         dtype=torch.float64)).to(q.device, q.dtype)
     return {"r": q, "w": g, "u": u.requires_grad_(q.requires_grad), **inputs}
 
 

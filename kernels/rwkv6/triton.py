@@ -5,10 +5,10 @@ cu_seqlens)`` computes exactly recurlm's RWKV-6 convention (layout [B, T, H, K],
 default K ** -0.5, state [N, H, K, V] float32); :func:`recurlm.kernels.fla_adapter.run_fla_varlen`
 turns ``resets`` into fla's varlen segments.
 
-Interpreter note (CPU tests): under plain ``TRITON_INTERPRET=1`` ``chunk_rwkv6`` cannot run: its
-kernels (``chunk_rwkv6_fwd_A_kernel_intra_sub_inter`` and the others in ``fla/ops/rwkv6/chunk.py``)
-carry ``@triton.autotune``, whose benchmarking needs a GPU driver
-(``RuntimeError: 0 active drivers``). See :mod:`recurlm.kernels.gla.triton`.
+Interpreter note (CPU tests): plain ``TRITON_INTERPRET=1`` cannot run ``chunk_rwkv6`` (autotune
+benchmarking needs a GPU driver; ``.to()`` on loop indices in the shared ``chunk_fwd_kernel_h``);
+the tests run it under :func:`recurlm.kernels.gla.testing.fla_interpreter`. Details in
+:mod:`recurlm.kernels.gla.triton`.
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def test_plan_segments_inside_cu_seqlens():
 def test_gla_batch_with_resets_matches_recurlm_resets():
     """Outputs, final states and gradients (incl. a dropped initial state) through the adapter."""
     inputs = make_inputs(3, 23, 2, 4, 3, dtype=torch.float64, initial_state=True, requires_grad=True,
-                         generator=torch.Generator().manual_seed(0))
+                         seed=0)
     resets = torch.zeros(3, 23, dtype=torch.bool)
     resets[0, [5, 6, 22]] = True   # a one-token document, a reset at the last token
     resets[1, [0, 11]] = True      # row 1 drops its initial state
@@ -62,9 +62,10 @@ def test_gla_batch_with_resets_matches_recurlm_resets():
 def test_rwkv6_with_per_head_kwarg_and_cu_seqlens():
     """Non-token inputs (u) pass through op_kwargs; resets split cu_seqlens sequences further."""
     inputs = make_rwkv6_inputs(1, 30, 2, 4, 4, dtype=torch.float64, requires_grad=True,
-                               generator=torch.Generator().manual_seed(1))
+                               seed=1)
     cu_seqlens = torch.tensor([0, 9, 30])
-    inputs["initial_state"] = torch.randn(2, 2, 4, 4, dtype=torch.float64).requires_grad_()
+    seeded = torch.Generator().manual_seed(2)
+    inputs["initial_state"] = torch.randn(2, 2, 4, 4, dtype=torch.float64, generator=seeded).requires_grad_()
     resets = torch.zeros(1, 30, dtype=torch.bool)
     resets[0, [4, 9, 17]] = True
     inputs["resets"] = resets

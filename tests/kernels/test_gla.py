@@ -4,23 +4,12 @@ import pytest
 import torch
 from fla.ops.gla.naive import naive_recurrent_gla
 
+from recurlm.kernels.dispatch import triton_interpreting
 from recurlm.kernels.gla import chunk as chunk_module
 from recurlm.kernels.gla import gla
 from recurlm.kernels.gla.chunk import chunk_gated_attention
 from recurlm.kernels.gla.naive import naive_gla
-from recurlm.kernels.gla.testing import flops, make_inputs, outputs_and_grads
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def assert_all_close(actual: dict, expected: dict, atol: float, rtol: float) -> None:
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        a, e = actual[name].double(), expected[name].double()
-        assert torch.isfinite(a).all(), name
-        torch.testing.assert_close(a, e, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+from recurlm.kernels.gla.testing import assert_results_close, flops, fla_interpreter, make_inputs, outputs_and_grads
 
 
 @pytest.mark.parametrize("batch,seq_len,heads,head_dim,value_dim", [
@@ -32,21 +21,25 @@ def assert_all_close(actual: dict, expected: dict, atol: float, rtol: float) -> 
 @pytest.mark.parametrize("reset_prob", [0.0, 0.08])
 def test_chunk_matches_naive_float64(batch, seq_len, heads, head_dim, value_dim, reset_prob):
     inputs = make_inputs(batch, seq_len, heads, head_dim, value_dim, dtype=torch.float64, reset_prob=reset_prob,
-                         initial_state=True, requires_grad=True, generator=gen())
+                         initial_state=True, requires_grad=True, seed=0)
     expected = outputs_and_grads(gla, inputs, impl="naive")
     actual = outputs_and_grads(gla, inputs, impl="chunk")
     assert {"dq", "dk", "dv", "dg", "dinitial_state"} <= actual.keys()
-    assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
+    assert_results_close(actual, expected, atol=1e-10, rtol=1e-9)
 
 
-@pytest.mark.parametrize("chunk_size,sub_chunk_size,elementwise", [
-    (16, 4, False), (16, 4, True), (8, 8, True), (32, 1, False)])
-def test_chunk_geometries_match_naive(chunk_size, sub_chunk_size, elementwise, monkeypatch):
+@pytest.mark.parametrize("chunk_size,sub_chunk_size,decays", [
+    (16, 4, "mild"), (16, 4, "all_elementwise"), (16, 4, "mixed"), (8, 8, "mixed"), (32, 1, "mild")])
+def test_chunk_geometries_match_naive(chunk_size, sub_chunk_size, decays, monkeypatch):
     """Several chunks of several sub-chunks each, with resets at chunk and sub-chunk edges; the
-    diagonal sub-chunk blocks by the factorised matmul and (forced) by the elementwise form."""
-    if elementwise:
+    diagonal sub-chunk blocks by the factorised matmul, by the elementwise form (forced), and by a
+    mix of both (strong decays on a stretch)."""
+    if decays == "all_elementwise":
         monkeypatch.setattr(chunk_module, "FACTORISABLE_LOG_DECAY", 0.0)
-    inputs = make_inputs(2, 45, 2, 6, 3, dtype=torch.float64, initial_state=True, requires_grad=True, generator=gen(1))
+    inputs = make_inputs(2, 45, 2, 6, 3, dtype=torch.float64, initial_state=True, requires_grad=True, seed=1)
+    if decays == "mixed":
+        with torch.no_grad():
+            inputs["g"][0, 10:22] = -15.0
     resets = torch.zeros(2, 45, dtype=torch.bool)
     resets[0, [0, 4, 5, 16, 30]] = True  # row 0 drops its initial state; documents of length 1 and more
     resets[1, [7, 8, 33, 44]] = True     # row 1 continues its initial state; a reset at the last token
@@ -59,12 +52,12 @@ def test_chunk_geometries_match_naive(chunk_size, sub_chunk_size, elementwise, m
     def naive(q, k, v, g, initial_state, resets, output_final_state):
         return naive_gla(q, k, v, g, 0.4, initial_state, resets)
 
-    assert_all_close(outputs_and_grads(chunked, inputs), outputs_and_grads(naive, inputs), atol=1e-10, rtol=1e-9)
+    assert_results_close(outputs_and_grads(chunked, inputs), outputs_and_grads(naive, inputs), atol=1e-10, rtol=1e-9)
 
 
 def test_resets_equal_separate_documents():
     """A row with resets computes what the documents computed one by one compute."""
-    inputs = make_inputs(1, 30, 2, 4, 3, dtype=torch.float64, initial_state=True, generator=gen(2))
+    inputs = make_inputs(1, 30, 2, 4, 3, dtype=torch.float64, initial_state=True, seed=2)
     starts = [0, 9, 10, 22]
     resets = torch.zeros(1, 30, dtype=torch.bool)
     resets[0, starts[1:]] = True  # the first document continues the initial state
@@ -81,8 +74,9 @@ def test_resets_equal_separate_documents():
 def test_cu_seqlens_match_sequences_run_separately(impl):
     cu_seqlens = torch.tensor([0, 1, 21, 24, 90])
     n_seqs = len(cu_seqlens) - 1
-    inputs = make_inputs(1, 90, 2, 8, 4, dtype=torch.float64, requires_grad=True, generator=gen(3))
-    inputs["initial_state"] = torch.randn(n_seqs, 2, 8, 4, dtype=torch.float64, generator=gen(4)).requires_grad_()
+    inputs = make_inputs(1, 90, 2, 8, 4, dtype=torch.float64, requires_grad=True, seed=3)
+    seeded = torch.Generator().manual_seed(4)
+    inputs["initial_state"] = torch.randn(n_seqs, 2, 8, 4, dtype=torch.float64, generator=seeded).requires_grad_()
     actual = outputs_and_grads(gla, inputs, cu_seqlens=cu_seqlens, impl=impl)
 
     def per_sequence(q, k, v, g, initial_state, output_final_state):
@@ -94,24 +88,25 @@ def test_cu_seqlens_match_sequences_run_separately(impl):
             states.append(s_n)
         return torch.cat(outs, dim=1), torch.cat(states, dim=0)
 
-    assert_all_close(actual, outputs_and_grads(per_sequence, inputs), atol=1e-10, rtol=1e-9)
+    assert_results_close(actual, outputs_and_grads(per_sequence, inputs), atol=1e-10, rtol=1e-9)
 
 
 def test_cu_seqlens_with_resets():
     cu_seqlens = torch.tensor([0, 12, 40])
-    inputs = make_inputs(1, 40, 1, 4, 4, dtype=torch.float64, requires_grad=True, generator=gen(5))
-    inputs["initial_state"] = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=gen(6)).requires_grad_()
+    inputs = make_inputs(1, 40, 1, 4, 4, dtype=torch.float64, requires_grad=True, seed=5)
+    seeded = torch.Generator().manual_seed(6)
+    inputs["initial_state"] = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=seeded).requires_grad_()
     resets = torch.zeros(1, 40, dtype=torch.bool)
     resets[0, [5, 12, 30]] = True  # a reset inside sequence 0, and sequence 1 drops its initial state
     inputs["resets"] = resets
     expected = outputs_and_grads(gla, inputs, cu_seqlens=cu_seqlens, impl="naive")
     actual = outputs_and_grads(gla, inputs, cu_seqlens=cu_seqlens, impl="chunk")
-    assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
+    assert_results_close(actual, expected, atol=1e-10, rtol=1e-9)
     assert actual["dinitial_state"][1].abs().max() == 0  # discarded by the reset at its first token
 
 
 def test_gradcheck_chunk():
-    inputs = make_inputs(2, 11, 1, 3, 2, dtype=torch.float64, initial_state=True, requires_grad=True, generator=gen(7))
+    inputs = make_inputs(2, 11, 1, 3, 2, dtype=torch.float64, initial_state=True, requires_grad=True, seed=7)
     resets = torch.zeros(2, 11, dtype=torch.bool)
     resets[0, 6] = True
     resets[1, 0] = True
@@ -127,7 +122,7 @@ def test_gradcheck_chunk():
 def test_strong_decays_long_sequence_float32(impl):
     """Log decays down to -20 (and exactly -20 on whole stretches) stay finite and match float64."""
     inputs = make_inputs(1, 600 if impl == "chunk" else 200, 2, 16, 8, decay_scale=8.0, initial_state=True,
-                         requires_grad=True, generator=gen(8))
+                         requires_grad=True, seed=8)
     with torch.no_grad():
         inputs["g"][:, 100:180] = -20.0
         inputs["g"][:, 190:200] = 0.0
@@ -135,11 +130,11 @@ def test_strong_decays_long_sequence_float32(impl):
     expected = outputs_and_grads(gla, reference, impl="naive")
     actual = outputs_and_grads(gla, inputs, impl=impl)
     assert inputs["g"].min() == -20.0
-    assert_all_close(actual, expected, atol=1e-4, rtol=1e-4)
+    assert_results_close(actual, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_bfloat16_within_tolerance():
-    inputs = make_inputs(2, 100, 2, 16, 16, initial_state=True, reset_prob=0.05, generator=gen(9))
+    inputs = make_inputs(2, 100, 2, 16, 16, initial_state=True, reset_prob=0.05, seed=9)
     reference = {n: x.double() if x.is_floating_point() else x for n, x in inputs.items()}
     o_ref, s_ref = gla(**reference, output_final_state=True, impl="naive")
     low = {n: x.bfloat16() if n in ("q", "k", "v", "g") else x for n, x in inputs.items()}
@@ -154,7 +149,7 @@ def test_bfloat16_within_tolerance():
 
 
 def test_naive_matches_fla_reference():
-    inputs = make_inputs(2, 40, 3, 8, 6, initial_state=True, generator=gen(10))
+    inputs = make_inputs(2, 40, 3, 8, 6, initial_state=True, seed=10)
     o, final_state = gla(**inputs, output_final_state=True, impl="naive")
     o_fla, s_fla = naive_recurrent_gla(inputs["q"], inputs["k"], inputs["v"], inputs["g"],
                                        initial_state=inputs["initial_state"], output_final_state=True)
@@ -163,7 +158,7 @@ def test_naive_matches_fla_reference():
 
 
 def test_auto_uses_chunk_on_cpu_and_scale_default():
-    inputs = make_inputs(1, 20, 1, 9, 3, dtype=torch.float64, generator=gen(11))
+    inputs = make_inputs(1, 20, 1, 9, 3, dtype=torch.float64, seed=11)
     o_auto, _ = gla(**inputs)
     o_chunk, _ = gla(**inputs, scale=9 ** -0.5, impl="chunk")
     assert torch.equal(o_auto, o_chunk)
@@ -171,7 +166,7 @@ def test_auto_uses_chunk_on_cpu_and_scale_default():
 
 
 def test_bad_inputs_raise():
-    inputs = make_inputs(2, 10, 2, 4, 3, generator=gen(12))
+    inputs = make_inputs(2, 10, 2, 4, 3, seed=12)
     with pytest.raises(ValueError, match="share a shape"):
         gla(inputs["q"], inputs["k"][:, :, :, :3], inputs["v"], inputs["g"])
     with pytest.raises(ValueError, match="values"):
@@ -190,16 +185,28 @@ def test_flops_counts_chunk_matmuls():
     assert flops(1, 64, 1, 16, 8, chunk_size=64) == 64 * (2 * 64 * 24 + 4 * 16 * 8)
 
 
-def test_triton_matches_naive_under_interpreter():
-    """fla's chunk_gla in the Triton interpreter (tiny fp32), through the resets adapter."""
-    inputs = make_inputs(2, 20, 1, 16, 16, initial_state=True, reset_prob=0.1, generator=gen(13))
-    expected = gla(**inputs, output_final_state=True, impl="naive")
-    try:
-        actual = gla(**inputs, output_final_state=True, impl="triton")
-    except RuntimeError as error:
-        if "active drivers" in str(error):
-            pytest.skip("fla's chunk_gla kernels are autotuned; plain TRITON_INTERPRET=1 cannot benchmark "
-                        f"configs without a GPU driver ({error})")
-        raise
-    for a, e in zip(actual, expected):
-        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+@pytest.fixture
+def interpreted_fla():
+    if not triton_interpreting():
+        pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+    with fla_interpreter():
+        yield
+
+
+def test_triton_matches_naive_under_interpreter(interpreted_fla):
+    """fla's chunk_gla (the CUDA path) run by the Triton interpreter, tiny fp32, through the resets
+    adapter: outputs, final states and gradients of every input."""
+    inputs = make_inputs(2, 20, 1, 16, 16, initial_state=True, reset_prob=0.1, requires_grad=True, seed=13)
+    inputs["resets"][0, 0] = True  # row 0 drops its initial state
+    expected = outputs_and_grads(gla, inputs, impl="naive")
+    assert_results_close(outputs_and_grads(gla, inputs, impl="triton"), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_triton_cu_seqlens_under_interpreter(interpreted_fla):
+    """fla's native varlen path (no resets: cu_seqlens go to fla unchanged)."""
+    cu_seqlens = torch.tensor([0, 7, 20])
+    inputs = make_inputs(1, 20, 1, 16, 16, seed=14)
+    inputs["initial_state"] = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(15))
+    expected = gla(**inputs, output_final_state=True, cu_seqlens=cu_seqlens, impl="naive")
+    actual = gla(**inputs, output_final_state=True, cu_seqlens=cu_seqlens, impl="triton")
+    assert_results_close(dict(zip("os", actual)), dict(zip("os", expected)), atol=1e-4, rtol=1e-4)

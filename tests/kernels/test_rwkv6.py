@@ -5,25 +5,14 @@ import torch
 from fla.ops.rwkv6.chunk_naive import naive_chunk_rwkv6
 from fla.ops.rwkv6.recurrent_naive import naive_recurrent_rwkv6
 
+from recurlm.kernels.dispatch import triton_interpreting
 from recurlm.kernels.gla.chunk import chunk_gated_attention
-from recurlm.kernels.gla.testing import outputs_and_grads
+from recurlm.kernels.gla.testing import assert_results_close, fla_interpreter, outputs_and_grads
 from recurlm.kernels.rwkv6 import rwkv6
 from recurlm.kernels.rwkv6.naive import naive_rwkv6
 from recurlm.kernels.rwkv6.testing import flops, make_inputs
 
 GRAD_NAMES = {"dr", "dk", "dv", "dw", "du", "dinitial_state"}
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def assert_all_close(actual: dict, expected: dict, atol: float, rtol: float) -> None:
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        assert torch.isfinite(actual[name]).all(), name
-        torch.testing.assert_close(actual[name].double(), expected[name].double(), atol=atol, rtol=rtol,
-                                   msg=lambda m: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("batch,seq_len,heads,head_dim,value_dim,reset_prob", [
@@ -35,16 +24,16 @@ def assert_all_close(actual: dict, expected: dict, atol: float, rtol: float) -> 
 ])
 def test_chunk_matches_naive_float64(batch, seq_len, heads, head_dim, value_dim, reset_prob):
     inputs = make_inputs(batch, seq_len, heads, head_dim, value_dim, dtype=torch.float64, reset_prob=reset_prob,
-                         initial_state=True, requires_grad=True, generator=gen())
+                         initial_state=True, requires_grad=True, seed=0)
     expected = outputs_and_grads(rwkv6, inputs, impl="naive")
     actual = outputs_and_grads(rwkv6, inputs, impl="chunk")
     assert GRAD_NAMES <= actual.keys()
-    assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
+    assert_results_close(actual, expected, atol=1e-10, rtol=1e-9)
 
 
 def test_reset_drops_state_for_the_resetting_token_itself():
     """The token at a reset reads only its own bonus term, not the state before it."""
-    inputs = make_inputs(1, 6, 1, 4, 3, dtype=torch.float64, initial_state=True, generator=gen(1))
+    inputs = make_inputs(1, 6, 1, 4, 3, dtype=torch.float64, initial_state=True, seed=1)
     resets = torch.zeros(1, 6, dtype=torch.bool)
     resets[0, 3] = True
     o, _ = rwkv6(**inputs, resets=resets, impl="chunk")
@@ -53,7 +42,7 @@ def test_reset_drops_state_for_the_resetting_token_itself():
 
 
 def test_gradcheck_chunk_several_chunks():
-    inputs = make_inputs(2, 10, 1, 3, 2, dtype=torch.float64, initial_state=True, requires_grad=True, generator=gen(2))
+    inputs = make_inputs(2, 10, 1, 3, 2, dtype=torch.float64, initial_state=True, requires_grad=True, seed=2)
     resets = torch.zeros(2, 10, dtype=torch.bool)
     resets[0, [0, 5]] = True
     resets[1, 8] = True
@@ -67,8 +56,9 @@ def test_gradcheck_chunk_several_chunks():
 @pytest.mark.parametrize("with_resets", [False, True])
 def test_cu_seqlens_match_sequences_run_separately(with_resets):
     cu_seqlens = torch.tensor([0, 3, 40, 41, 77])
-    inputs = make_inputs(1, 77, 2, 8, 4, dtype=torch.float64, requires_grad=True, generator=gen(3))
-    inputs["initial_state"] = torch.randn(4, 2, 8, 4, dtype=torch.float64, generator=gen(4)).requires_grad_()
+    inputs = make_inputs(1, 77, 2, 8, 4, dtype=torch.float64, requires_grad=True, seed=3)
+    seeded = torch.Generator().manual_seed(4)
+    inputs["initial_state"] = torch.randn(4, 2, 8, 4, dtype=torch.float64, generator=seeded).requires_grad_()
     resets = torch.zeros(1, 77, dtype=torch.bool)
     if with_resets:
         resets[0, [3, 20]] = True  # sequence 1 starts with a reset; another document inside it
@@ -85,21 +75,21 @@ def test_cu_seqlens_match_sequences_run_separately(with_resets):
             states.append(s_n)
         return torch.cat(outs, dim=1), torch.cat(states, dim=0)
 
-    assert_all_close(actual, outputs_and_grads(per_sequence, inputs), atol=1e-10, rtol=1e-9)
+    assert_results_close(actual, outputs_and_grads(per_sequence, inputs), atol=1e-10, rtol=1e-9)
 
 
 def test_strong_decays_long_sequence_float32():
-    inputs = make_inputs(1, 500, 2, 16, 8, decay_scale=8.0, initial_state=True, requires_grad=True, generator=gen(5))
+    inputs = make_inputs(1, 500, 2, 16, 8, decay_scale=8.0, initial_state=True, requires_grad=True, seed=5)
     with torch.no_grad():
         inputs["w"][:, 60:140] = -20.0
     reference = {n: x.double().detach().requires_grad_() for n, x in inputs.items()}
     expected = outputs_and_grads(rwkv6, reference, impl="naive")
     actual = outputs_and_grads(rwkv6, inputs, impl="chunk")
-    assert_all_close(actual, expected, atol=1e-4, rtol=1e-4)
+    assert_results_close(actual, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_bfloat16_within_tolerance():
-    inputs = make_inputs(2, 90, 2, 16, 16, initial_state=True, reset_prob=0.05, generator=gen(6))
+    inputs = make_inputs(2, 90, 2, 16, 16, initial_state=True, reset_prob=0.05, seed=6)
     reference = {n: x.double() if x.is_floating_point() else x for n, x in inputs.items()}
     o_ref, s_ref = rwkv6(**reference, output_final_state=True, impl="naive")
     low = {n: x.bfloat16().requires_grad_() if n in ("r", "k", "v", "w", "u") else x for n, x in inputs.items()}
@@ -113,7 +103,7 @@ def test_bfloat16_within_tolerance():
 
 def test_matches_fla_references():
     """Naive vs fla's recurrent reference ([B, H, T, K] layout), chunk vs fla's chunk reference."""
-    inputs = make_inputs(2, 64, 3, 8, 6, initial_state=True, generator=gen(7))
+    inputs = make_inputs(2, 64, 3, 8, 6, initial_state=True, seed=7)
     to_fla = {n: inputs[n].transpose(1, 2) for n in ("r", "k", "v", "w")}
     o, final_state = rwkv6(**inputs, output_final_state=True, impl="naive")
     o_fla, s_fla = naive_recurrent_rwkv6(to_fla["r"], to_fla["k"], to_fla["v"], to_fla["w"], inputs["u"],
@@ -127,7 +117,7 @@ def test_matches_fla_references():
 
 
 def test_bad_u_raises():
-    inputs = make_inputs(1, 4, 2, 4, 4, generator=gen(8))
+    inputs = make_inputs(1, 4, 2, 4, 4, seed=8)
     inputs["u"] = inputs["u"][:1]
     with pytest.raises(ValueError, match="u must be"):
         rwkv6(**inputs)
@@ -137,15 +127,18 @@ def test_flops_adds_bonus_term():
     assert flops(1, 64, 1, 16, 8) == 64 * (2 * 64 * 24 + 4 * 16 * 8 + 3 * 16 + 2 * 8)
 
 
-def test_triton_matches_naive_under_interpreter():
-    inputs = make_inputs(2, 20, 1, 16, 16, initial_state=True, reset_prob=0.1, generator=gen(9))
-    expected = rwkv6(**inputs, output_final_state=True, impl="naive")
-    try:
-        actual = rwkv6(**inputs, output_final_state=True, impl="triton")
-    except RuntimeError as error:
-        if "active drivers" in str(error):
-            pytest.skip("fla's chunk_rwkv6 kernels are autotuned; plain TRITON_INTERPRET=1 cannot benchmark "
-                        f"configs without a GPU driver ({error})")
-        raise
-    for a, e in zip(actual, expected):
-        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+@pytest.fixture
+def interpreted_fla():
+    if not triton_interpreting():
+        pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+    with fla_interpreter():
+        yield
+
+
+def test_triton_matches_naive_under_interpreter(interpreted_fla):
+    """fla's chunk_rwkv6 (the CUDA path) run by the Triton interpreter, tiny fp32, through the resets
+    adapter: outputs, final states and gradients of every input."""
+    inputs = make_inputs(2, 20, 1, 16, 16, initial_state=True, reset_prob=0.1, requires_grad=True, seed=13)
+    inputs["resets"][0, 0] = True  # row 0 drops its initial state
+    expected = outputs_and_grads(rwkv6, inputs, impl="naive")
+    assert_results_close(outputs_and_grads(rwkv6, inputs, impl="triton"), expected, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,174 @@
+"""``recurlm-eval``: evaluate a checkpoint on a list of tasks.
+
+    recurlm-eval checkpoint=outputs/run/checkpoints 'tasks=[ppl,ppl_by_position,mqar]'
+    recurlm-eval checkpoint=outputs/run/checkpoints/300/export tasks=[passkey] passkey_lengths=[512,2048]
+    recurlm-eval checkpoint=<dir> 'tasks=[lm_eval:my_task]' lm_eval_include_path=./tasks
+
+Arguments are ``key=value`` overrides of :class:`EvalCommand`; keys of :class:`EvalConfig` may be
+given bare (``tasks=[...]``) or as ``eval.<key>``. Results go to ``<run_dir>/eval/<step>/``
+(``out_dir=`` overrides): ``results.json``, one PNG per plotted task; a Markdown summary is printed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from omegaconf import MISSING, OmegaConf
+
+from recurlm.eval.config import EvalConfig
+
+
+@dataclass
+class EvalCommand:
+    checkpoint: str = MISSING
+    """A run dir, its checkpoints dir, one checkpoint, or an export dir."""
+    shards: str = ""
+    """A shard directory (``.../valid``) to evaluate ppl tasks on instead of the run's validation split."""
+    train_seq_len: int = 0
+    """Training length (ppl row length, ppl_by_position unit, chunk length); 0: from the run's config."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """What to evaluate (the fields of EvalConfig, also accepted without the ``eval.`` prefix)."""
+
+
+@dataclass
+class CheckpointContext:
+    """What is known about the evaluated checkpoint beyond its weights."""
+
+    export_dir: str
+    checkpoint_dir: Optional[str]
+    run_dir: Optional[str]
+    step: int
+    job_config: Optional[Any]
+    """The run's resolved config (``config.yaml`` of the checkpoint), if found."""
+    wandb_id: Optional[str]
+
+
+def parse_args(argv: Sequence[str]) -> EvalCommand:
+    """key=value overrides → EvalCommand (a wrong key fails naming the valid ones)."""
+    eval_keys = {f.name for f in dataclasses.fields(EvalConfig)}
+    dotlist = []
+    for arg in argv:
+        if "=" not in arg:
+            raise ValueError(f"expected key=value, got {arg!r}")
+        key = arg.split("=", 1)[0].lstrip("+")
+        dotlist.append(f"eval.{arg.lstrip('+')}" if key.split(".")[0] in eval_keys else arg.lstrip("+"))
+    schema = OmegaConf.structured(EvalCommand)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(dotlist))
+        command: EvalCommand = OmegaConf.to_object(merged)
+    except Exception as err:  # omegaconf's errors name the key; add what is valid
+        valid = sorted({f.name for f in dataclasses.fields(EvalCommand)} | eval_keys)
+        raise ValueError(f"{err}\nValid keys: {', '.join(valid)}") from err
+    return command
+
+
+def describe_checkpoint(path: str, export_dir: str, info: dict) -> CheckpointContext:
+    """Find the checkpoint, run dir, step, run config and W&B id behind ``path``."""
+    from recurlm.train import checkpoint as ckpt
+
+    checkpoint_dir = None
+    source = info.get("source")
+    if source and ckpt.is_valid(source):
+        checkpoint_dir = source
+    elif not os.path.samefile(path, export_dir):
+        from recurlm.train.export import resolve_checkpoint
+
+        checkpoint_dir = resolve_checkpoint(path)
+    if checkpoint_dir is None:
+        return CheckpointContext(export_dir, None, None, int(info.get("step", 0)), None, None)
+    state = ckpt.read_state(checkpoint_dir)
+    config_path = os.path.join(checkpoint_dir, "config.yaml")
+    job = OmegaConf.load(config_path) if os.path.isfile(config_path) else None
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_dir)))
+    return CheckpointContext(export_dir, checkpoint_dir, run_dir, int(state["step"]), job, state.get("wandb_id"))
+
+
+def validation_data(command: EvalCommand, context: CheckpointContext, tokenizer: Any):
+    """The ShardSet to score ppl tasks on, or None when no task needs one."""
+    from recurlm.eval.runner import NEEDS_DATA
+
+    if not any(t in NEEDS_DATA for t in command.eval.tasks):
+        return None
+    from recurlm.data import DataConfig, ShardSet, check_tokenizer, prepare
+
+    if command.shards:
+        shards = ShardSet.open(command.shards)
+    elif context.job_config is not None and "data" in context.job_config:
+        data_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), context.job_config.data))
+        shards = prepare(data_cfg, progress=False).valid
+    else:
+        return None
+    if tokenizer is not None:
+        check_tokenizer(shards, tokenizer)
+    return shards
+
+
+def _wandb_run(command: EvalCommand, context: CheckpointContext, out_dir: str):
+    if command.eval.wandb_mode == "disabled":
+        return None
+    import wandb
+
+    project = "recurlm"
+    if context.job_config is not None:
+        project = OmegaConf.select(context.job_config, "logger.wandb.project", default=project)
+    root = context.run_dir or out_dir
+    return wandb.init(project=project, mode=command.eval.wandb_mode, dir=root, id=context.wandb_id,
+                      resume="allow" if context.wandb_id else None, job_type="eval",
+                      config={"eval": dataclasses.asdict(command.eval), "checkpoint": command.checkpoint},
+                      settings=wandb.Settings(console="off", silent=True))
+
+
+def evaluate_checkpoint(command: EvalCommand) -> dict[str, Any]:
+    """Load, evaluate, write results; returns run_tasks' result plus ``out_dir``."""
+    from recurlm.data import Tokenizer
+    from recurlm.eval.runner import check_tasks, run_tasks
+    from recurlm.models.pretrained import is_export
+    from recurlm.train.export import export_checkpoint, load_for_inference
+
+    path = os.path.abspath(os.path.expanduser(command.checkpoint))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint={command.checkpoint}: no such file or directory")
+    model, tokenizer_path, info = load_for_inference(path, device=command.eval.device)
+    export_dir = path if is_export(path) else export_checkpoint(path)
+    context = describe_checkpoint(path, export_dir, info)
+    tokenizer = Tokenizer(tokenizer_path) if tokenizer_path else None
+    data = validation_data(command, context, tokenizer)
+    check_tasks(list(command.eval.tasks), data is not None, tokenizer is not None)
+    train_seq_len = command.train_seq_len or (
+        int(OmegaConf.select(context.job_config, "train.seq_len", default=256)) if context.job_config else 256)
+    out_dir = command.eval.out_dir or os.path.join(context.run_dir or export_dir, "eval", str(context.step))
+    run = _wandb_run(command, context, out_dir)
+    try:
+        result = run_tasks(model, tokenizer, data, command.eval, out_dir, context.step, train_seq_len,
+                           wandb_run=run, checkpoint=context.checkpoint_dir or export_dir)
+    finally:
+        if run is not None:
+            run.finish()
+    return {**result, "out_dir": out_dir, "wandb_dir": run.dir if run is not None else None}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print("keys:", json.dumps(OmegaConf.to_container(OmegaConf.structured(EvalCommand)), indent=1))
+        return 0
+    try:
+        command = parse_args(argv)
+        result = evaluate_checkpoint(command)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"recurlm-eval: error: {err}", file=sys.stderr)
+        return 2
+    print(result["summary"])
+    print(f"\nresults: {result['results_path']}")
+    for task, plot in result["plots"].items():
+        print(f"plot:    {plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
