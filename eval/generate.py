@@ -33,7 +33,7 @@ class SamplingConfig:
 @dataclass
 class Generation:
     tokens: list[int]
-    """Generated token ids (stop string or EOS excluded)."""
+    """Generated token ids (EOS excluded; up to the token that completed a stop string)."""
     text: str
     """Decoded text, cut before the first stop string (empty without a tokenizer)."""
     finish_reason: str
@@ -96,7 +96,7 @@ def generate(model: RecurrentLM, prompts: Sequence[Sequence[int]], cfg: Sampling
     tokens: list[list[int]] = [[] for _ in range(batch)]
     finish: list[Optional[str]] = [None] * batch
     texts = [""] * batch
-    for _ in range(cfg.max_new_tokens):
+    for produced in range(1, cfg.max_new_tokens + 1):
         next_ids = sample(logits, cfg, generator)
         for row, token in enumerate(next_ids.tolist()):
             if finish[row]:
@@ -111,7 +111,7 @@ def generate(model: RecurrentLM, prompts: Sequence[Sequence[int]], cfg: Sampling
                 texts[row] = tokenizer.decode(tokens[row])
                 if any(s in texts[row] for s in stop):
                     finish[row] = "stop"
-        if all(finish):
+        if all(finish) or produced == cfg.max_new_tokens:
             break
         logits, state = model.step(next_ids, state)
         if on_step is not None:

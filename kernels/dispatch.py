@@ -63,3 +63,22 @@ def run_varlen(op: Callable, inputs: Sequence[torch.Tensor], identity_pads: Sequ
     padded = [pad_varlen(t, cu_seqlens, p) for t, p in zip(inputs, identity_pads)]
     out, final_state = op(*padded, **kwargs)
     return unpad_varlen(out, cu_seqlens), final_state
+
+
+def check_boundaries(batch: int, seq_len: int, resets: torch.Tensor | None,
+                     cu_seqlens: torch.Tensor | None) -> int:
+    """Validate ``resets`` [B, T] bool / ``cu_seqlens`` [N + 1] (one of them at most) and return the
+    number of sequences whose states the op carries: B, or N with cu_seqlens."""
+    if resets is not None:
+        if cu_seqlens is not None:
+            raise ValueError("pass document boundaries either as resets or as cu_seqlens, not both")
+        if resets.shape != (batch, seq_len) or resets.dtype != torch.bool:
+            raise ValueError(f"resets must be bool [B, T] = {(batch, seq_len)}, got "
+                             f"{resets.dtype} {tuple(resets.shape)}")
+    if cu_seqlens is None:
+        return batch
+    if batch != 1:
+        raise ValueError(f"with cu_seqlens the batch size must be 1, got {batch}")
+    if cu_seqlens.dim() != 1 or cu_seqlens[0] != 0 or cu_seqlens[-1] != seq_len:
+        raise ValueError(f"cu_seqlens must be [N + 1] from 0 to T = {seq_len}, got {cu_seqlens.tolist()}")
+    return cu_seqlens.numel() - 1

@@ -37,8 +37,10 @@ def _ignore_usr1() -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def forward(launcher: psutil.Process, sig: int = signal.SIGUSR1) -> int:
-    """Send ``sig`` to every descendant of ``launcher`` (not to the launcher). Returns how many."""
+def forward(launcher: psutil.Process, sig: int = signal.SIGUSR1, marker: str = "recurlm.train") -> int:
+    """Send ``sig`` to the descendants of ``launcher`` whose command line names ``marker`` (the
+    training processes; not helpers such as W&B's service, which a stray signal could kill).
+    Returns how many."""
     sent = 0
     try:
         children = launcher.children(recursive=True)
@@ -46,9 +48,10 @@ def forward(launcher: psutil.Process, sig: int = signal.SIGUSR1) -> int:
         return 0
     for proc in children:
         try:
-            proc.send_signal(sig)
-            sent += 1
-        except psutil.NoSuchProcess:
+            if any(marker in part for part in proc.cmdline()):
+                proc.send_signal(sig)
+                sent += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return sent
 

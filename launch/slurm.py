@@ -182,7 +182,8 @@ def _launcher_fn(launch: LaunchConfig, python: str) -> list[str]:
                  f'        --module recurlm.train "${{OVERRIDES[@]}}" launch=none run_dir="$RUN_DIR" resume=auto')
     else:
         raise ValueError(f"launch.launcher must be torchrun or deepspeed, got {launch.launcher!r}")
-    lines += ["run_training() {", f"    {train}", "}"]
+    # exec: started as ``run_training &``, $! is srun itself, which forwards the trap's USR1 to the nodes
+    lines += ["run_training() {", f"    exec {train}", "}"]
     return lines
 
 

@@ -35,7 +35,7 @@ only, each followed by a SwiGLU FFN, RMSNorm pre-norms, no convolution:
     i = cap(W_i u + b_i),  f = cap(W_f u + b_f),   cap(a) = g tanh(a / g), g = gate_soft_cap
     h = mLSTM(q, k, v, i, f)
     x = x + W_out(sigmoid(W_o u) * LayerNorm_H(h))             per-head LayerNorm, plain weight
-    x = x + W_down(silu(W_g RMSNorm(x)) * W_u RMSNorm(x))      width round_up(ffn_factor D)
+    x = x + W_down(silu(W_g RMSNorm(x)) * W_u RMSNorm(x))      width round_up_7b(ffn_factor D)
 
 ending with an RMSNorm, the head and a logit soft-cap 30 * tanh(logits / 30).
 
@@ -111,7 +111,7 @@ class XLSTMConfig(ModelConfig):
     v_dim_factor: float = 1.0
     """xlstm7b: value (and output gate) width = int(v_dim_factor * d_model)."""
     ffn_factor: float = 2.667
-    """xlstm7b: SwiGLU width factor, width = round_up(ffn_factor * d_model, round_to)."""
+    """xlstm7b: SwiGLU width factor, width ffn_factor * d_model rounded up to round_to (see round_up_7b)."""
     round_to: int = 64
     """Up-projection widths (v1 mLSTM inner, sLSTM MLP, xlstm7b FFN) are rounded up to multiples of this."""
     gate_soft_cap: float = 15.0
@@ -125,7 +125,14 @@ class XLSTMConfig(ModelConfig):
 
 
 def round_up(x: float, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` >= x (v1 widths, the xlstm package's ``UpProjConfigMixin``)."""
     return int(math.ceil(x / multiple) * multiple)
+
+
+def round_up_7b(x: float, multiple: int) -> int:
+    """(x + multiple - 1) // multiple * multiple, the xLSTM-7B FFN rounding: for a fractional x it
+    rounds down when x exceeds a multiple by less than 1 (384 * 2.6667 = 1024.01 -> 1024)."""
+    return int((x + multiple - 1) // multiple * multiple)
 
 
 def small_init_std(d_model: int) -> float:
@@ -404,7 +411,7 @@ class XLSTMBlock(Block):
         if kind == "mlstm7b":
             self.mixer_norm, self.ffn_norm = RMSNorm(d, eps), RMSNorm(d, eps)
             self.mixer = MLSTMLayer7B(cfg)
-            hidden = round_up(cfg.ffn_factor * d, cfg.round_to)
+            hidden = round_up_7b(cfg.ffn_factor * d, cfg.round_to)
             self.ffn = GatedMLP(d, hidden, "silu", std=small_init_std(d), out_std=wang_init_std(hidden, cfg.n_layers))
             return
         self.mixer_norm = GroupLayerNorm(d, eps=eps, offset=True)

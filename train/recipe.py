@@ -1,8 +1,48 @@
-"""Recipe settings: what a training phase does beyond plain next-token prediction."""
+"""Training recipes: what a phase does beyond plain next-token prediction from zero states.
+
+A recipe decides, for every micro-batch, the *initial* recurrent state the model starts from and
+whether the *final* state must be returned to it afterwards. ``Trainer.train_step`` asks::
+
+    state, resets = recipe.initial_state(micro, resets, model)   # before the forward
+    loss, final = engine(ids, resets=resets, state=state, return_state=recipe.wants_final_state, ...)
+    recipe.observe(micro, final)                                  # after the backward
+
+Recipes (``recipe=<option>``, configs/recipe/):
+
+- ``none``: zero states (plain pretraining).
+- ``length_gen/state_passing``: truncated BPTT. With ``data.loader_mode=documents_in_order`` row i
+  of step n+1 continues row i of step n; the final state of row i (detached) initialises it.
+  ``resets`` are left alone, so a row starting a new document (or a new epoch of its lane) still
+  drops the carried state.
+- ``length_gen/noise_init``: content entries of the initial state drawn from N(0, noise_scale^2).
+- ``length_gen/other_sequence_init``: the initial state of row i is the final state (detached) of
+  another row of the previous step (a random derangement of the rows).
+- ``state_expansion``: plain training started from an expanded export (``init_from``) with a
+  re-warmed learning-rate schedule.
+
+The two "fake history" recipes (noise, other sequence) clear ``resets[:, 0]``: a row that starts
+at a document start would otherwise discard the injected state at its first token. Bookkeeping
+entries of a state (keys starting with ``_``: positions, cache validity, stabilisers) are never
+drawn at random: they come from a real final state of the previous step, so the model sees a
+consistent "this row continues something" state (e.g. Griffin's ``_pos`` > 0, which keeps the
+RG-LRU state at the first token).
+
+Rows and ranks: every rank keeps the states of its own rows, per micro-batch index. The
+documents-in-order loader gives each rank the same lanes at every step, and the trainer cuts
+micro-batches at the same rows every step, so micro-batch i of step n+1 holds the continuations
+of micro-batch i of step n whatever the world size or gradient accumulation.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
+
+import torch
+
+from recurlm.models.base import RecurrentLM
+from recurlm.models.state import ModelState, is_content
+
+RECIPES = ("none", "state_passing", "noise_init", "other_sequence_init", "state_expansion")
 
 
 @dataclass
@@ -10,7 +50,116 @@ class RecipeConfig:
     name: str = "none"
     """none, state_passing, noise_init, other_sequence_init or state_expansion."""
     init_from: Optional[str] = None
-    """Start from these weights (a checkpoint or export dir) instead of a fresh init; optimizer and
-    data position start anew (a post-training phase)."""
+    """Start from these weights (a checkpoint, run dir or export dir) instead of a fresh init;
+    optimizer, schedule and data position start anew (a post-training phase). Ignored when the run
+    resumes from its own checkpoint."""
+    model_from_init: bool = True
+    """With ``init_from``: take the model config from it (an expanded export brings its larger
+    state); False: keep ``model`` and require identical parameter shapes."""
     noise_scale: float = 1.0
     """noise_init: standard deviation of the Gaussian initial states."""
+    seed: int = 0
+    """noise_init / other_sequence_init: seed of the noise and of the row permutations (mixed
+    with the rank, so ranks draw differently)."""
+
+
+class Recipe:
+    """Plain training: no initial state, no final state wanted."""
+
+    wants_final_state = False
+
+    def initial_state(self, micro: int, resets: torch.Tensor, model: RecurrentLM
+                      ) -> tuple[Optional[ModelState], torch.Tensor]:
+        """(initial state for micro-batch ``micro`` or None, the resets [b, T] to use)."""
+        return None, resets
+
+    def observe(self, micro: int, final: Optional[ModelState]) -> None:
+        """Receive the final state of micro-batch ``micro`` (after its backward)."""
+
+
+class StatePassing(Recipe):
+    """Truncated BPTT: the detached final state of micro-batch i initialises micro-batch i next step."""
+
+    wants_final_state = True
+
+    def __init__(self):
+        self.states: dict[int, ModelState] = {}
+
+    def initial_state(self, micro, resets, model):
+        return self.states.get(micro), resets
+
+    def observe(self, micro, final):
+        self.states[micro] = final.detach()
+
+
+class _FromPreviousStep(Recipe):
+    """Shared by the recipes that inject a state that is not the row's own history."""
+
+    wants_final_state = True
+
+    def __init__(self, seed: int, rank: int):
+        self.previous: dict[int, ModelState] = {}
+        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+
+    def observe(self, micro, final):
+        self.previous[micro] = final.detach()
+
+    def initial_state(self, micro, resets, model):
+        template = self.previous.get(micro)
+        if template is None or template.batch_size != resets.shape[0]:
+            return None, resets  # the first step of the process (or a short last batch): plain
+        resets = resets.clone()
+        resets[:, 0] = False  # keep the injected state at the first token
+        return self.inject(template), resets
+
+    def inject(self, previous: ModelState) -> ModelState:
+        raise NotImplementedError
+
+
+class NoiseInit(_FromPreviousStep):
+    """Content ~ N(0, scale^2); bookkeeping from the previous step's final state of the same rows."""
+
+    def __init__(self, scale: float, seed: int, rank: int):
+        super().__init__(seed, rank)
+        self.scale = scale
+
+    def inject(self, previous):
+        def draw(key: str, t: torch.Tensor) -> torch.Tensor:
+            if not is_content(key) or not t.is_floating_point():
+                return t
+            noise = torch.randn(t.shape, generator=self.generator, dtype=torch.float32) * self.scale
+            return noise.to(device=t.device, dtype=t.dtype)
+
+        return previous.map(draw)
+
+
+class OtherSequenceInit(_FromPreviousStep):
+    """Row i starts from the final state of row p(i) != i of the previous step (random derangement)."""
+
+    def inject(self, previous):
+        b = previous.batch_size
+        order = torch.randperm(b, generator=self.generator)
+        source = torch.empty(b, dtype=torch.long)
+        source[order] = order.roll(-1)  # a random cycle through all rows: nobody gets its own state
+        return previous.select(source)
+
+
+def build_recipe(cfg: RecipeConfig, loader_mode: str, rank: int = 0) -> Recipe:
+    """The recipe object of ``cfg`` (checks the data settings it relies on)."""
+    if cfg.name not in RECIPES:
+        raise ValueError(f"recipe.name={cfg.name!r}: expected one of {RECIPES}")
+    if cfg.name == "state_passing":
+        if loader_mode != "documents_in_order":
+            raise ValueError("recipe state_passing needs data.loader_mode=documents_in_order (row i of a step "
+                             "must continue row i of the previous step)")
+        return StatePassing()
+    if cfg.name == "noise_init":
+        if not cfg.noise_scale >= 0:
+            raise ValueError(f"recipe.noise_scale={cfg.noise_scale}: must be >= 0")
+        return NoiseInit(cfg.noise_scale, cfg.seed, rank)
+    if cfg.name == "other_sequence_init":
+        return OtherSequenceInit(cfg.seed, rank)
+    if cfg.name == "state_expansion" and not cfg.init_from:
+        raise ValueError("recipe state_expansion continues training an expanded model: set recipe.init_from "
+                         "to the output of `recurlm-convert expand-state`")
+    return Recipe()

@@ -26,8 +26,8 @@ Stability (log decays gk <= 0, any magnitude; tested down to -20 per token): the
 are formed in one of two exact ways, chosen per call:
 - factored, when every chunk's span max |g| is within FACTOR_SPAN_LIMIT (60 in float32): one
   matmul of (x e^{gx - g_C/2}) by (y e^{g_C/2 - gy}), every factor within e^{+-span/2}. The chunk
-  is halved (down to the leaf size) until the spans fit: RWKV-7's decays (> -0.61) always fit
-  at C = 64, decays down to -3.75 at C = 16 (MIN_FACTORED_CHUNK);
+  is halved (down to MIN_FACTORED_CHUNK = 16) until the spans fit: RWKV-7's decays (> -0.61)
+  always fit at C = 64, decays down to -3.75 at C = 16;
 - otherwise, blockwise: exponents gx_t - g_s taken pairwise inside leaf blocks of c tokens
   (masked to -inf before exp), and, merging sibling blocks bottom-up, the lower-left quadrant of
   each block of twice the size as one matmul factored through the cumulative decay at the end of

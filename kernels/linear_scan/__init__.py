@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from recurlm.kernels.dispatch import resolve_impl, run_varlen
+from recurlm.kernels.dispatch import check_boundaries, resolve_impl, run_varlen
 from recurlm.kernels.linear_scan.chunk import linear_scan_chunk
 from recurlm.kernels.linear_scan.naive import linear_scan_naive
 
@@ -15,19 +15,7 @@ def _check_inputs(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor 
     if g.shape != x.shape:
         raise ValueError(f"g must have the shape of x {tuple(x.shape)}, got {tuple(g.shape)}")
     batch, seq_len = x.shape[:2]
-    if resets is not None:
-        if cu_seqlens is not None:
-            raise ValueError("pass document boundaries either as resets or as cu_seqlens, not both")
-        if resets.shape != (batch, seq_len) or resets.dtype != torch.bool:
-            raise ValueError(f"resets must be bool [B, T] = {(batch, seq_len)}, got "
-                             f"{resets.dtype} {tuple(resets.shape)}")
-    num_states = batch
-    if cu_seqlens is not None:
-        if batch != 1:
-            raise ValueError(f"with cu_seqlens the batch size must be 1, got {batch}")
-        if cu_seqlens.dim() != 1 or cu_seqlens[0] != 0 or cu_seqlens[-1] != seq_len:
-            raise ValueError(f"cu_seqlens must be [N + 1] from 0 to T = {seq_len}, got {cu_seqlens.tolist()}")
-        num_states = cu_seqlens.numel() - 1
+    num_states = check_boundaries(batch, seq_len, resets, cu_seqlens)
     if initial_state is not None and initial_state.shape != (num_states, *x.shape[2:]):
         raise ValueError(f"initial_state must be {(num_states, *x.shape[2:])}, got {tuple(initial_state.shape)}")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from recurlm.kernels.dispatch import pad_varlen, resolve_impl, unpad_varlen
+from recurlm.kernels.dispatch import check_boundaries, pad_varlen, resolve_impl, unpad_varlen
 from recurlm.kernels.local_attention.chunk import local_attention_chunk
 from recurlm.kernels.local_attention.naive import local_attention_naive
 from recurlm.kernels.local_attention.state import LocalAttentionState
@@ -22,19 +22,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int
         raise ValueError(f"query heads {heads} must be a multiple of key/value heads {k.shape[2]}")
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
-    if resets is not None:
-        if cu_seqlens is not None:
-            raise ValueError("pass document boundaries either as resets or as cu_seqlens, not both")
-        if resets.shape != (batch, seq_len) or resets.dtype != torch.bool:
-            raise ValueError(f"resets must be bool [B, T] = {(batch, seq_len)}, got "
-                             f"{resets.dtype} {tuple(resets.shape)}")
-    num_states = batch
-    if cu_seqlens is not None:
-        if batch != 1:
-            raise ValueError(f"with cu_seqlens the batch size must be 1, got {batch}")
-        if cu_seqlens.dim() != 1 or cu_seqlens[0] != 0 or cu_seqlens[-1] != seq_len:
-            raise ValueError(f"cu_seqlens must be [N + 1] from 0 to T = {seq_len}, got {cu_seqlens.tolist()}")
-        num_states = cu_seqlens.numel() - 1
+    num_states = check_boundaries(batch, seq_len, resets, cu_seqlens)
     if initial_state is not None:
         cache_shape = (num_states, window - 1, k.shape[2], head_dim)
         if (not isinstance(initial_state, LocalAttentionState) or initial_state.k.shape != cache_shape

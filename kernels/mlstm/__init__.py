@@ -5,7 +5,7 @@ from functools import partial
 
 import torch
 
-from recurlm.kernels.dispatch import resolve_impl, run_varlen
+from recurlm.kernels.dispatch import check_boundaries, resolve_impl, run_varlen
 from recurlm.kernels.mlstm.chunk import mlstm_chunk
 from recurlm.kernels.mlstm.naive import mlstm_naive
 from recurlm.kernels.mlstm.state import MLSTMState
@@ -25,17 +25,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Te
     for name, gate in (("i", i), ("f", f)):
         if gate.shape != q.shape[:3]:
             raise ValueError(f"{name} must be [B, T, H] = {tuple(q.shape[:3])}, got {tuple(gate.shape)}")
-    if resets is not None:
-        if cu_seqlens is not None:
-            raise ValueError("pass document boundaries either as resets or as cu_seqlens, not both")
-        if resets.shape != (batch, seq_len) or resets.dtype != torch.bool:
-            raise ValueError(f"resets must be bool [B, T] = {(batch, seq_len)}, got "
-                             f"{resets.dtype} {tuple(resets.shape)}")
-    if cu_seqlens is not None:
-        if batch != 1:
-            raise ValueError(f"with cu_seqlens the batch size must be 1, got {batch}")
-        if cu_seqlens.dim() != 1 or cu_seqlens[0] != 0 or cu_seqlens[-1] != seq_len:
-            raise ValueError(f"cu_seqlens must be [N + 1] from 0 to T = {seq_len}, got {cu_seqlens.tolist()}")
+    check_boundaries(batch, seq_len, resets, cu_seqlens)
 
 
 def mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from recurlm.kernels.dispatch import pad_varlen, resolve_impl, unpad_varlen
+from recurlm.kernels.dispatch import check_boundaries, pad_varlen, resolve_impl, unpad_varlen
 from recurlm.kernels.slstm.chunk import slstm_chunk
 from recurlm.kernels.slstm.naive import slstm_naive
 from recurlm.kernels.slstm.state import SLSTMState
@@ -20,17 +20,7 @@ def _check_inputs(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None,
         raise ValueError(f"R must be [H, D, 4, D] = {(heads, dim, 4, dim)}, got {tuple(R.shape)}")
     if bias is not None and bias.shape != (4, heads, dim):
         raise ValueError(f"bias must be [4, H, D] = {(4, heads, dim)}, got {tuple(bias.shape)}")
-    if resets is not None:
-        if cu_seqlens is not None:
-            raise ValueError("pass document boundaries either as resets or as cu_seqlens, not both")
-        if resets.shape != (batch, seq_len) or resets.dtype != torch.bool:
-            raise ValueError(f"resets must be bool [B, T] = {(batch, seq_len)}, got "
-                             f"{resets.dtype} {tuple(resets.shape)}")
-    if cu_seqlens is not None:
-        if batch != 1:
-            raise ValueError(f"with cu_seqlens the batch size must be 1, got {batch}")
-        if cu_seqlens.dim() != 1 or cu_seqlens[0] != 0 or cu_seqlens[-1] != seq_len:
-            raise ValueError(f"cu_seqlens must be [N + 1] from 0 to T = {seq_len}, got {cu_seqlens.tolist()}")
+    check_boundaries(batch, seq_len, resets, cu_seqlens)
 
 
 def slstm(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None = None,
