@@ -132,8 +132,11 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title:
     print(flush=True)
 
 
-def set_threads(threads: int | None) -> int:
-    """Use ``threads`` intra-op threads (None: leave torch's default); returns the count in use."""
-    if threads:
-        torch.set_num_threads(threads)
+def set_threads(threads: int) -> int:
+    """Use ``threads`` intra-op threads; returns the count in use.
+
+    The scripts default to 1: on a shared, loaded 2-core machine a second OpenMP thread waits at
+    every barrier for a core and makes timings erratic (seen: 10-60x swings), while on a quiet
+    machine it adds little (cpu-probe). Pass ``--threads 2`` on a quiet machine."""
+    torch.set_num_threads(threads)
     return torch.get_num_threads()

@@ -35,6 +35,8 @@ class RecurLMHarness(LM):
                  device: str = "cpu", batch_size: int | str = 8, chunk_len: int = 2048,
                  max_gen_toks: int = 256, **_: Any):
         super().__init__()
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"  # lm-eval's CLI asks for cuda by default
         if model is None:
             if not pretrained:
                 raise ValueError("recurlm lm-eval model: pass pretrained=<export dir, checkpoint or run dir>")
@@ -155,7 +157,11 @@ def evaluate(model: RecurrentLM, tokenizer: Any, tasks: list[str], limit: Option
     from lm_eval.tasks import TaskManager
 
     harness = RecurLMHarness(model=model, tokenizer=tokenizer, batch_size=batch_size, chunk_len=chunk_len)
-    manager = TaskManager(include_path=include_path) if include_path else TaskManager()
+    manager = TaskManager()
+    if include_path:  # local tasks only: skip indexing lm-eval's thousands of built-in YAMLs when possible
+        manager = TaskManager(include_path=include_path, include_defaults=False)
+        if not set(tasks) <= set(manager.all_tasks):
+            manager = TaskManager(include_path=include_path)
     result = simple_evaluate(model=harness, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
                              task_manager=manager, log_samples=False, bootstrap_iters=0)
     table = {}

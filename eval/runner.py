@@ -144,5 +144,5 @@ def _lm_eval_records(model: RecurrentLM, tokenizer: Any, spec: str, cfg: EvalCon
     for task, metrics in table.items():
         for metric, value in metrics.items():
             records.append(Record(f"lm_eval:{task}", metric, value, {"limit": cfg.lm_eval_limit},
-                                  summary=not metric.endswith("_stderr")))
+                                  summary=metric != "sample_len" and not metric.endswith("_stderr")))
     return records

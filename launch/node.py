@@ -9,8 +9,9 @@ Why a wrapper: the batch script's trap forwards SIGUSR1 through ``srun`` to the 
 deliver it to every process of the step. torchrun and the deepspeed launcher do not handle SIGUSR1
 (its default action kills them, and slurmstepd then kills the orphaned workers mid-save). So the
 launcher is started with SIGUSR1 ignored (inherited; the trainer installs its own handler), and this
-wrapper forwards SIGUSR1/SIGTERM as SIGUSR1 to the launcher's descendants (the training processes),
-repeating it every ``RESEND_SECONDS`` in case a worker had not yet installed its handler. The trainer
+wrapper forwards SIGUSR1/SIGTERM as SIGUSR1 to the training processes below the launcher, to each
+once and only when it has its handler installed (a worker still starting gets it as soon as it
+has; one already exiting is not killed by it). The trainer
 finishes its step, saves, and exits with 75; the wrapper then exits 0 (see ``run``), otherwise
 with the launcher's code.
 """
@@ -20,12 +21,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Sequence
 
 import psutil
 
-RESEND_SECONDS = 10.0
+POLL_SECONDS = 0.5
 
 
 def _log(message: str) -> None:
@@ -37,29 +37,44 @@ def _ignore_usr1() -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
-def forward(launcher: psutil.Process, sig: int = signal.SIGUSR1, marker: str = "recurlm.train") -> int:
-    """Send ``sig`` to the descendants of ``launcher`` whose command line names ``marker`` (the
-    training processes; not helpers such as W&B's service, which a stray signal could kill).
-    Returns how many."""
-    sent = 0
+def catches(pid: int, sig: int = signal.SIGUSR1) -> bool:
+    """True when process ``pid`` has a handler installed for ``sig`` (``SigCgt`` in /proc status):
+    only then is the signal a request; at start-up (ignored) or at interpreter exit (default
+    action) it would be lost or would kill the process."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+def training_processes(launcher: psutil.Process, marker: str = "recurlm.train") -> list[psutil.Process]:
+    """Descendants of ``launcher`` whose command line names ``marker`` (not helpers such as W&B's
+    service, which a stray signal could kill)."""
+    found = []
     try:
         children = launcher.children(recursive=True)
     except psutil.NoSuchProcess:
-        return 0
+        return found
     for proc in children:
         try:
             if any(marker in part for part in proc.cmdline()):
-                proc.send_signal(sig)
-                sent += 1
+                found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
-    return sent
+    return found
 
 
 def run(command: Sequence[str]) -> int:
+    """Run the launcher; after SIGUSR1/SIGTERM, send SIGUSR1 once to each training process as soon
+    as it has its handler installed. Returns the launcher's exit code (0 after a stop request)."""
     child = subprocess.Popen(list(command), preexec_fn=_ignore_usr1)
     launcher = psutil.Process(child.pid)
     requested: list[str] = []
+    signalled: set[int] = set()
 
     def on_signal(signum, frame) -> None:
         if not requested:
@@ -68,17 +83,21 @@ def run(command: Sequence[str]) -> int:
 
     for sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(sig, on_signal)
-    last_sent = 0.0
     while True:
         try:
-            code = child.wait(timeout=0.5)
+            code = child.wait(timeout=POLL_SECONDS)
             break
         except subprocess.TimeoutExpired:
             pass
-        if requested and time.monotonic() - last_sent > RESEND_SECONDS:
-            count = forward(launcher)
-            _log(f"sent SIGUSR1 to {count} training process(es)")
-            last_sent = time.monotonic()
+        if requested:
+            for proc in training_processes(launcher):
+                if proc.pid not in signalled and catches(proc.pid):
+                    try:
+                        proc.send_signal(signal.SIGUSR1)
+                    except psutil.NoSuchProcess:
+                        continue
+                    signalled.add(proc.pid)
+                    _log(f"sent SIGUSR1 to training process {proc.pid}")
     if requested:
         # the trainer saved and exited 75, which the launcher may report as a failure; exit 0 so that
         # srun --kill-on-bad-exit does not kill peers still saving (the batch script knows it stopped)

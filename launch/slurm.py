@@ -348,7 +348,7 @@ class Submitted:
 
 
 def submit(job: DictConfig, elements: list[Element], root: str, name: str,
-           array_parallelism: Optional[int] = None, dry_run: bool = False, out=sys.stdout) -> Optional[Submitted]:
+           array_parallelism: Optional[int] = None, dry_run: bool = False) -> Optional[Submitted]:
     """Render and submit the training job (+ chain, + eval job) of ``elements`` whose scripts go to
     ``<root>/slurm/``. ``dry_run`` prints the scripts and submits nothing."""
     launch = launch_config(job)
@@ -356,11 +356,11 @@ def submit(job: DictConfig, elements: list[Element], root: str, name: str,
     train = render_train(job, elements, script_dir, name, array_parallelism)
     evaluation = render_eval(job, elements, script_dir, name + "-eval")
     if dry_run or launch.slurm.dry_run:
-        print(f"# ---- {train.path} (dry run: not written, not submitted)", file=out)
-        print(train.text, file=out)
+        print(f"# ---- {train.path} (dry run: not written, not submitted)")
+        print(train.text)
         if evaluation:
-            print(f"# ---- {evaluation.path} (after training: --dependency=afterok / aftercorr)", file=out)
-            print(evaluation.text, file=out)
+            print(f"# ---- {evaluation.path} (after training: --dependency=afterok / aftercorr)")
+            print(evaluation.text)
         return None
     _write(train)
     is_array = len(elements) > 1 or array_parallelism is not None

@@ -96,10 +96,15 @@ class TitansConfig(ModelConfig):
     """Hidden width of the depth-2 memory MLP in units of the memory head width."""
     memory_activation: str = "gelu"
     """Hidden activation of the depth-2 memory: "gelu" (exact) or "silu"."""
-    memory_max_lr: float = 0.2
-    """theta = memory_max_lr * sigmoid(.): the largest inner learning rate (< 0.5 keeps the step a contraction)."""
-    memory_momentum_init: float = 0.9
-    """Initial momentum eta (sets the bias of its sigmoid projection)."""
+    memory_max_lr: float = 0.02
+    """theta = memory_max_lr * sigmoid(.): the largest inner learning rate. A mini-batch sums C
+    gradients taken at the same weights and momentum amplifies steps by up to 1 / (1 - eta), so the
+    inner descent stays stable only for roughly 2 theta C / (1 - eta) < 2 in the worst case: 0.2
+    diverged within 100 tokens at C = 16 in float32 at random init (titans-pytorch's default, max_lr 1 on a loss
+    averaged over Dh = 64, is theta <= 1 / 64)."""
+    memory_momentum_init: float = 0.8
+    """Initial momentum eta (sets the bias of its sigmoid projection); 0.9 with max_lr 0.02 and
+    C = 16 diverged in a random-init 2-layer model (see memory_max_lr)."""
     memory_forget_init: float = 0.01
     """Initial forgetting rate alpha (sets the bias of its sigmoid projection)."""
     memory_conv: bool = True
@@ -197,8 +202,8 @@ def scan_segments(x: torch.Tensor, positions: torch.Tensor, state: Optional[Laye
             snapshot = carry if snapshot is None else _where_rows(current == n, carry, snapshot)
         y, carry = step(aligned[:, n * C:(n + 1) * C], carry)
         outputs.append(y)
-    y_aligned = torch.cat(outputs + [y.new_zeros(B, 1, y.shape[-1])], 1)
-    y = y_aligned.gather(1, slot[..., None].expand(-1, -1, y.shape[-1]))[:, C - 1:]
+    y_aligned = torch.cat(outputs + [y.new_zeros(B, 1, *y.shape[2:])], 1).flatten(2)
+    y = y_aligned.gather(1, slot[..., None].expand(-1, -1, y_aligned.shape[-1]))[:, C - 1:].unflatten(2, y.shape[2:])
     if not return_state:
         return y, None
     snapshot = _where_rows(current == L // C, carry, snapshot)

@@ -101,9 +101,9 @@ class XLSTMConfig(ModelConfig):
     """v1: width of the causal depthwise convolutions (mLSTM and sLSTM)."""
     slstm_heads: int = 4
     """v1 sLSTM: heads of the block-diagonal recurrence and its group norm."""
-    slstm_ffn_factor: float = 1.3
-    """v1 sLSTM: gated-MLP width factor (xlstm package default 1.3; the paper's 4/3 rounds to the
-    same width at every preset)."""
+    slstm_ffn_factor: float = 4.0 / 3.0
+    """v1 sLSTM: gated-MLP width factor, width round_up(factor * d_model, round_to) (the paper's 4/3;
+    the xlstm package's examples use 1.3, which converted models keep)."""
     slstm_ffn_activation: str = "gelu_exact"
     """v1 sLSTM: gate activation of the gated MLP (the xlstm package uses the exact GeLU)."""
     qk_dim_factor: float = 0.5

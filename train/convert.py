@@ -1,6 +1,13 @@
 """``recurlm-convert``: move weights between training checkpoints, exports and other formats.
 
     recurlm-convert export <run dir | checkpoint> [--out DIR]
+    recurlm-convert expand-state <run dir | checkpoint | export> --factor 2 --out DIR
+
+``expand-state`` (recurlm.models.expand_state) writes an export whose recurrent state per layer is
+``factor`` times larger (linear-attention families merge heads; Griffin/Hawk widen the RG-LRU),
+prints how far the logits moved on a batch of text (max / mean |diff|, KL, loss before and after;
+also saved as ``<out>/expand_state.json``), and is meant to be followed by
+``recurlm-train recipe=state_expansion recipe.init_from=<out>``.
 """
 from __future__ import annotations
 
@@ -16,7 +23,70 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="checkpoint (any ZeRO stage) → safetensors + config directory")
     export.add_argument("checkpoint", help="a run directory, its checkpoints/ directory, or one checkpoint")
     export.add_argument("--out", default=None, help="output directory (default <checkpoint>/export)")
+    expand = sub.add_parser("expand-state", help="a trained model -> an export with a larger recurrent state")
+    expand.add_argument("checkpoint", help="a run directory, a checkpoint or an export directory")
+    expand.add_argument("--factor", type=int, default=2, help="state growth per layer (default 2)")
+    expand.add_argument("--out", required=True, help="output export directory")
+    expand.add_argument("--text", default=None,
+                        help="text file the logit change is measured on (default: a few stdlib modules)")
+    expand.add_argument("--batch-size", type=int, default=4, help="rows of the measurement batch")
+    expand.add_argument("--seq-len", type=int, default=256, help="tokens per row of the measurement batch")
+    expand.add_argument("--seed", type=int, default=0, help="seed of the new parameters (widening families)")
     return parser
+
+
+def measurement_batch(tokenizer_path: str | None, vocab_size: int, text_path: str | None, batch_size: int,
+                      seq_len: int):
+    """input_ids [B, T]: the text (default: the stdlib modules in STDLIB_SAMPLE) tokenized and cut
+    into rows; uniform random tokens when the model has no tokenizer."""
+    import os
+    import sysconfig
+
+    import torch
+
+    if tokenizer_path is None:
+        return torch.randint(0, vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
+    from recurlm.data.tokenizer import Tokenizer
+
+    paths = [text_path] if text_path else [os.path.join(sysconfig.get_paths()["stdlib"], name) for name in STDLIB_SAMPLE]
+    ids: list[int] = []
+    tokenizer = Tokenizer(tokenizer_path)
+    for path in paths:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            ids += tokenizer.encode(f.read())
+    need = batch_size * seq_len
+    ids = (ids * (need // max(len(ids), 1) + 1))[:need]
+    return torch.tensor(ids, dtype=torch.long).view(batch_size, seq_len)
+
+
+STDLIB_SAMPLE = ("argparse.py", "inspect.py", "typing.py")
+
+
+def expand_state_command(args) -> int:
+    import json
+    import os
+
+    from recurlm.models.expand_state import expand_state, logit_change
+    from recurlm.models.pretrained import save_pretrained
+    from recurlm.train.export import load_for_inference
+
+    model, tokenizer, info = load_for_inference(args.checkpoint)
+    expanded = expand_state(model, args.factor, seed=args.seed)
+    ids = measurement_batch(tokenizer, model.config.vocab_size, args.text, args.batch_size, args.seq_len)
+    change = logit_change(model, expanded, ids)
+    save_pretrained(args.out, expanded.config, expanded.state_dict(), tokenizer,
+                    {**info, "expanded_from": os.path.abspath(args.checkpoint), "state_factor": args.factor,
+                     "logit_change": change})
+    with open(os.path.join(args.out, "expand_state.json"), "w") as f:
+        json.dump(change, f, indent=1)
+    print(f"{model.config.family}: state {change['state_bytes_before']:,} -> {change['state_bytes_after']:,} bytes "
+          f"per sequence, parameters {change['params_before']:,} -> {change['params_after']:,} "
+          f"({100 * (change['params_after'] / change['params_before'] - 1):+.2f}%)")
+    print(f"logit change on {change['tokens']} tokens: max |diff| {change['max_abs_logit_diff']:.4g}, "
+          f"mean |diff| {change['mean_abs_logit_diff']:.4g}, KL {change['kl']:.4g} nats/token, "
+          f"loss {change['loss_before']:.4f} -> {change['loss_after']:.4f}")
+    print(args.out)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             print(export_checkpoint(args.checkpoint, args.out))
         except CheckpointError as err:
+            print(f"recurlm-convert: {err}", file=sys.stderr)
+            return 2
+    elif args.command == "expand-state":
+        from recurlm.train.checkpoint import CheckpointError
+
+        try:
+            return expand_state_command(args)
+        except (CheckpointError, NotImplementedError, ValueError) as err:
             print(f"recurlm-convert: {err}", file=sys.stderr)
             return 2
     return 0

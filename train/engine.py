@@ -46,7 +46,8 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, global_batch_size:
         "train_batch_size": global_batch_size,
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accumulation,
-        "gradient_clipping": optim.grad_clip,
+        # without ZeRO the SkipNonFinite wrapper clips (and reports the norm); ZeRO optimizers clip themselves
+        "gradient_clipping": optim.grad_clip if ds.zero_stage > 0 else 0.0,
         "zero_optimization": zero,
         "bf16": {"enabled": ds.precision == "bf16"},
         "fp16": {"enabled": ds.precision == "fp16", "initial_scale_power": 16},
@@ -60,15 +61,17 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, global_batch_size:
 
 
 class SkipNonFinite(torch.optim.Optimizer):
-    """Wraps the client optimizer: a step whose gradients are not all finite is skipped.
+    """The client optimizer without ZeRO: clips the global gradient norm and skips a step whose
+    gradients are not all finite.
 
-    DeepSpeed's ZeRO optimizers already skip such steps when they compute the gradient norm;
-    without ZeRO the client optimizer runs bare, and this wrapper gives the same behaviour
-    (DeepSpeed counts ``overflow`` steps in ``engine.skipped_steps`` either way)."""
+    DeepSpeed's ZeRO optimizers do both themselves; without ZeRO the client optimizer runs bare,
+    so this wrapper gives the same behaviour (DeepSpeed counts ``overflow`` steps in
+    ``engine.skipped_steps``) and records the pre-clip norm in ``grad_norm``."""
 
-    def __init__(self, inner: torch.optim.Optimizer):
-        self.inner = inner
+    def __init__(self, inner: torch.optim.Optimizer, max_norm: float):
+        self.inner, self.max_norm = inner, max_norm
         self.overflow = False
+        self.grad_norm: float | None = None
         self.defaults = inner.defaults
 
     @property
@@ -90,8 +93,10 @@ class SkipNonFinite(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        grads = [p.grad for g in self.inner.param_groups for p in g["params"] if p.grad is not None]
-        self.overflow = bool(grads) and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        params = [p for g in self.inner.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm if self.max_norm > 0 else float("inf"))
+        self.grad_norm = float(norm)
+        self.overflow = not torch.isfinite(norm).item()
         if self.overflow:
             self.inner.zero_grad(set_to_none=True)
             return None
@@ -114,7 +119,15 @@ def make_optimizer(model: RecurrentLM, optim: OptimConfig, zero_stage: int) -> t
         inner = DeepSpeedCPUAdam(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, adamw_mode=True)
     else:
         raise ValueError(f"optim.name must be adamw, fused_adam or cpu_adam, got {optim.name!r}")
-    return SkipNonFinite(inner) if zero_stage == 0 else inner
+    return SkipNonFinite(inner, optim.grad_clip) if zero_stage == 0 else inner
+
+
+def global_grad_norm(engine) -> float | None:
+    """Pre-clip global gradient norm of the last step (inf for a skipped step)."""
+    norm = getattr(engine.optimizer, "grad_norm", None)
+    if norm is None:
+        norm = engine.get_global_grad_norm()
+    return None if norm is None else float(norm)
 
 
 def set_lr(engine, peak_lr: float, multiplier: float) -> float:

@@ -5,9 +5,11 @@ measured on CPU (a float32 matmul) or looked up for known GPUs.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import struct
 import time
 from collections import deque
 from typing import Any, Optional
@@ -135,3 +137,47 @@ class Monitor:
             for key, value in summary.items():
                 self.run.summary[key] = value
             self.run.finish()
+
+
+def _read_transaction_log(path: str) -> list[bytes]:
+    """Record payloads of a W&B transaction log (``run-<id>.wandb``): a 7-byte header, then
+    32 KiB blocks of records framed as crc32 / length / type (full, first, middle, last)."""
+    data, block, pos = open(path, "rb").read(), 32768, 7
+    payloads, partial = [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:
+            pos += block - pos % block
+            continue
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        partial = chunk if kind in (1, 2) else partial + chunk
+        if kind in (1, 4):
+            payloads.append(partial)
+    return payloads
+
+
+def read_offline_run(run_dir: str) -> dict[str, Any]:
+    """History and summary of the newest offline W&B run under ``<run_dir>/wandb``, read without
+    syncing. A resumed run writes one offline segment per process; segments of the same run id are
+    merged in order. Returns ``{"id", "history": [dict], "summary": dict}``."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    segments = sorted(glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb")))
+    if not segments:
+        raise FileNotFoundError(f"no offline W&B run under {run_dir}/wandb")
+    run_id = os.path.basename(segments[-1])[len("run-"):-len(".wandb")]
+    history, summary = [], {}
+    for segment in (s for s in segments if s.endswith(f"run-{run_id}.wandb")):
+        for payload in _read_transaction_log(segment):
+            record = pb.Record()
+            record.ParseFromString(payload)
+            kind = record.WhichOneof("record_type")
+            if kind == "history":
+                history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+            elif kind == "summary":
+                summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update})
+    return {"id": run_id, "history": history, "summary": summary}

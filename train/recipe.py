@@ -3,7 +3,7 @@
 A recipe decides, for every micro-batch, the *initial* recurrent state the model starts from and
 whether the *final* state must be returned to it afterwards. ``Trainer.train_step`` asks::
 
-    state, resets = recipe.initial_state(micro, resets, model)   # before the forward
+    state, resets = recipe.initial_state(micro, resets)   # before the forward
     loss, final = engine(ids, resets=resets, state=state, return_state=recipe.wants_final_state, ...)
     recipe.observe(micro, final)                                  # after the backward
 
@@ -39,7 +39,6 @@ from typing import Optional
 
 import torch
 
-from recurlm.models.base import RecurrentLM
 from recurlm.models.state import ModelState, is_content
 
 RECIPES = ("none", "state_passing", "noise_init", "other_sequence_init", "state_expansion")
@@ -68,8 +67,7 @@ class Recipe:
 
     wants_final_state = False
 
-    def initial_state(self, micro: int, resets: torch.Tensor, model: RecurrentLM
-                      ) -> tuple[Optional[ModelState], torch.Tensor]:
+    def initial_state(self, micro: int, resets: torch.Tensor) -> tuple[Optional[ModelState], torch.Tensor]:
         """(initial state for micro-batch ``micro`` or None, the resets [b, T] to use)."""
         return None, resets
 
@@ -85,7 +83,7 @@ class StatePassing(Recipe):
     def __init__(self):
         self.states: dict[int, ModelState] = {}
 
-    def initial_state(self, micro, resets, model):
+    def initial_state(self, micro, resets):
         return self.states.get(micro), resets
 
     def observe(self, micro, final):
@@ -104,7 +102,7 @@ class _FromPreviousStep(Recipe):
     def observe(self, micro, final):
         self.previous[micro] = final.detach()
 
-    def initial_state(self, micro, resets, model):
+    def initial_state(self, micro, resets):
         template = self.previous.get(micro)
         if template is None or template.batch_size != resets.shape[0]:
             return None, resets  # the first step of the process (or a short last batch): plain
@@ -163,3 +161,26 @@ def build_recipe(cfg: RecipeConfig, loader_mode: str, rank: int = 0) -> Recipe:
         raise ValueError("recipe state_expansion continues training an expanded model: set recipe.init_from "
                          "to the output of `recurlm-convert expand-state`")
     return Recipe()
+
+
+def read_initial_weights(path: str) -> tuple[dict, dict[str, torch.Tensor], Optional[str]]:
+    """(model config dict, float32 state dict, tokenizer sha256 or None) of ``init_from``: an
+    export dir, a checkpoint, or a run dir (its newest checkpoint)."""
+    import json
+    import os
+
+    from safetensors.torch import load_file
+
+    from recurlm.models.pretrained import CONFIG, INFO, WEIGHTS, is_export
+    from recurlm.train import checkpoint as ckpt
+    from recurlm.train.export import consolidated_state_dict, resolve_checkpoint
+
+    if is_export(path):
+        with open(os.path.join(path, CONFIG)) as f:
+            model_config = json.load(f)
+        info_path = os.path.join(path, INFO)
+        info = json.load(open(info_path)) if os.path.isfile(info_path) else {}
+        return model_config, load_file(os.path.join(path, WEIGHTS)), info.get("tokenizer_sha256")
+    checkpoint_dir = resolve_checkpoint(path)
+    state = ckpt.read_state(checkpoint_dir)
+    return state["model_config"], consolidated_state_dict(checkpoint_dir), state.get("tokenizer_sha256")

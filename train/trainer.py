@@ -8,6 +8,7 @@ reduce, clip, AdamW; a step with non-finite gradients is skipped) → metrics (m
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -29,8 +30,9 @@ from recurlm.models import to_model_config
 from recurlm.train import checkpoint as ckpt
 from recurlm.train.config import LoopConfig, LoggerConfig, OptimConfig, ScheduleConfig
 from recurlm.train.distributed import DistEnv, all_reduce_max, barrier, init_distributed
-from recurlm.train.engine import batch_geometry, build_engine, set_lr
+from recurlm.train.engine import batch_geometry, build_engine, global_grad_norm, set_lr
 from recurlm.train.monitor import Monitor, peak_flops
+from recurlm.train.recipe import RecipeConfig, build_recipe, read_initial_weights
 from recurlm.train.run_dir import default_run_dir, snapshot_code
 from recurlm.train.schedule import lr_multiplier
 from recurlm.train.signals import EXIT_REQUEUE, StopRequest
@@ -106,7 +108,16 @@ class Trainer:
         barrier()
         if not self.env.is_main:
             self.data = prepare(data_cfg, progress=False)
-        model_cfg = to_model_config(job.model)
+        self.recipe_cfg: RecipeConfig = as_dataclass(job.recipe, RecipeConfig)
+        self.recipe = build_recipe(self.recipe_cfg, data_cfg.loader_mode, self.env.rank)
+        init_weights = None
+        if self.recipe_cfg.init_from:  # a post-training phase: weights only, fresh optimizer and data
+            init_config, init_weights, init_tokenizer = read_initial_weights(self.recipe_cfg.init_from)
+            if init_tokenizer and init_tokenizer != self.data.tokenizer.sha256:
+                raise ValueError(f"recipe.init_from={self.recipe_cfg.init_from} was trained with another tokenizer "
+                                 f"than data gives ({init_tokenizer[:12]} != {self.data.tokenizer.sha256[:12]})")
+        model_cfg = to_model_config(init_config if init_weights is not None and self.recipe_cfg.model_from_init
+                                    else job.model)
         if model_cfg.vocab_size == 0:
             model_cfg.vocab_size = self.data.tokenizer.vocab_size
         elif model_cfg.vocab_size < self.data.tokenizer.vocab_size:
@@ -136,6 +147,8 @@ class Trainer:
             ckpt.make_universal(resume, self.env.rank)
         self.engine, self.model = build_engine(job, model_cfg, self.loop.global_batch_size, self.micro,
                                                self.accumulation, load_universal=universal)
+        if resume is None and init_weights is not None:
+            self._load_initial_weights(init_weights)
         self.loader = self.data.train_loader(self.loop.seq_len, self.loop.global_batch_size,
                                              rank=self.env.rank, world_size=self.env.world_size)
         self.step, self.tokens, self.wandb_id = 0, 0, None
@@ -166,6 +179,21 @@ class Trainer:
         self.wandb_id = state.get("wandb_id")
         self.first_val_loss = state.get("first_val_loss")
         self.last_checkpoint = path
+
+    def _load_initial_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Copy ``recipe.init_from``'s weights into the engine's model (and the optimizer's fp32
+        master copies that ZeRO keeps apart from the module parameters)."""
+        import deepspeed
+
+        params = list(self.model.parameters())
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=0) if self.job.deepspeed.zero_stage == 3 \
+            else contextlib.nullcontext()
+        with gather, torch.no_grad():
+            if self.env.rank == 0 or self.job.deepspeed.zero_stage != 3:
+                self.model.load_state_dict(weights, strict=True)
+        refresh = getattr(self.engine.optimizer, "refresh_fp32_params", None)
+        if refresh is not None:
+            refresh()
 
     def save(self) -> Optional[str]:
         state = {"step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
@@ -204,11 +232,15 @@ class Trainer:
         losses, loss_tokens = [], 0
         device = self.engine.device
         for i in range(self.accumulation):
+            # micro-batch i holds the same rows (lanes) at every step: the recipe keys states by i
             rows = slice(i * self.micro, (i + 1) * self.micro)
-            loss, _ = self.engine(batch.input_ids[rows].to(device), resets=batch.resets[rows].to(device),
-                                  labels=batch.labels[rows].to(device))
+            state, resets = self.recipe.initial_state(i, batch.resets[rows])
+            loss, final = self.engine(batch.input_ids[rows].to(device), resets=resets.to(device),
+                                      state=None if state is None else state.to(device),
+                                      return_state=self.recipe.wants_final_state, labels=batch.labels[rows].to(device))
             self.engine.backward(loss)
             self.engine.step()
+            self.recipe.observe(i, final)
             losses.append(loss.item())
         loss_tokens = batch.num_loss_tokens
         applied = self.engine.skipped_steps == skipped_before
@@ -257,9 +289,8 @@ class Trainer:
             if self.step % self.logger_cfg.log_every == 0 or self.step == loop.steps:
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens / max(elapsed, 1e-9)
-                grad_norm = self.engine.get_global_grad_norm()
                 metrics = {"loss": loss, "lr": lr, "tokens": self.tokens, "tokens_per_s": tps,
-                           "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                           "grad_norm": global_grad_norm(self.engine),
                            "mfu": self.flops_per_token * tps / self.peak if self.peak else None,
                            "memory_gb": _memory_gb(), "skipped_steps": self.engine.skipped_steps}
                 monitor.log(metrics, self.step)

@@ -9,6 +9,9 @@ from recurlm.data import DataConfig, SourceConfig, TokenizerConfig, prepare
 from recurlm.models import build_model
 from recurlm.models.pretrained import save_pretrained
 
+# Tiny shapes: one intra-op thread is many times faster than two on the shared 2-core machine.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory):

@@ -42,15 +42,16 @@ def test_reset_drops_state_for_the_resetting_token_itself():
 
 
 def test_gradcheck_chunk_several_chunks():
-    inputs = make_inputs(2, 10, 1, 3, 2, dtype=torch.float64, initial_state=True, requires_grad=True, seed=2)
-    resets = torch.zeros(2, 10, dtype=torch.bool)
+    inputs = make_inputs(2, 9, 1, 3, 2, dtype=torch.float64, initial_state=True, requires_grad=True, seed=2)
+    resets = torch.zeros(2, 9, dtype=torch.bool)
     resets[0, [0, 5]] = True
-    resets[1, 8] = True
+    resets[1, 7] = True
 
-    def fn(r, k, v, w, u, initial_state):  # chunks of 8 tokens in sub-chunks of 4
-        return chunk_gated_attention(r, k, v, w, 0.6, initial_state, resets, bonus=u, chunk_size=8, sub_chunk_size=4)
+    def fn(r, k, v, w, u, initial_state):  # chunks of 4 tokens in sub-chunks of 2
+        return chunk_gated_attention(r, k, v, w, 0.6, initial_state, resets, bonus=u, chunk_size=4, sub_chunk_size=2)
 
-    assert torch.autograd.gradcheck(fn, tuple(inputs[n] for n in ("r", "k", "v", "w", "u", "initial_state")))
+    names = ("r", "k", "v", "w", "u", "initial_state")
+    assert torch.autograd.gradcheck(fn, tuple(inputs[n] for n in names), fast_mode=True)
 
 
 @pytest.mark.parametrize("with_resets", [False, True])

@@ -30,6 +30,14 @@ def tiny_overrides():
 
 
 @pytest.fixture(scope="session")
+def subprocess_env():
+    """This environment minus the process-group variables an in-process trainer has set, so a
+    child process starts its own world (one thread per process, as torchrun does)."""
+    dist_vars = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
+    return {**{k: v for k, v in os.environ.items() if k not in dist_vars}, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="session")
 def data_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("data-cache"))
 

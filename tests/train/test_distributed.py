@@ -20,7 +20,7 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def runner(tmp_path_factory, tiny_overrides):
+def runner(tmp_path_factory, tiny_overrides, subprocess_env):
     root = tmp_path_factory.mktemp("dist")
     base = [*tiny_overrides, f"data.cache_dir={root / 'cache'}", f"train.steps={STEPS}", "train.checkpoint_every=3"]
     prepare(as_dataclass(compose(base).data, DataConfig), progress=False)  # both ranks then read the cache
@@ -32,8 +32,7 @@ def runner(tmp_path_factory, tiny_overrides):
         if key not in done:
             launch = ["launch=local", f"launch.nproc_per_node={nproc}"] if nproc > 1 else []
             cmd = [sys.executable, "-m", "recurlm.train", *base, f"run_dir={run_dir}", *launch, *overrides]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=subprocess_env)
             assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
             with open(os.path.join(run_dir, "metrics.jsonl")) as f:
                 done[key] = {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}

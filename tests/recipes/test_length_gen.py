@@ -1,0 +1,136 @@
+"""Length-generalisation recipes through the real trainer: which initial state each micro-batch
+gets, which resets it runs with, and that post-training starts from the given weights."""
+import pytest
+import torch
+
+from recurlm.configs import compose
+from recurlm.train.convert import main as convert_main
+from recurlm.train.recipe import OtherSequenceInit, build_recipe, RecipeConfig
+from recurlm.train.trainer import Trainer, train
+
+
+def assert_state_equal(a, b):
+    assert [sorted(layer) for layer in a.layers] == [sorted(layer) for layer in b.layers]
+    for la, lb in zip(a.layers, b.layers):
+        for key in la:
+            torch.testing.assert_close(la[key], lb[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("option, name", [("none", "none"), ("length_gen/state_passing", "state_passing"),
+                                          ("length_gen/noise_init", "noise_init"),
+                                          ("length_gen/other_sequence_init", "other_sequence_init"),
+                                          ("state_expansion", "state_expansion")])
+def test_recipe_options_compose(option, name):
+    job = compose([f"recipe={option}"])
+    assert job.recipe.name == name
+    assert job.data.loader_mode == ("documents_in_order" if name == "state_passing" else "packed")
+
+
+def test_state_passing_needs_documents_in_order():
+    with pytest.raises(ValueError, match="documents_in_order"):
+        build_recipe(RecipeConfig(name="state_passing"), "packed")
+
+
+def test_state_passing_carries_each_rows_state_to_its_continuation(tiny_job, record):
+    # 4 rows in 2 micro-batches: micro-batch i of step 2 continues micro-batch i of step 1
+    trainer = Trainer(tiny_job("recipe=length_gen/state_passing", "train.micro_batch_size=2", "train.steps=3"))
+    calls, batches = record(trainer, 3)
+    assert len(calls) == 6 and calls[0]["state"] is None and calls[1]["state"] is None
+    for step in (1, 2):
+        for micro in (0, 1):
+            call, before = calls[2 * step + micro], calls[2 * (step - 1) + micro]
+            assert_state_equal(call["state"], before["final"].detach())
+            assert all(not t.requires_grad for layer in call["state"].layers for t in layer.values())
+            # resets untouched: a row starting a document still drops the carried state
+            torch.testing.assert_close(call["resets"], batches[step].resets[2 * micro:2 * micro + 2])
+    # the loader gave continuations: no row of step 2 starts at a new lane
+    assert batches[1].input_ids[:, 0].tolist() == [int(t) for t in batches[0].labels[:, -1]]
+
+
+def test_noise_init_draws_content_and_keeps_bookkeeping(tiny_job, record):
+    trainer = Trainer(tiny_job("model=griffin", "recipe=length_gen/noise_init", "recipe.noise_scale=0.5",
+                               "train.steps=2"))
+    calls, _ = record(trainer, 2)
+    assert calls[0]["state"] is None
+    state, previous = calls[1]["state"], calls[0]["final"]
+    assert not calls[1]["resets"][:, 0].any()  # the injected state is used at the first token
+    content = []
+    for layer, prev in zip(state.layers, previous.layers):
+        for key, t in layer.items():
+            if key.startswith("_"):
+                assert torch.equal(t, prev[key])  # positions and cache validity of a real state
+            else:
+                content.append(t.flatten())
+    content = torch.cat(content)
+    assert content.numel() > 1000 and abs(content.std().item() - 0.5) < 0.05 and abs(content.mean().item()) < 0.05
+
+
+def test_noise_reaches_rows_that_start_a_document(tiny_job, record):
+    """The recipe clears resets[:, 0]; with the loader's resets a row starting a document would
+    discard the noise at its first token."""
+    trainer = Trainer(tiny_job("recipe=length_gen/noise_init", "recipe.noise_scale=3.0", "train.steps=2"))
+    calls, batches = record(trainer, 2)
+    ids, state = batches[1].input_ids, calls[1]["state"]
+    starts = torch.ones_like(batches[1].resets)  # every token a document start: no state survives
+    trainer.model.eval()
+    with torch.no_grad():
+        plain, _ = trainer.model(ids, resets=starts)
+        discarded, _ = trainer.model(ids, resets=starts, state=state)
+        starts[:, 0] = False
+        used, _ = trainer.model(ids, resets=starts, state=state)
+    torch.testing.assert_close(discarded, plain, rtol=0, atol=0)
+    assert (used[:, 0] - plain[:, 0]).abs().amax(-1).min() > 1e-3  # every row saw its noise
+    torch.testing.assert_close(used[:, 1:], plain[:, 1:], rtol=0, atol=1e-5)  # cut at token 1
+
+
+def test_other_sequence_init_uses_another_rows_final_state(tiny_job, record):
+    trainer = Trainer(tiny_job("recipe=length_gen/other_sequence_init", "train.steps=3"))
+    calls, _ = record(trainer, 3)
+    assert calls[0]["state"] is None
+    for step in (1, 2):
+        state, previous = calls[step]["state"].layers[0]["S"], calls[step - 1]["final"].layers[0]["S"]
+        sources = [[j for j in range(4) if torch.equal(state[i], previous[j])] for i in range(4)]
+        assert all(len(s) == 1 for s in sources), sources
+        sources = [s[0] for s in sources]
+        assert sorted(sources) == [0, 1, 2, 3] and all(s != i for i, s in enumerate(sources))
+        assert not calls[step]["resets"][:, 0].any()
+
+
+def test_other_sequence_permutations_differ_between_steps():
+    recipe = OtherSequenceInit(seed=0, rank=0)
+    from recurlm.models.state import ModelState
+
+    final = ModelState([{"S": torch.arange(8.0)[:, None]}])
+    recipe.observe(0, final)
+    draws = {tuple(recipe.initial_state(0, torch.ones(8, 3, dtype=torch.bool))[0].layers[0]["S"].flatten().tolist())
+             for _ in range(5)}
+    assert len(draws) > 1
+
+
+@pytest.mark.parametrize("source", ["run", "export"])
+def test_post_training_starts_from_init_from_weights(tiny_job, tmp_path, source):
+    base = train(tiny_job("train.steps=2", run_dir=str(tmp_path / "base")))
+    path = base.run_dir
+    if source == "export":
+        path = str(tmp_path / "export")
+        assert convert_main(["export", base.run_dir, "--out", path]) == 0
+    trained = Trainer(tiny_job("train.steps=2", f"resume={base.checkpoint}", run_dir=str(tmp_path / "probe")))
+    post = Trainer(tiny_job("recipe=length_gen/other_sequence_init", f"recipe.init_from={path}", "train.steps=2",
+                            run_dir=str(tmp_path / "post")))
+    assert post.step == 0  # fresh optimizer, schedule and data position
+    for (name, p), (_, q) in zip(post.model.named_parameters(), trained.model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    result = post.run()
+    assert result.step == 2
+
+
+def test_init_from_survives_zero1_master_weights(tiny_job, tmp_path):
+    """ZeRO keeps fp32 master copies apart from the module: with lr 0 one step must keep the loaded
+    weights (without refreshing the masters it would write the fresh init back)."""
+    base = train(tiny_job("train.steps=1", run_dir=str(tmp_path / "base")))
+    post = Trainer(tiny_job("deepspeed=zero1", f"recipe.init_from={base.run_dir}", "optim.lr=0",
+                            "train.steps=1", run_dir=str(tmp_path / "post")))
+    loaded = {n: p.detach().clone() for n, p in post.model.named_parameters()}
+    post.train_step()
+    for name, p in post.model.named_parameters():
+        torch.testing.assert_close(p.detach(), loaded[name], rtol=0, atol=0, msg=name)
