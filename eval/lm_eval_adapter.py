@@ -157,11 +157,12 @@ def evaluate(model: RecurrentLM, tokenizer: Any, tasks: list[str], limit: Option
     from lm_eval.tasks import TaskManager
 
     harness = RecurLMHarness(model=model, tokenizer=tokenizer, batch_size=batch_size, chunk_len=chunk_len)
-    manager = TaskManager()
+    manager = None
     if include_path:  # local tasks only: skip indexing lm-eval's thousands of built-in YAMLs when possible
         manager = TaskManager(include_path=include_path, include_defaults=False)
         if not set(tasks) <= set(manager.all_tasks):
-            manager = TaskManager(include_path=include_path)
+            manager = None
+    manager = manager or TaskManager(include_path=include_path or None)
     result = simple_evaluate(model=harness, tasks=list(tasks), limit=limit, num_fewshot=num_fewshot,
                              task_manager=manager, log_samples=False, bootstrap_iters=0)
     table = {}

@@ -53,7 +53,7 @@ from recurlm.kernels.linear_scan import linear_scan
 from recurlm.kernels.local_attention import LocalAttentionState, local_attention
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
-from recurlm.models.layers import ACTIVATIONS, GatedMLP, RMSNorm, ShortConv, linear
+from recurlm.models.layers import ACTIVATIONS, GatedMLP, RMSNorm, ShortConv, linear, rotate_half_rope
 from recurlm.models.state import LayerState
 
 BLOCK_TYPES = ("recurrent", "attention")
@@ -211,19 +211,6 @@ class RecurrentMixer(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         d, r = self.linear_x.in_features, self.lru_width
         return 2 * 3 * d * r + 2 * self.conv_width * r + self.rg_lru.flops_per_token() + 2 * r
-
-
-def rotate_half_rope(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta: float) -> torch.Tensor:
-    """RoPE on the first ``rotary_dim`` features of every head, rotate-half pairing (i, i + rotary_dim / 2).
-
-    x [B, T, H, Dh]; positions [B, T] int64 -> [B, T, H, Dh]. Angles are computed in float32
-    (float64 for float64 inputs), as HF/RecurrentGemma do in float32."""
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, device=x.device, dtype=dtype) / rotary_dim)
-    angles = positions.to(dtype)[..., None] * inv_freq  # [B, T, rotary_dim / 2]
-    cos, sin = angles.cos()[:, :, None].to(x.dtype), angles.sin()[:, :, None].to(x.dtype)
-    x1, x2, rest = x.split([rotary_dim // 2, rotary_dim // 2, x.shape[-1] - rotary_dim], dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
 
 
 class LocalAttentionMixer(nn.Module):

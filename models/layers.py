@@ -146,6 +146,19 @@ def token_shift(x: torch.Tensor, resets: Optional[torch.Tensor] = None,
     return taps[1], history[:, 0]
 
 
+def rotate_half_rope(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, theta: float) -> torch.Tensor:
+    """RoPE on the first ``rotary_dim`` features of every head, rotate-half pairing (i, i + rotary_dim / 2).
+
+    x [B, T, H, Dh]; positions [B, T] int64 -> [B, T, H, Dh]. Angles are computed in float32
+    (float64 for float64 inputs), as HF/RecurrentGemma do in float32."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    inv_freq = 1.0 / theta ** (torch.arange(0, rotary_dim, 2, device=x.device, dtype=dtype) / rotary_dim)
+    angles = positions.to(dtype)[..., None] * inv_freq  # [B, T, rotary_dim / 2]
+    cos, sin = angles.cos()[:, :, None].to(x.dtype), angles.sin()[:, :, None].to(x.dtype)
+    x1, x2, rest = x.split([rotary_dim // 2, rotary_dim // 2, x.shape[-1] - rotary_dim], dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+
+
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean token cross-entropy in float32 over positions whose label is not ``ignore_index``."""
     return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=ignore_index)

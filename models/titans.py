@@ -69,8 +69,7 @@ from recurlm.kernels.titans_memory.common import memory_forward
 from recurlm.kernels.titans_memory.testing import flops as memory_flops
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
-from recurlm.models.griffin import rotate_half_rope
-from recurlm.models.layers import GatedMLP, RMSNorm, ShortConv, linear
+from recurlm.models.layers import GatedMLP, RMSNorm, ShortConv, linear, rotate_half_rope
 from recurlm.models.state import LayerState
 
 Carry = dict[str, torch.Tensor]

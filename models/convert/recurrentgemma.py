@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 
+from recurlm.models.convert.common import conv_from_torch, conv_to_torch
 from recurlm.models.griffin import GriffinConfig, GriffinLM, HawkConfig
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -30,14 +31,6 @@ def _same(t: torch.Tensor) -> torch.Tensor:
 
 def _negate(t: torch.Tensor) -> torch.Tensor:
     return -t
-
-
-def _conv_from_hf(w: torch.Tensor) -> torch.Tensor:
-    return w[:, 0, :].flip(-1).t().contiguous()  # [R, 1, W] -> [W, R]
-
-
-def _conv_to_hf(w: torch.Tensor) -> torch.Tensor:
-    return w.t().flip(-1)[:, None, :].contiguous()  # [W, R] -> [R, 1, W]
 
 
 def config_from_transformers(hf_config: Any) -> GriffinConfig:
@@ -81,7 +74,7 @@ def key_map(cfg: GriffinConfig) -> list[tuple[str, str, Transform, Transform]]:
             names += [("mixer.conv.bias", "temporal_block.conv_1d.bias")]
             for gate, hf_gate in (("input_gate", "input_gate"), ("recurrence_gate", "recurrent_gate")):
                 names += [(f"mixer.rg_lru.{gate}.{w}", f"temporal_block.rg_lru.{hf_gate}_{w}") for w in linear]
-            special = [("mixer.conv.weight", "temporal_block.conv_1d.weight", _conv_from_hf, _conv_to_hf),
+            special = [("mixer.conv.weight", "temporal_block.conv_1d.weight", conv_from_torch, conv_to_torch),
                        ("mixer.rg_lru.a_logit", "temporal_block.rg_lru.recurrent_param", _negate, _negate)]
         else:
             names += [(f"mixer.{p}.weight", f"temporal_block.{p}.weight")

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from recurlm.models.convert.recurrentgemma import _conv_from_hf
+from recurlm.models.convert.common import conv_from_torch
 from recurlm.models.xlstm import XLSTMConfig, XLSTMLM
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -130,7 +130,7 @@ def key_map_xlstm_v1(cfg: XLSTMConfig, reference_kinds: list[str]) -> list[tuple
     for i, kind in enumerate(reference_kinds):
         ours, theirs = f"blocks.{i}.", f"xlstm_block_stack.blocks.{i}."
         names = [("mixer_norm.weight", "xlstm_norm.weight"), ("mixer.conv.bias", "xlstm.conv1d.conv.bias")]
-        special = [("mixer.conv.weight", "xlstm.conv1d.conv.weight", _conv_from_hf)]
+        special = [("mixer.conv.weight", "xlstm.conv1d.conv.weight", conv_from_torch)]
         if kind == "mlstm":
             names += [("mixer.skip", "xlstm.learnable_skip"), ("mixer.norm.weight", "xlstm.mlstm_cell.outnorm.weight")]
             names += [(f"mixer.{p}.weight", f"xlstm.{p}.weight") for p in ("proj_up", "q_proj", "k_proj", "v_proj", "proj_down")]
