@@ -180,7 +180,7 @@ def main() -> None:
     shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out)
     steps = dict(base=2, post=1, mqar_base=2, mqar_post=1, multiple=2) if args.quick else \
-        dict(base=60, post=20, mqar_base=100, mqar_post=40, multiple=32)
+        dict(base=50, post=15, mqar_base=80, mqar_post=30, multiple=32)
     t0 = time.perf_counter()
     results = {"steps": steps,
                "length_gen": length_generalisation(args.out, ["hgrn2", "griffin"], steps["base"], steps["post"],

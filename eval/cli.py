@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -47,23 +48,42 @@ class CheckpointContext:
     wandb_id: Optional[str]
 
 
-def parse_args(argv: Sequence[str]) -> EvalCommand:
-    """key=value overrides → EvalCommand (a wrong key fails naming the valid ones)."""
-    eval_keys = {f.name for f in dataclasses.fields(EvalConfig)}
-    dotlist = []
-    for arg in argv:
-        if "=" not in arg:
-            raise ValueError(f"expected key=value, got {arg!r}")
-        key = arg.split("=", 1)[0].lstrip("+")
-        dotlist.append(f"eval.{arg.lstrip('+')}" if key.split(".")[0] in eval_keys else arg.lstrip("+"))
-    schema = OmegaConf.structured(EvalCommand)
+def _string_field(cls: type, dotted: str) -> bool:
+    """Is ``dotted`` (e.g. ``eval.out_dir``) a ``str`` field of dataclass ``cls``?"""
+    for part in dotted.split("."):
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return cls is str
+
+
+def apply_overrides(cls: type, argv: Sequence[str], rename=lambda key: key):
+    """``key=value`` arguments → an instance of dataclass ``cls``. Values of ``str`` fields are
+    taken verbatim (a prompt or path may contain ``:`` or spaces); others are parsed as YAML
+    (``tasks=[ppl,mqar]``, ``top_p=0.9``). A wrong key or type fails naming the valid keys."""
+    cfg = OmegaConf.structured(cls)
     try:
-        merged = OmegaConf.merge(schema, OmegaConf.from_dotlist(dotlist))
-        command: EvalCommand = OmegaConf.to_object(merged)
+        for arg in argv:
+            if "=" not in arg:
+                raise ValueError(f"expected key=value, got {arg!r}")
+            key, value = arg.lstrip("+").split("=", 1)
+            key = rename(key)
+            if _string_field(cls, key):
+                OmegaConf.update(cfg, key, value, merge=False)
+            else:
+                cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
+        return OmegaConf.to_object(cfg)
     except Exception as err:  # omegaconf's errors name the key; add what is valid
-        valid = sorted({f.name for f in dataclasses.fields(EvalCommand)} | eval_keys)
+        valid = sorted(f.name for f in dataclasses.fields(cls))
         raise ValueError(f"{err}\nValid keys: {', '.join(valid)}") from err
-    return command
+
+
+def parse_args(argv: Sequence[str]) -> EvalCommand:
+    """key=value overrides → EvalCommand; EvalConfig's keys may omit the ``eval.`` prefix."""
+    eval_keys = {f.name for f in dataclasses.fields(EvalConfig)}
+    return apply_overrides(EvalCommand, argv,
+                           rename=lambda key: f"eval.{key}" if key.split(".")[0] in eval_keys else key)
 
 
 def describe_checkpoint(path: str, export_dir: str, info: dict) -> CheckpointContext:

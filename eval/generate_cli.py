@@ -9,14 +9,14 @@ printed when done. Every prompt starts with BOS.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
+from recurlm.eval.cli import apply_overrides
 from recurlm.eval.generate import SamplingConfig, generate
 
 
@@ -54,11 +54,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(__doc__)
         return 0
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(GenerateCommand), OmegaConf.from_dotlist(argv))
-        cmd: GenerateCommand = OmegaConf.to_object(merged)
-    except Exception as err:
-        valid = ", ".join(f.name for f in dataclasses.fields(GenerateCommand))
-        print(f"recurlm-generate: error: {err}\nValid keys: {valid}", file=sys.stderr)
+        cmd: GenerateCommand = apply_overrides(GenerateCommand, argv)
+    except ValueError as err:
+        print(f"recurlm-generate: error: {err}", file=sys.stderr)
         return 2
     from recurlm.data import Tokenizer
     from recurlm.train.export import load_for_inference

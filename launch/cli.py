@@ -78,7 +78,8 @@ def _sweep(args: argparse.Namespace) -> int:
     first = jobs[0]
     sweep_dir = os.path.abspath(args.sweep_dir or os.path.join(
         "outputs", f"sweep-{first.model.family}-{time.strftime('%Y%m%d-%H%M%S')}"))
-    elements = [Element(os.path.join(sweep_dir, str(i)), worker_overrides(combo), int(job.train.steps))
+    elements = [Element(os.path.join(sweep_dir, str(i)), worker_overrides(combo), int(job.train.steps),
+                        str(job.model.family))
                 for i, (combo, job) in enumerate(zip(combos, jobs))]
     launch = launch_config(first)
     name = launch.slurm.job_name or f"recurlm-{os.path.basename(sweep_dir)}"

@@ -36,9 +36,9 @@ FAMILY_KERNELS: dict[str, list[str]] = {
     "hawk": ["linear_scan"],
     "rwkv6": ["rwkv6"],
     "rwkv7": ["dplr"],
-    "titans_mac": ["titans_memory", "local_attention"],
-    "titans_mag": ["titans_memory", "local_attention"],
-    "titans_mal": ["titans_memory", "local_attention"],
+    "titans_mac": ["titans_memory"],
+    "titans_mag": ["titans_memory"],
+    "titans_mal": ["titans_memory"],
     "xlstm": ["mlstm", "slstm"],
 }
 

@@ -60,6 +60,8 @@ class Element:
     """Hydra overrides of ``recurlm.train`` (without launch / run_dir / resume)."""
     steps: int
     """``train.steps`` of the run: a restart finding a checkpoint at this step does nothing."""
+    family: str = "hgrn2"
+    """``model.family`` of the run: the doctor checks this model's kernels."""
 
 
 @dataclass
@@ -144,7 +146,7 @@ def _element_block(elements: list[Element], array: bool) -> list[str]:
     """Shell lines that set RUN_DIR, TRAIN_STEPS and OVERRIDES (per array element for sweeps)."""
     def assign(e: Element, indent: str) -> list[str]:
         return [f"{indent}RUN_DIR={shlex.quote(e.run_dir)}", f"{indent}TRAIN_STEPS={e.steps}",
-                f"{indent}OVERRIDES=({_q(e.overrides)})"]
+                f"{indent}MODEL_FAMILY={shlex.quote(e.family)}", f"{indent}OVERRIDES=({_q(e.overrides)})"]
 
     if not array:
         return assign(elements[0], "")
@@ -213,7 +215,6 @@ def render_train(job: DictConfig, elements: list[Element], script_dir: str, name
         *_environment(launch),
         "",
         *_element_block(elements, array),
-        f"MODEL_FAMILY={shlex.quote(str(job.model.family))}",
         f"REQUEUE_ON_SIGNAL={requeue}",
         "NNODES=$SLURM_JOB_NUM_NODES",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
@@ -397,7 +398,7 @@ def single_run(job: DictConfig, overrides: Sequence[str]) -> tuple[Element, str]
     run_dir = default_job_run_dir(job)
     launch = launch_config(job)
     name = launch.slurm.job_name or f"recurlm-{os.path.basename(run_dir)}"
-    return Element(run_dir, worker_overrides(overrides), int(job.train.steps)), name
+    return Element(run_dir, worker_overrides(overrides), int(job.train.steps), str(job.model.family)), name
 
 
 def submit_from_train(job: DictConfig, overrides: Sequence[str]) -> int:

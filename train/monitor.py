@@ -128,6 +128,16 @@ class Monitor:
         else:
             print(text, flush=True)
 
+    def log_artifact(self, directory: str, name: str, metadata: dict[str, Any]) -> None:
+        """Upload an exported checkpoint directory as a W&B model artifact (``log_artifacts``)."""
+        if not self.is_main or self.run is None or not self.cfg.wandb.log_artifacts:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(name=name, type="model", metadata=metadata)
+        artifact.add_dir(directory)
+        self.run.log_artifact(artifact)
+
     def close(self, summary: dict[str, Any]) -> None:
         if not self.is_main:
             return
@@ -163,14 +173,14 @@ def _read_transaction_log(path: str) -> list[bytes]:
 def read_offline_run(run_dir: str) -> dict[str, Any]:
     """History and summary of the newest offline W&B run under ``<run_dir>/wandb``, read without
     syncing. A resumed run writes one offline segment per process; segments of the same run id are
-    merged in order. Returns ``{"id", "history": [dict], "summary": dict}``."""
+    merged in order. Returns ``{"id", "history": [dict], "summary": dict, "artifacts": [name]}``."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     segments = sorted(glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb")))
     if not segments:
         raise FileNotFoundError(f"no offline W&B run under {run_dir}/wandb")
     run_id = os.path.basename(segments[-1])[len("run-"):-len(".wandb")]
-    history, summary = [], {}
+    history, summary, artifacts = [], {}, []
     for segment in (s for s in segments if s.endswith(f"run-{run_id}.wandb")):
         for payload in _read_transaction_log(segment):
             record = pb.Record()
@@ -180,4 +190,6 @@ def read_offline_run(run_dir: str) -> dict[str, Any]:
                 history.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
             elif kind == "summary":
                 summary.update({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.summary.update})
-    return {"id": run_id, "history": history, "summary": summary}
+            elif kind == "artifact":
+                artifacts.append(record.artifact.name)
+    return {"id": run_id, "history": history, "summary": summary, "artifacts": artifacts}

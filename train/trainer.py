@@ -31,6 +31,7 @@ from recurlm.train import checkpoint as ckpt
 from recurlm.train.config import LoopConfig, LoggerConfig, OptimConfig, ScheduleConfig
 from recurlm.train.distributed import DistEnv, all_reduce_max, barrier, init_distributed
 from recurlm.train.engine import batch_geometry, build_engine, global_grad_norm, set_lr
+from recurlm.train.export import export_checkpoint
 from recurlm.train.monitor import Monitor, peak_flops
 from recurlm.train.recipe import RecipeConfig, build_recipe, read_initial_weights
 from recurlm.train.run_dir import default_run_dir, snapshot_code
@@ -318,6 +319,12 @@ class Trainer:
             monitor.log({"val_loss": val_loss, "tokens": self.tokens}, self.step)
             if self.last_checkpoint is None or not self.last_checkpoint.endswith(f"/{self.step}"):
                 self.save()
+            if self.logger_cfg.wandb.log_artifacts and self.last_checkpoint:
+                barrier()
+                if self.env.is_main:
+                    export = export_checkpoint(self.last_checkpoint)
+                    monitor.log_artifact(export, f"{self.model_cfg.family}-{self.model_cfg.size}",
+                                         {"step": self.step, "val_loss": val_loss})
         monitor.close({"val_loss": val_loss, "first_val_loss": self.first_val_loss, "step": self.step})
         result = TrainResult(self.run_dir, self.step, self.last_checkpoint, self.first_val_loss, val_loss, exit_code)
         if self.env.is_main:

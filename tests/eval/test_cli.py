@@ -40,7 +40,7 @@ def test_recurlm_generate_streams_a_prompt_and_batches_prompts(trained_run, caps
     assert generate_main([f"checkpoint={export}", "prompt=mqar: ab=123 |", "max_new_tokens=6"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("mqar: ab=123 |") and "tokens/s" in captured.err
-    assert generate_main([f"checkpoint={export}", "prompts=[mqar:,sum mod 2:]", "max_new_tokens=4",
+    assert generate_main([f"checkpoint={export}", 'prompts=["mqar: ab","sum mod 2: 1"]', "max_new_tokens=4",
                           "temperature=0.8", "top_k=5"]) == 0
     assert captured.out != (out := capsys.readouterr().out) and out.count("--- prompt:") == 2
 

@@ -119,7 +119,7 @@ def test_sweep_grid_and_multirun_syntax_make_one_array(capsys, tiny, tmp_path):
     assert f"--output={sweep_dir}/%a/slurm/logs/%A_%a.out" in out
     assert f"RUN_DIR={sweep_dir}/3" in out
     block3 = out.split("    3)")[1].split(";;")[0]
-    assert "optim.lr=0.003" in block3 and "seed=1" in block3
+    assert "optim.lr=0.003" in block3 and "seed=1" in block3 and "MODEL_FAMILY=hgrn2" in block3
     assert "#SBATCH --array=0-3" in out.split("eval.sbatch")[1]  # one evaluation per element
     assert not sweep_dir.exists()
 
@@ -190,6 +190,13 @@ def test_doctor_detects_a_wrong_kernel():
     checks = doctor.check_kernel("gla", doctor.KernelCase(off_by_a_bit, good.inputs), doctor.torch.device("cpu"),
                                  ["chunk"])
     assert len(checks) == 1 and not checks[0].ok and "max rel. error" in checks[0].detail
+
+
+def test_doctor_knows_the_kernels_of_every_family():
+    from recurlm.models.registry import FAMILIES
+
+    assert set(doctor.FAMILY_KERNELS) == set(FAMILIES)
+    assert {op for ops in doctor.FAMILY_KERNELS.values() for op in ops} <= set(doctor._cases())
 
 
 def test_doctor_names_an_unknown_family():

@@ -92,15 +92,17 @@ def test_wandb_offline_run_holds_the_metrics_and_resume_continues_it(tiny_job, t
     run_dir = str(tmp_path / "wb")
     train(tiny_job("train.steps=4", "train.checkpoint_every=2", "train.exit_after_steps=2", run_dir=run_dir))
     first = read_offline_run(run_dir)
-    train(tiny_job("train.steps=4", "train.checkpoint_every=2", "resume=auto", run_dir=run_dir))
+    train(tiny_job("train.steps=4", "train.checkpoint_every=2", "resume=auto", "logger.wandb.log_artifacts=true",
+                   run_dir=run_dir))
     deadline = time.time() + 60  # W&B's service process may still be flushing the log
     while True:
         second = read_offline_run(run_dir)
         losses = {h["_step"]: h["loss"] for h in second["history"] if "loss" in h}
-        if set(losses) == {1, 2, 3, 4} or time.time() > deadline:
+        if (set(losses) == {1, 2, 3, 4} and second["artifacts"]) or time.time() > deadline:
             break
         time.sleep(1)
     assert second["id"] == first["id"]
+    assert second["artifacts"] == ["hgrn2-tiny"]  # the exported final checkpoint
     assert set(losses) == {1, 2, 3, 4}
     assert second["summary"]["val_loss"] > 0 and second["summary"]["step"] == 4
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
