@@ -35,6 +35,8 @@ def local_launch_command(overrides: Sequence[str], launcher: str, nproc: int, po
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    # the deepspeed launcher passes --local_rank=N; the rank also arrives in $LOCAL_RANK
+    args = [a for a in args if not a.startswith(("--local_rank", "--local-rank"))]
     if any(a in ("-h", "--help") for a in args):
         print(_usage())
         return 0

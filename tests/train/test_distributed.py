@@ -91,3 +91,8 @@ def test_one_rank_checkpoint_resumes_on_two_ranks(runner):
     run_dir = fork_at_step(runner, "one", "elastic-1to2")
     resumed = runner("elastic-1to2", "deepspeed=zero1", "resume=auto", nproc=2, run_dir=run_dir)
     assert_close(resumed, {s: straight[s] for s in (4, 5, 6)})
+
+
+def test_deepspeed_launcher_runs_the_same_job_as_torchrun(runner):
+    torchrun = runner("zero1", "deepspeed=zero1", nproc=2)
+    assert runner("ds-launcher", "deepspeed=zero1", "launch.launcher=deepspeed", nproc=2) == torchrun
