@@ -83,8 +83,8 @@ def fla_interpreter(packages: tuple[str, ...] = ("fla.ops.gla", "fla.ops.rwkv6",
                     ) -> Iterator[None]:
     """Let fla's Triton kernels of ``packages`` (gla, rwkv6 and the shared chunk-state / cumsum
     kernels they call) run under ``TRITON_INTERPRET=1``, by the patches of
-    :func:`recurlm.kernels.dplr.fla_interpret.fla_interpreter_patches` (tests only)."""
-    from recurlm.kernels.dplr.fla_interpret import fla_interpreter_patches
+    :func:`recurlm.kernels.fla_interpret.fla_interpreter_patches` (tests only)."""
+    from recurlm.kernels.fla_interpret import fla_interpreter_patches
 
     with ExitStack() as stack:
         for package in packages:

@@ -17,7 +17,7 @@ fla's ``chunk_gla``, nor ``chunk_rwkv6`` / ``chunk_dplr_delta_rule``:
    index: ``AttributeError: 'int' object has no attribute 'to'``.
 
 The tests close these gaps with :func:`recurlm.kernels.gla.testing.fla_interpreter` (the patches of
-``recurlm.kernels.dplr.fla_interpret`` applied to ``fla.ops.gla``, ``fla.ops.rwkv6``,
+``recurlm.kernels.fla_interpret`` applied to ``fla.ops.gla``, ``fla.ops.rwkv6``,
 ``fla.ops.common`` and ``fla.ops.utils``); the kernels then run in fp32 at tiny shapes and match
 the naive op, gradients included, through the resets adapter.
 """

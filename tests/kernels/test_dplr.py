@@ -196,7 +196,7 @@ def test_naive_matches_fla_dplr_recurrence():
 def fla_interpreter():
     """fla's Triton kernels made runnable in the CPU interpreter (see fla_interpret.py)."""
     from recurlm.kernels.dispatch import triton_interpreting
-    from recurlm.kernels.dplr.fla_interpret import fla_interpreter_patches
+    from recurlm.kernels.fla_interpret import fla_interpreter_patches
 
     if not triton_interpreting():
         pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
