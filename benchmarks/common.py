@@ -47,10 +47,11 @@ class PeakTensorMemory(TorchDispatchMode):
 
     Method: every op's outputs pass through ``__torch_dispatch__``; each storage not seen before adds
     its ``nbytes`` to a live count, and a weakref finalizer on the storage subtracts them when the
-    storage is freed (torch keeps a storage's Python object alive as long as the storage). The peak
-    of the live count is what the computation needed on top of its inputs. Views and in-place ops
-    add nothing; allocator caching and fragmentation are not counted (this is torch's memory, not
-    the process RSS). The mode slows ops down, so never time inside it.
+    storage is freed (torch keeps a storage's Python object alive as long as the storage). An output
+    sharing the storage of one of the op's inputs (views such as ``weight.t()``, in-place results)
+    adds nothing. The peak of the live count is what the computation needed on top of what existed
+    before (inputs, parameters); allocator caching and fragmentation are not counted (this is
+    torch's memory, not the process RSS). The mode slows ops down, so never time inside it.
     """
 
     def __init__(self):
@@ -61,11 +62,13 @@ class PeakTensorMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and t.device.type != "meta":
                 storage = t.untyped_storage()
                 key, size = storage.data_ptr(), storage.nbytes()
-                if size == 0 or key in self._sizes:
+                if size == 0 or key in self._sizes or key in inputs:  # views and in-place results
                     continue
                 self._sizes[key] = size
                 self.live += size

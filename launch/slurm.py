@@ -70,7 +70,6 @@ class Rendered:
 
     text: str
     path: str
-    log_dir: str
     elements: list[Element] = field(default_factory=list)
 
 
@@ -99,11 +98,12 @@ def _q(items: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(i)) for i in items)
 
 
-def _sbatch_header(launch: LaunchConfig, name: str, output: str, nodes: int, ntasks_per_node: int,
-                   time_limit: str, train: bool, array: Optional[str] = None) -> list[str]:
+def _sbatch_header(launch: LaunchConfig, name: str, output: str, nodes: int, time_limit: str, train: bool,
+                   array: Optional[str] = None) -> list[str]:
+    """``#SBATCH`` lines: one task per node (the node's launcher starts its ranks)."""
     s = launch.slurm
-    lines = [f"--job-name={name}", f"--nodes={nodes}", f"--ntasks={nodes * ntasks_per_node}",
-             f"--ntasks-per-node={ntasks_per_node}", f"--time={time_limit}", f"--output={output}",
+    lines = [f"--job-name={name}", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
+             f"--time={time_limit}", f"--output={output}",
              "--open-mode=append", f"--chdir={os.getcwd()}"]
     if s.cpus_per_task:
         lines.append(f"--cpus-per-task={s.cpus_per_task}")
@@ -179,7 +179,8 @@ def _launcher_fn(launch: LaunchConfig, python: str) -> list[str]:
         # deepspeed's launcher needs a hostfile for several nodes; --no_ssh starts this node's ranks only
         lines += ['HOSTFILE="$RUN_DIR/slurm/hostfile-$SLURM_JOB_ID"',
                   f'scontrol show hostnames "$SLURM_JOB_NODELIST" | sed "s/$/ slots={k}/" > "$HOSTFILE"']
-        train = (f'{srun} {node} deepspeed --hostfile="$HOSTFILE" --no_ssh --node_rank=%SLURM_NODEID% '
+        train = (f'{srun} {node} {shlex.quote(python)} -m deepspeed.launcher.runner --hostfile="$HOSTFILE" '
+                 f'--no_ssh --node_rank=%SLURM_NODEID% '
                  f'--master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --no_local_rank \\\n'
                  f'        --module recurlm.train "${{OVERRIDES[@]}}" launch=none run_dir="$RUN_DIR" resume=auto')
     else:
@@ -203,7 +204,7 @@ def render_train(job: DictConfig, elements: list[Element], script_dir: str, name
     else:
         spec = None
         output = os.path.join(elements[0].run_dir, SLURM_DIR, "logs", "%j.out")
-    header = _sbatch_header(launch, name, output, s.nodes, 1, s.time, train=True, array=spec)
+    header = _sbatch_header(launch, name, output, s.nodes, s.time, train=True, array=spec)
     requeue = "1" if s.requeue else "0"
     body = [
         "#!/bin/bash",
@@ -225,6 +226,12 @@ def render_train(job: DictConfig, elements: list[Element], script_dir: str, name
         *_launcher_fn(launch, python),
         "",
         "latest_step() { cat \"$RUN_DIR/checkpoints/latest\" 2>/dev/null || echo 0; }",
+        "requeue_if_signalled() {  # after USR1: requeue; the next start resumes from checkpoints/latest",
+        '    [ "$STOP" = USR1 ] && [ "$REQUEUE_ON_SIGNAL" = 1 ] || return 0',
+        '    log "requeueing to resume from step $(latest_step)"',
+        '    scontrol requeue "$SLURM_JOB_ID" || log "scontrol requeue failed (the job may already be requeued by Slurm)"',
+        "    exit $EXIT_REQUEUE",
+        "}",
         'log() { echo "[recurlm $(date +%H:%M:%S) job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}] $*"; }',
         "",
         "# USR1 (time limit, preemption, scancel --signal=USR1 --batch): the trainer saves and exits 75,",
@@ -253,6 +260,7 @@ def render_train(job: DictConfig, elements: list[Element], script_dir: str, name
             '    log "recurlm-doctor failed on this allocation (report above): not training"',
             "    exit 3",
             "fi",
+            "requeue_if_signalled  # a signal during the doctor: do not start training now",
         ]
     body += [
         'log "training from step $(latest_step)"',
@@ -267,16 +275,12 @@ def render_train(job: DictConfig, elements: list[Element], script_dir: str, name
         '    log "finished"',
         "    exit 0",
         "fi",
-        'if [ "$STOP" = USR1 ] && [ "$REQUEUE_ON_SIGNAL" = 1 ]; then',
-        '    log "requeueing to resume from step $(latest_step)"',
-        '    scontrol requeue "$SLURM_JOB_ID" || log "scontrol requeue failed (the job may already be requeued by Slurm)"',
-        "    exit $EXIT_REQUEUE",
-        "fi",
+        "requeue_if_signalled",
         '[ "$RC" = 0 ] && RC=1  # stopped before the last step without a signal',
         "exit $RC",
         "",
     ]
-    return Rendered("\n".join(body), os.path.join(script_dir, TRAIN_SCRIPT), os.path.dirname(output), elements)
+    return Rendered("\n".join(body), os.path.join(script_dir, TRAIN_SCRIPT), elements)
 
 
 def render_eval(job: DictConfig, elements: list[Element], script_dir: str, name: str) -> Optional[Rendered]:
@@ -290,7 +294,7 @@ def render_eval(job: DictConfig, elements: list[Element], script_dir: str, name:
         output = os.path.join(os.path.dirname(elements[0].run_dir), "%a", SLURM_DIR, "logs", "eval-%A_%a.out")
     else:
         output = os.path.join(elements[0].run_dir, SLURM_DIR, "logs", "eval-%j.out")
-    header = _sbatch_header(launch, name, output, 1, 1, s.eval_time, train=False,
+    header = _sbatch_header(launch, name, output, 1, s.eval_time, train=False,
                             array=f"0-{len(elements) - 1}" if array else None)
     command = s.eval_command.replace("{run_dir}", '"$RUN_DIR"')
     body = [
@@ -306,7 +310,7 @@ def render_eval(job: DictConfig, elements: list[Element], script_dir: str, name:
         command,
         "",
     ]
-    return Rendered("\n".join(body), os.path.join(script_dir, EVAL_SCRIPT), os.path.dirname(output), elements)
+    return Rendered("\n".join(body), os.path.join(script_dir, EVAL_SCRIPT), elements)
 
 
 # -- submission -----------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def test_deepspeed_launcher_gets_a_hostfile_and_its_node_rank(capsys, tiny, tmp_
     out = dry_run(capsys, *tiny, f"run_dir={tmp_path}/a", "launch.launcher=deepspeed", "launch.nproc_per_node=4",
                   "launch.slurm.nodes=2")
     assert 'sed "s/$/ slots=4/" > "$HOSTFILE"' in out
-    assert "deepspeed --hostfile=\"$HOSTFILE\" --no_ssh --node_rank=%SLURM_NODEID%" in out
+    assert "-m deepspeed.launcher.runner --hostfile=\"$HOSTFILE\" --no_ssh --node_rank=%SLURM_NODEID%" in out
     assert "--module recurlm.train" in out
 
 
