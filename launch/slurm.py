@@ -138,6 +138,14 @@ def _environment(launch: LaunchConfig) -> list[str]:
     return lines
 
 
+def _port_lines(launch: LaunchConfig) -> list[str]:
+    if launch.master_port:
+        return [f"MASTER_PORT={launch.master_port}  # launch.master_port"]
+    return ["# a port per job and restart (a restarted job never meets its previous rendezvous)",
+            f"MASTER_PORT=$(( {launch.slurm.port_base} + (SLURM_JOB_ID % 1000) * 20 "
+            f"+ (${{SLURM_RESTART_COUNT:-0}} % 10) * 2 ))"]
+
+
 def _python(launch: LaunchConfig) -> str:
     return launch.slurm.python or sys.executable
 
@@ -219,8 +227,7 @@ def render_train(job: DictConfig, elements: list[Element], script_dir: str, name
         f"REQUEUE_ON_SIGNAL={requeue}",
         "NNODES=$SLURM_JOB_NUM_NODES",
         'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)',
-        f"# a port per job and restart (a restarted job never meets its previous rendezvous)",
-        f"MASTER_PORT=$(( {s.port_base} + (SLURM_JOB_ID % 1000) * 20 + (${{SLURM_RESTART_COUNT:-0}} % 10) * 2 ))",
+        *_port_lines(launch),
         f"export MASTER_ADDR MASTER_PORT OMP_NUM_THREADS=${{OMP_NUM_THREADS:-1}}",
         "",
         *_launcher_fn(launch, python),

@@ -120,6 +120,9 @@ class LoopConfig:
     """Peak FLOP/s per device for MFU; 0 = measure a float32 matmul on CPU / use a table on GPU."""
     exit_after_steps: int = 0
     """Stop (with a checkpoint) after this many steps in this process (tests, preemption drills)."""
+    cpu_threads: int = 0
+    """torch intra-op threads per process on CPU (0: torch's default, one per core). Small models
+    run faster on fewer threads, and a loaded machine punishes oversubscription."""
 
 
 @dataclass

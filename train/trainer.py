@@ -100,6 +100,8 @@ class Trainer:
         self.optim: OptimConfig = as_dataclass(job.optim, OptimConfig)
         self.schedule: ScheduleConfig = as_dataclass(job.schedule, ScheduleConfig)
         self.logger_cfg: LoggerConfig = as_dataclass(job.logger, LoggerConfig)
+        if self.loop.cpu_threads > 0:
+            torch.set_num_threads(self.loop.cpu_threads)
         seed_everything(job.seed)
         self.run_dir = _agree_on_run_dir(job, self.env)
 

@@ -80,6 +80,8 @@ def test_defaults_and_switches(capsys, tiny, tmp_path):
     sbatch = sbatch_lines(out)
     assert "--no-requeue" in sbatch and not any(s.startswith("--signal") for s in sbatch)
     assert "REQUEUE_ON_SIGNAL=0" in out and "if ! run_doctor" not in out
+    out = dry_run(capsys, *tiny, f"run_dir={tmp_path}/c", "launch.master_port=29500")
+    assert "MASTER_PORT=29500" in out and "SLURM_JOB_ID % 1000" not in out
 
 
 def test_deepspeed_launcher_gets_a_hostfile_and_its_node_rank(capsys, tiny, tmp_path):
