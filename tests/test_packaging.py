@@ -1,0 +1,24 @@
+"""The wheel holds only the ``recurlm`` package (the repository root mapped onto it), with every
+subpackage and the YAML configs, and no bare top-level ``models``/``data``/``train``/``eval``."""
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contains_only_the_recurlm_package(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("recurlm-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top_level == {"recurlm"}
+    for package in ["kernels/gla", "models", "data", "train", "eval", "launch", "configs"]:
+        assert f"recurlm/{package}/__init__.py" in names, package
+    assert "recurlm/configs/train.yaml" in names
+    assert "recurlm/configs/model/hgrn2.yaml" in names
+    assert "recurlm/configs/model_sizes/griffin.yaml" in names
+    assert "recurlm/configs/recipe/length_gen/state_passing.yaml" in names
+    assert not any(n.startswith("recurlm/tests/") for n in names)
