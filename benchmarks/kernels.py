@@ -8,8 +8,8 @@ references of other packages, forward + backward, side by side in one process.
 For every op and sequence length T it prints:
 - fwd+bwd time of ``impl="chunk"`` and ``impl="naive"`` and their ratio (target: chunk >= 10x naive
   at T = 2048). naive is only run up to ``--naive-max-t`` (2048 in full mode); above it its time is
-  extrapolated linearly in T from the longest measured length (a sequential loop is linear in T)
-  and marked "~".
+  extrapolated from the longest measured length, linearly in T (a sequential loop), quadratically
+  for local_attention (its naive oracle is dense masked attention), and marked "~".
 - achieved GFLOP/s of the chunk path: 3 x the forward FLOPs of ``<op>/testing.flops`` (backward
   ~= 2 x forward) over the fwd+bwd time, and the fraction of this machine's float32 matmul ceiling
   (2048^3 matmul, measured at the start of the same run).
@@ -93,6 +93,9 @@ class OpBench:
     """T -> forward FLOPs (testing.flops)."""
     shape: str
     references: list[Reference] = field(default_factory=list)
+    naive_order: int = 1
+    """naive's time grows like T ** naive_order (1: sequential loop; 2: local attention's dense
+    masked T x (T + W) oracle), used to extrapolate it beyond --naive-max-t."""
 
 
 def _bhtd(*names: str, rest: tuple[str, ...] = ()) -> Callable[[Inputs], dict]:
@@ -139,7 +142,8 @@ def build_ops(B: int, H: int, D: int, scan_dim: int, window: int) -> dict[str, O
                 lambda T: titans_t.flops(B, T, H, D, depth=2), f"B={B} H={H} D={D} depth=2 chunk=16"),
         OpBench("local_attention", lambda T: la_t.make_inputs(B, T, H, 1, D, window, requires_grad=True),
                 lambda x, impl: local_attention(**x, impl=impl)[0],
-                lambda T: la_t.flops(B, T, H, D, window), f"B={B} H={H} Hkv=1 D={D} window={window}"),
+                lambda T: la_t.flops(B, T, H, D, window), f"B={B} H={H} Hkv=1 D={D} window={window}",
+                naive_order=2),
     ]
     ops = {op.name: op for op in ops}
     _add_references(ops)
@@ -221,7 +225,7 @@ def bench_op(op: OpBench, lengths: list[int], naive_max_t: int, repeats: int, ce
             naive, naive_txt = times["naive"], fmt_time(times["naive"])
             naive_at = (T, naive)
         elif naive_at is not None:
-            naive = naive_at[1] * T / naive_at[0]
+            naive = naive_at[1] * (T / naive_at[0]) ** op.naive_order
             naive_txt = "~" + fmt_time(naive)
         else:
             naive, naive_txt = None, "-"
@@ -268,7 +272,7 @@ def main() -> None:
     ceiling = matmul_gflops()
     print(f"# recurlm kernels, CPU fwd+bwd, float32, {threads} threads, {'quick' if quick else 'full'} mode")
     print(f"# float32 matmul ceiling (2048^3, best of 5, this run): {ceiling:.1f} GFLOP/s")
-    print(f"# shapes: {dims}; naive run up to T={naive_max_t}, '~' = extrapolated linearly in T; "
+    print(f"# shapes: {dims}; naive run up to T={naive_max_t}, '~' = extrapolated (T, or T^2 for local_attention); "
           f"best of {repeats} interleaved rounds")
 
     ops = build_ops(**dims)

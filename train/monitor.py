@@ -12,7 +12,7 @@ import os
 import struct
 import time
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -95,14 +95,24 @@ class Monitor:
     def wandb_dir(self) -> Optional[str]:
         return self.run.dir if self.run is not None else None
 
+    def _wandb(self, what: str, action: Callable[[Any], Any]) -> None:
+        """Run ``action(self.run)``; if W&B fails (e.g. its service process died with a signal to the
+        job), warn once and carry on without it: the metrics file and checkpoints matter more."""
+        if self.run is None:
+            return
+        try:
+            action(self.run)
+        except Exception as err:  # any failure of the W&B client must not stop training
+            self.run = None
+            self.write(f"[wandb] disabled after an error in {what}: {err!r}")
+
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if not self.is_main:
             return
         record = {"step": step, **metrics}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.run is not None:
-            self.run.log(metrics, step=step)
+        self._wandb("log", lambda run: run.log(metrics, step=step))
 
     def event(self, kind: str, message: str, step: int, alert: bool = True) -> None:
         """A notable event (non-finite step, spike, abort): metrics file, W&B alert, console."""
@@ -113,7 +123,8 @@ class Monitor:
         if alert and self.run is not None and self.cfg.wandb.mode == "online":
             import wandb
 
-            self.run.alert(title=f"recurlm {kind}", text=message, level=wandb.AlertLevel.WARN)
+            self._wandb("alert", lambda run: run.alert(title=f"recurlm {kind}", text=message,
+                                                       level=wandb.AlertLevel.WARN))
 
     def progress(self, step: int, postfix: dict[str, Any]) -> None:
         if self.bar is not None:
@@ -136,7 +147,7 @@ class Monitor:
 
         artifact = wandb.Artifact(name=name, type="model", metadata=metadata)
         artifact.add_dir(directory)
-        self.run.log_artifact(artifact)
+        self._wandb("log_artifact", lambda run: run.log_artifact(artifact))
 
     def close(self, summary: dict[str, Any]) -> None:
         if not self.is_main:
@@ -144,9 +155,8 @@ class Monitor:
         if self.bar is not None:
             self.bar.close()
         if self.run is not None:
-            for key, value in summary.items():
-                self.run.summary[key] = value
-            self.run.finish()
+            self._wandb("summary", lambda run: run.summary.update(summary))
+            self._wandb("finish", lambda run: run.finish())
 
 
 def _read_transaction_log(path: str) -> list[bytes]:

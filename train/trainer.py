@@ -94,6 +94,7 @@ def _memory_gb() -> float:
 
 class Trainer:
     def __init__(self, job: DictConfig):
+        self.stop = StopRequest()  # first: a preemption signal may arrive while we start up
         self.env = init_distributed()
         self.job = job
         self.loop: LoopConfig = as_dataclass(job.train, LoopConfig)
@@ -165,7 +166,6 @@ class Trainer:
         self.monitor = Monitor(self.logger_cfg, self.run_dir, self.env.is_main, self.loop.steps, self.step,
                                self.wandb_id, OmegaConf.to_container(job, resolve=True))
         self.wandb_id = self.monitor.wandb_id or self.wandb_id
-        self.stop = StopRequest()
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
@@ -257,7 +257,7 @@ class Trainer:
             monitor.write(f"step 0: val_loss {self.first_val_loss:.4f}")
         consecutive_bad, steps_this_process, exit_code = 0, 0, 0
         window_start, window_tokens = time.perf_counter(), 0
-        val_loss = self.first_val_loss
+        val_loss = self.first_val_loss if self.step == 0 else None
         while self.step < loop.steps:
             lr = set_lr(self.engine, self.optim.lr, lr_multiplier(self.schedule, self.step, self.tokens,
                                                                    loop.steps, self.tokens_per_step))

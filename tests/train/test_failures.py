@@ -108,3 +108,16 @@ def test_wandb_offline_run_holds_the_metrics_and_resume_continues_it(tiny_job, t
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         logged = {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
     assert all(logged[s] == pytest.approx(v) for s, v in losses.items())
+
+
+def test_a_failing_wandb_client_does_not_stop_training(tiny_job, tmp_path):
+    trainer = Trainer(tiny_job("train.steps=3", run_dir=str(tmp_path / "wbfail")))
+
+    def lost(*args, **kwargs):
+        raise ConnectionResetError("Connection lost")
+
+    trainer.monitor.run.log = lost
+    result = trainer.run()
+    assert result.step == 3 and trainer.monitor.run is None
+    with open(os.path.join(result.run_dir, "metrics.jsonl")) as f:
+        assert sum('"loss"' in line for line in f) == 3
