@@ -22,10 +22,11 @@ def lr_multiplier(cfg: ScheduleConfig, step: int, tokens: int, total_steps: int,
         raise ValueError(f"schedule.name must be one of {NAMES}, got {cfg.name!r}")
     if cfg.unit not in ("steps", "tokens"):
         raise ValueError(f"schedule.unit must be steps or tokens, got {cfg.unit!r}")
-    now, total = (step, total_steps) if cfg.unit == "steps" else (tokens, total_steps * tokens_per_step)
+    now, total, increment = ((step, total_steps, 1) if cfg.unit == "steps"
+                             else (tokens, total_steps * tokens_per_step, tokens_per_step))
     warmup = _length(cfg.warmup, total)
     if warmup > 0 and now < warmup:
-        return (now + 1) / (warmup + 1)
+        return min(1.0, (now + increment) / warmup)  # reaches the peak on the last warmup step
     floor = cfg.min_lr_ratio
     if cfg.name == "constant":
         return 1.0
