@@ -256,7 +256,7 @@ class Trainer:
             monitor.log({"val_loss": self.first_val_loss, "tokens": 0}, 0)
             monitor.write(f"step 0: val_loss {self.first_val_loss:.4f}")
         consecutive_bad, steps_this_process, exit_code = 0, 0, 0
-        window_start, window_tokens = time.perf_counter(), 0
+        window_start, window_tokens, window_losses = time.perf_counter(), 0, []
         val_loss = self.first_val_loss if self.step == 0 else None
         while self.step < loop.steps:
             lr = set_lr(self.engine, self.optim.lr, lr_multiplier(self.schedule, self.step, self.tokens,
@@ -285,6 +285,7 @@ class Trainer:
                                           f"non-finite loss or gradient (see {self.run_dir}/metrics.jsonl)")
             else:
                 consecutive_bad = 0
+                window_losses.append(loss)
                 z = monitor.spikes.update(loss)
                 if z is not None:
                     monitor.event("loss_spike", f"loss {loss:.4f} is {z:.1f} std above the recent mean", self.step)
@@ -292,13 +293,15 @@ class Trainer:
             if self.step % self.logger_cfg.log_every == 0 or self.step == loop.steps:
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens / max(elapsed, 1e-9)
-                metrics = {"loss": loss, "lr": lr, "tokens": self.tokens, "tokens_per_s": tps,
+                # the logged loss is the mean over the steps since the last log (skipped steps excluded)
+                mean_loss = sum(window_losses) / len(window_losses) if window_losses else loss
+                metrics = {"loss": mean_loss, "lr": lr, "tokens": self.tokens, "tokens_per_s": tps,
                            "grad_norm": global_grad_norm(self.engine),
                            "mfu": self.flops_per_token * tps / self.peak if self.peak else None,
                            "memory_gb": _memory_gb(), "skipped_steps": self.engine.skipped_steps}
                 monitor.log(metrics, self.step)
-                monitor.progress(self.step, {"loss": f"{loss:.3f}", "tok/s": f"{tps:,.0f}", "lr": f"{lr:.2e}"})
-                window_start, window_tokens = time.perf_counter(), 0
+                monitor.progress(self.step, {"loss": f"{mean_loss:.3f}", "tok/s": f"{tps:,.0f}", "lr": f"{lr:.2e}"})
+                window_start, window_tokens, window_losses = time.perf_counter(), 0, []
 
             if loop.eval_every and self.step % loop.eval_every == 0 and self.step < loop.steps:
                 val_loss = self.validate()
