@@ -33,7 +33,7 @@ from recurlm.eval import EvalConfig, run_tasks
 from recurlm.train.trainer import Trainer
 
 LENGTH_GEN_RECIPES = ["none", "length_gen/state_passing", "length_gen/noise_init", "length_gen/other_sequence_init"]
-COMMON = ["model.size=tiny", "train.seq_len=256", "train.global_batch_size=2", "train.eval_batches=2",
+COMMON = ["model.size=tiny", "train.seq_len=256", "train.global_batch_size=8", "train.eval_batches=2",
           "train.checkpoint_every=0", "logger.progress=false", "logger.log_every=10", "logger.wandb.mode=disabled",
           "eval.tasks=[ppl]", "eval.max_batches=1", "eval.batch_size=2"]
 
@@ -180,7 +180,7 @@ def main() -> None:
     shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out)
     steps = dict(base=2, post=1, mqar_base=2, mqar_post=1, multiple=2) if args.quick else \
-        dict(base=30, post=8, mqar_base=40, mqar_post=15, multiple=32)
+        dict(base=400, post=100, mqar_base=600, mqar_post=200, multiple=32)
     t0 = time.perf_counter()
     results = {"steps": steps,
                "length_gen": length_generalisation(args.out, ["hgrn2", "griffin"], steps["base"], steps["post"],
