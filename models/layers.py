@@ -25,16 +25,19 @@ class Linear(nn.Linear):
     The init runs inside the constructor: under ZeRO-3's ``zero.Init`` a module's parameters are
     partitioned when its constructor returns, so an init applied afterwards would be lost."""
 
-    def __init__(self, d_in: int, d_out: int, std: float, bias: bool = False):
-        super().__init__(d_in, d_out, bias=bias)
+    def __init__(self, d_in: int, d_out: int, std: float, bias: bool = False,
+                 bias_init: Optional[torch.Tensor] = None):
+        super().__init__(d_in, d_out, bias=bias or bias_init is not None)
         with torch.no_grad():
             init_normal_(self.weight, std)
-            if bias:
-                self.bias.zero_()
+            if self.bias is not None:
+                self.bias.copy_(bias_init if bias_init is not None else torch.zeros(d_out))
 
 
-def linear(d_in: int, d_out: int, std: float, bias: bool = False) -> Linear:
-    return Linear(d_in, d_out, std, bias)
+def linear(d_in: int, d_out: int, std: float, bias: bool = False,
+           bias_init: Optional[torch.Tensor] = None) -> Linear:
+    """A :class:`Linear`; ``bias_init`` [d_out] gives the bias its initial values (else zeros)."""
+    return Linear(d_in, d_out, std, bias, bias_init)
 
 
 class Embedding(nn.Embedding):

@@ -228,11 +228,10 @@ class NeuralMemory(nn.Module):
         self.q_proj, self.k_proj, self.v_proj = (linear(d, d, cfg.init_std) for _ in range(3))
         self.convs = nn.ModuleDict({n: ShortConv(d, cfg.conv_width) for n in "qkv"}) if cfg.memory_conv else None
         # rows [theta | eta | alpha], H each; biases set the initial gates
-        self.gate_proj = linear(d, 3 * h, cfg.init_std, bias=True)
-        with torch.no_grad():
-            logit = lambda p: math.log(p / (1 - p))
-            self.gate_proj.bias[h:2 * h] = logit(cfg.memory_momentum_init)
-            self.gate_proj.bias[2 * h:] = logit(cfg.memory_forget_init)
+        logit = lambda p: math.log(p / (1 - p))
+        gate_bias = torch.zeros(3 * h)
+        gate_bias[h:2 * h], gate_bias[2 * h:] = logit(cfg.memory_momentum_init), logit(cfg.memory_forget_init)
+        self.gate_proj = linear(d, 3 * h, cfg.init_std, bias_init=gate_bias)
         dh, e = self.head_dim, cfg.memory_expansion * self.head_dim
         shapes = [(dh, dh)] if cfg.memory_depth == 1 else [(dh, e), (e, dh)]
         self.init_weights = nn.ParameterList()

@@ -98,7 +98,8 @@ def test_wandb_offline_run_holds_the_metrics_and_resume_continues_it(tiny_job, t
     while True:
         second = read_offline_run(run_dir)
         losses = {h["_step"]: h["loss"] for h in second["history"] if "loss" in h}
-        if (set(losses) == {1, 2, 3, 4} and second["artifacts"]) or time.time() > deadline:
+        done = set(losses) == {1, 2, 3, 4} and second["artifacts"] and second["summary"].get("step") == 4
+        if done or time.time() > deadline:
             break
         time.sleep(1)
     assert second["id"] == first["id"]
