@@ -13,6 +13,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -227,6 +228,22 @@ class Trainer:
         self.engine.train()
         return total / max(count, 1)
 
+    def evaluate_tasks(self) -> None:
+        """The ``eval`` config's tasks on the current weights (``recurlm.eval.run_tasks``), results in
+        ``<run_dir>/eval/<step>/``. Under ZeRO-3 every rank takes part (parameters are gathered
+        layer by layer); otherwise rank 0 evaluates alone."""
+        from recurlm.eval import EvalConfig, run_tasks
+
+        cfg = as_dataclass(self.job.eval, EvalConfig)
+        if self.env.is_main or self.job.deepspeed.zero_stage == 3:
+            out_dir = (cfg.out_dir or os.path.join(self.run_dir, "eval", str(self.step))) if self.env.is_main \
+                else tempfile.mkdtemp(prefix="recurlm-eval-")
+            result = run_tasks(self.model, self.data.tokenizer, self.data, cfg, out_dir, self.step, self.loop.seq_len,
+                               log=self.monitor.log if self.env.is_main else None,
+                               wandb_run=self.monitor.run if self.env.is_main else None, checkpoint=self.last_checkpoint or "")
+            self.monitor.write(result["summary"])
+        barrier()
+
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, bool, int]:
         """One optimizer step over the global batch. Returns (mean loss, applied?, loss tokens)."""
@@ -306,6 +323,8 @@ class Trainer:
             if loop.eval_every and self.step % loop.eval_every == 0 and self.step < loop.steps:
                 val_loss = self.validate()
                 monitor.log({"val_loss": val_loss, "tokens": self.tokens}, self.step)
+            if self.job.eval.every and self.step % self.job.eval.every == 0 and self.step < loop.steps:
+                self.evaluate_tasks()
 
             stop = all_reduce_max(float(self.stop.requested))
             out_of_budget = loop.exit_after_steps and steps_this_process >= loop.exit_after_steps
@@ -324,6 +343,8 @@ class Trainer:
             monitor.log({"val_loss": val_loss, "tokens": self.tokens}, self.step)
             if self.last_checkpoint is None or not self.last_checkpoint.endswith(f"/{self.step}"):
                 self.save()
+            if self.job.eval.tasks:
+                self.evaluate_tasks()
             if self.logger_cfg.wandb.log_artifacts and self.last_checkpoint:
                 barrier()
                 if self.env.is_main:

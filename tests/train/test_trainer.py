@@ -36,6 +36,7 @@ def test_training_writes_metrics_config_checkpoint_and_changes_weights(tiny_job,
     assert [r["step"] for r in records if "val_loss" in r] == [0, 4]
 
     assert os.path.isfile(os.path.join(result.run_dir, "config.yaml"))
+    assert os.path.isfile(os.path.join(result.run_dir, "eval", "4", "results.json"))  # eval.tasks at the end
     checkpoints = os.path.join(result.run_dir, "checkpoints")
     assert open(os.path.join(checkpoints, "latest")).read().strip() == "4"
     assert sorted(os.listdir(checkpoints)) == ["2", "4", "latest"]
@@ -98,3 +99,12 @@ def test_export_gives_the_training_models_logits(tiny_job, tmp_path):
     trainer.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(ids)[0], trainer.model(ids)[0], rtol=0, atol=0)
+
+
+def test_periodic_evaluation_during_training(tiny_job, tmp_path):
+    result = train(tiny_job("train.steps=4", "eval.every=2", "eval.tasks=[ppl,ppl_by_position]",
+                            "eval.length_multiple=2", run_dir=str(tmp_path / "periodic")))
+    for step in ("2", "4"):
+        with open(os.path.join(result.run_dir, "eval", step, "results.json")) as f:
+            tasks = {r["task"] for r in json.load(f)["results"]}
+        assert tasks == {"ppl", "ppl_by_position"}
