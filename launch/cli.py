@@ -48,22 +48,14 @@ def as_slurm(overrides: Sequence[str]) -> list[str]:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from recurlm.launch.slurm import SubmitError, print_submission, single_run, submit
+    from recurlm.launch.slurm import submit_from_train
 
     try:
         job = compose(as_slurm(args.overrides))
     except ConfigError as err:
         print(f"recurlm-launch: configuration error:\n{err}", file=sys.stderr)
         return 2
-    element, name = single_run(job, args.overrides)
-    try:
-        result = submit(job, [element], element.run_dir, name, dry_run=args.dry_run)
-    except SubmitError as err:
-        print(f"recurlm-launch: {err}", file=sys.stderr)
-        return 1
-    if result is not None:
-        print_submission(result, element.run_dir, [element])
-    return 0
+    return submit_from_train(job, args.overrides, dry_run=args.dry_run)
 
 
 def _sweep(args: argparse.Namespace) -> int:

@@ -412,12 +412,13 @@ def single_run(job: DictConfig, overrides: Sequence[str]) -> tuple[Element, str]
     return Element(run_dir, worker_overrides(overrides), int(job.train.steps), str(job.model.family)), name
 
 
-def submit_from_train(job: DictConfig, overrides: Sequence[str]) -> int:
-    """``recurlm-train launch=slurm ...``: render ``<run_dir>/slurm/train.sbatch`` and submit it.
+def submit_from_train(job: DictConfig, overrides: Sequence[str], dry_run: bool = False) -> int:
+    """``recurlm-train launch=slurm ...`` (and ``recurlm-launch submit``): render
+    ``<run_dir>/slurm/train.sbatch`` and submit it (``dry_run``: print it only).
     Returns the process exit code (0 submitted / printed, 1 Slurm refused)."""
     element, name = single_run(job, overrides)
     try:
-        result = submit(job, [element], element.run_dir, name)
+        result = submit(job, [element], element.run_dir, name, dry_run=dry_run)
     except SubmitError as err:
         print(f"recurlm-launch: {err}", file=sys.stderr)
         return 1

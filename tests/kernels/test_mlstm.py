@@ -7,6 +7,8 @@ from typing import Callable
 import pytest
 import torch
 
+from recurlm.kernels.testing import assert_all_close, outputs_and_grads
+
 from recurlm.kernels.mlstm import MLSTMState, mlstm
 from recurlm.kernels.mlstm.chunk import mlstm_chunk
 from recurlm.kernels.mlstm.testing import flops, make_inputs
@@ -23,17 +25,7 @@ def _leaves(inputs: dict) -> list[torch.Tensor]:
 
 def _run(fn: Callable, inputs: dict, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """([h, C, n, m], gradients of a random projection of all four w.r.t. every leaf)."""
-    h, state = fn(**inputs, output_final_state=True)
-    outputs = [h, *state]
-    gen = torch.Generator().manual_seed(seed)
-    loss = sum((x.double() * torch.randn(x.shape, generator=gen, dtype=torch.float64)).sum() for x in outputs)
-    return outputs, list(torch.autograd.grad(loss, _leaves(inputs)))
-
-
-def _assert_all_close(xs, ys, atol: float, rtol: float = 0.0) -> None:
-    assert len(xs) == len(ys)
-    for x, y in zip(xs, ys):
-        torch.testing.assert_close(x.double(), y.double(), atol=atol, rtol=rtol)
+    return outputs_and_grads(fn, inputs, _leaves(inputs), seed)
 
 
 @pytest.mark.parametrize("batch,seq_len,heads,dk,dv,reset_prob,initial_state", [
@@ -52,8 +44,8 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, dk, dv, reset_prob, 
         inputs["resets"][0, 0] = True   # row 0 discards its initial state
     ref_out, ref_grads = _run(naive, inputs)
     out, grads = _run(partial(mlstm_chunk, chunk_size=chunk_size), inputs)
-    _assert_all_close(out, ref_out, atol=1e-10)
-    _assert_all_close(grads, ref_grads, atol=1e-9)
+    assert_all_close(out, ref_out, atol=1e-10)
+    assert_all_close(grads, ref_grads, atol=1e-9)
 
 
 def test_packed_rows_equal_documents_alone():
@@ -85,8 +77,8 @@ def test_cu_seqlens_with_initial_states_chunk_matches_naive():
     ref_out, ref_grads = _run(partial(naive, cu_seqlens=cu_seqlens), inputs)
     out, grads = _run(partial(chunk, cu_seqlens=cu_seqlens), inputs)
     assert out[1].shape == (3, 2, 4, 4)
-    _assert_all_close(out, ref_out, atol=1e-10)
-    _assert_all_close(grads, ref_grads, atol=1e-9)
+    assert_all_close(out, ref_out, atol=1e-10)
+    assert_all_close(grads, ref_grads, atol=1e-9)
 
 
 def test_varlen_padding_over_whole_chunks_stays_exact():
@@ -104,8 +96,8 @@ def test_varlen_padding_over_whole_chunks_stays_exact():
 
     out, grads = _run(padded_chunk, inputs)
     assert all(torch.isfinite(g).all() for g in grads)
-    _assert_all_close(out, ref_out, atol=1e-10)
-    _assert_all_close(grads, ref_grads, atol=1e-9)
+    assert_all_close(out, ref_out, atol=1e-10)
+    assert_all_close(grads, ref_grads, atol=1e-9)
 
 
 def test_gradcheck_chunk_float64():
@@ -128,8 +120,8 @@ def test_strong_forget_gates_stay_finite_and_match(seq_len):
     ref_out, ref_grads = _run(naive, inputs)
     out, grads = _run(chunk, inputs)
     assert all(torch.isfinite(x).all() for x in out + grads)
-    _assert_all_close(out, ref_out, atol=1e-8, rtol=1e-8)
-    _assert_all_close(grads, ref_grads, atol=1e-6, rtol=1e-6)
+    assert_all_close(out, ref_out, atol=1e-8, rtol=1e-8)
+    assert_all_close(grads, ref_grads, atol=1e-6, rtol=1e-6)
     f32 = {n: inputs[n].detach().float().requires_grad_(True) for n in GATE_NAMES}
     f32 = {**f32, "initial_state": MLSTMState(*(s.detach().float().requires_grad_(True) for s in inputs["initial_state"])),
            "resets": None}
@@ -170,10 +162,10 @@ def test_naive_matches_mlstm_kernels_recurrent_and_chunkwise():
         return fn
 
     seq_out, _ = _run(mk(mlstm_recurrent_sequence__native_fw, dtype_state=torch.float64), inputs)
-    _assert_all_close(out, seq_out, atol=1e-12)
+    assert_all_close(out, seq_out, atol=1e-12)
     chunk_out, chunk_grads = _run(mk(mlstm_chunkwise__native_autograd, chunk_size=16), inputs)
-    _assert_all_close(out, chunk_out, atol=1e-10)
-    _assert_all_close(grads, chunk_grads, atol=1e-8)
+    assert_all_close(out, chunk_out, atol=1e-10)
+    assert_all_close(grads, chunk_grads, atol=1e-8)
 
 
 def test_naive_matches_mlstm_kernels_parallel():
@@ -221,8 +213,8 @@ def test_triton_matches_naive_interpreter(reset_prob, initial_state, block_v, st
         inputs["resets"][0, 0] = True
     ref_out, ref_grads = _run(naive, inputs)
     out, grads = _run(partial(mlstm_triton, block_v=block_v), inputs)
-    _assert_all_close(out, ref_out, atol=2e-6, rtol=1e-5)
-    _assert_all_close(grads, ref_grads, atol=2e-5, rtol=1e-5)
+    assert_all_close(out, ref_out, atol=2e-6, rtol=1e-5)
+    assert_all_close(grads, ref_grads, atol=2e-5, rtol=1e-5)
 
 
 def test_triton_cu_seqlens_matches_naive_interpreter():
@@ -233,5 +225,5 @@ def test_triton_cu_seqlens_matches_naive_interpreter():
     ref_out, ref_grads = _run(partial(naive, cu_seqlens=cu_seqlens), inputs)
     out, grads = _run(partial(mlstm, impl="triton", cu_seqlens=cu_seqlens), inputs)
     assert all(torch.isfinite(g).all() for g in grads)
-    _assert_all_close(out, ref_out, atol=2e-6, rtol=1e-5)
-    _assert_all_close(grads, ref_grads, atol=2e-5, rtol=1e-5)
+    assert_all_close(out, ref_out, atol=2e-6, rtol=1e-5)
+    assert_all_close(grads, ref_grads, atol=2e-5, rtol=1e-5)

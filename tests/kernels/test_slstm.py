@@ -7,6 +7,8 @@ from typing import Callable
 import pytest
 import torch
 
+from recurlm.kernels.testing import assert_all_close, outputs_and_grads
+
 from recurlm.kernels.slstm import SLSTMState, slstm
 from recurlm.kernels.slstm.testing import flops, make_inputs
 
@@ -21,17 +23,7 @@ def _leaves(inputs: dict) -> list[torch.Tensor]:
 
 def _run(fn: Callable, inputs: dict, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """([h, c, n, m, h_last], gradients of a random projection of all of them w.r.t. every leaf)."""
-    h, state = fn(**inputs, output_final_state=True)
-    outputs = [h, *state]
-    gen = torch.Generator().manual_seed(seed)
-    loss = sum((x.double() * torch.randn(x.shape, generator=gen, dtype=torch.float64)).sum() for x in outputs)
-    return outputs, list(torch.autograd.grad(loss, _leaves(inputs)))
-
-
-def _assert_all_close(xs, ys, atol: float, rtol: float = 0.0) -> None:
-    assert len(xs) == len(ys)
-    for x, y in zip(xs, ys):
-        torch.testing.assert_close(x.double(), y.double(), atol=atol, rtol=rtol)
+    return outputs_and_grads(fn, inputs, _leaves(inputs), seed)
 
 
 @pytest.mark.parametrize("batch,seq_len,heads,dim,reset_prob,initial_state", [
@@ -47,8 +39,8 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, dim, reset_prob, ini
         inputs["resets"][0, 0] = True   # row 0 discards its initial state
     ref_out, ref_grads = _run(naive, inputs)
     out, grads = _run(chunk, inputs)
-    _assert_all_close(out, ref_out, atol=1e-12)
-    _assert_all_close(grads, ref_grads, atol=1e-10)
+    assert_all_close(out, ref_out, atol=1e-12)
+    assert_all_close(grads, ref_grads, atol=1e-10)
 
 
 def test_packed_rows_equal_documents_alone():
@@ -78,8 +70,8 @@ def test_cu_seqlens_with_initial_states_chunk_matches_naive():
     ref_out, ref_grads = _run(partial(naive, cu_seqlens=cu_seqlens), inputs)
     out, grads = _run(partial(chunk, cu_seqlens=cu_seqlens), inputs)
     assert out[1].shape == (3, 2, 4)
-    _assert_all_close(out, ref_out, atol=1e-12)
-    _assert_all_close(grads, ref_grads, atol=1e-10)
+    assert_all_close(out, ref_out, atol=1e-12)
+    assert_all_close(grads, ref_grads, atol=1e-10)
 
 
 def test_gradcheck_chunk_float64():
@@ -100,8 +92,8 @@ def test_strong_gates_stay_finite_and_match():
     ref_out, ref_grads = _run(naive, inputs)
     out, grads = _run(chunk, inputs)
     assert all(torch.isfinite(x).all() for x in out + grads)
-    _assert_all_close(out, ref_out, atol=1e-9, rtol=1e-9)
-    _assert_all_close(grads, ref_grads, atol=1e-7, rtol=1e-7)
+    assert_all_close(out, ref_out, atol=1e-9, rtol=1e-9)
+    assert_all_close(grads, ref_grads, atol=1e-7, rtol=1e-7)
 
 
 def test_bfloat16_within_tolerance():
@@ -180,8 +172,8 @@ def test_triton_matches_naive_interpreter(reset_prob, initial_state, dim):
         inputs["resets"][0, 0] = True
     ref_out, ref_grads = _run(naive, inputs)
     out, grads = _run(partial(slstm, impl="triton"), inputs)
-    _assert_all_close(out, ref_out, atol=1e-6, rtol=1e-5)
-    _assert_all_close(grads, ref_grads, atol=1e-5, rtol=1e-5)
+    assert_all_close(out, ref_out, atol=1e-6, rtol=1e-5)
+    assert_all_close(grads, ref_grads, atol=1e-5, rtol=1e-5)
 
 
 def test_triton_cu_seqlens_matches_naive_interpreter():
@@ -190,5 +182,5 @@ def test_triton_cu_seqlens_matches_naive_interpreter():
     inputs = {**inputs, "x": inputs["x"][:1].detach().clone().requires_grad_(True), "resets": None}
     ref_out, ref_grads = _run(partial(naive, cu_seqlens=cu_seqlens), inputs)
     out, grads = _run(partial(slstm, impl="triton", cu_seqlens=cu_seqlens), inputs)
-    _assert_all_close(out, ref_out, atol=1e-6, rtol=1e-5)
-    _assert_all_close(grads, ref_grads, atol=1e-5, rtol=1e-5)
+    assert_all_close(out, ref_out, atol=1e-6, rtol=1e-5)
+    assert_all_close(grads, ref_grads, atol=1e-5, rtol=1e-5)
