@@ -6,7 +6,7 @@ cu_seqlens=None, impl="auto") -> (output, final_state | None)``. ``impl`` picks:
 - ``"naive"``: the sequential reference (obviously right, slow; the test oracle);
 - ``"chunk"``: the PyTorch chunkwise form (the CPU path and the fallback on any device);
 - ``"triton"``: the Triton kernel (CUDA; on CPU only under ``TRITON_INTERPRET=1``);
-- ``"auto"``: Triton for CUDA tensors, chunk elsewhere.
+- ``"auto"``: Triton for CUDA tensors, chunk elsewhere (naive for a single token on CPU).
 """
 from __future__ import annotations
 
@@ -31,7 +31,11 @@ def resolve_impl(impl: str, reference: torch.Tensor) -> str:
         if impl == "triton" and not (reference.is_cuda or triton_interpreting()):
             raise RuntimeError("impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tests)")
         return impl
-    return "triton" if reference.is_cuda else "chunk"
+    if reference.is_cuda:
+        return "triton"
+    # one token (a decode step): the sequential reference is exactly one recurrence step and skips
+    # the chunked path's padding and block set-up
+    return "naive" if reference.dim() > 1 and reference.shape[1] == 1 else "chunk"
 
 
 def pad_varlen(x: torch.Tensor, cu_seqlens: torch.Tensor, pad_value: float = 0.0) -> torch.Tensor:
