@@ -86,7 +86,7 @@ def test_local_yaml_task_offline(make_model, tokenizer, local_task):
     assert 0.0 <= table["tiny_recall"]["acc"] <= 1.0
 
 
-def test_recurlm_eval_lm_eval_task_and_the_lm_eval_cli(export_dir, local_task, tmp_path):
+def test_recurlm_eval_runs_an_lm_eval_task(export_dir, local_task, tmp_path):
     from recurlm.eval.cli import main
 
     out = tmp_path / "out"
@@ -95,7 +95,10 @@ def test_recurlm_eval_lm_eval_task_and_the_lm_eval_cli(export_dir, local_task, t
     doc = json.load(open(out / "results.json"))
     acc = [r for r in doc["results"] if r["task"] == "lm_eval:tiny_recall" and r["metric"] == "acc"]
     assert len(acc) == 1 and 0.0 <= acc[0]["value"] <= 1.0 and doc["step"] == 7
-    # lm-eval's own command line, with the recurlm model registered
+
+
+@pytest.mark.slow  # lm-eval's CLI indexes its ~14k built-in task YAMLs (~1-2 min on this machine)
+def test_lm_eval_command_line_with_recurlm_registered(export_dir, local_task, tmp_path):
     env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "recurlm.eval.lm_eval_adapter", "run", "--model", "recurlm",
                            "--model_args", f"pretrained={export_dir}", "--tasks", "tiny_recall",
