@@ -245,11 +245,11 @@ class Trainer:
         barrier()
 
     # -- the loop -------------------------------------------------------------------------------
-    def train_step(self) -> tuple[float, bool, int]:
-        """One optimizer step over the global batch. Returns (mean loss, applied?, loss tokens)."""
+    def train_step(self) -> tuple[float, bool]:
+        """One optimizer step over the global batch. Returns (mean loss over ranks, applied?)."""
         batch = next(self.loader)
         skipped_before = self.engine.skipped_steps
-        losses, loss_tokens = [], 0
+        loss_sum = torch.zeros((), device=self.engine.device)
         device = self.engine.device
         for i in range(self.accumulation):
             # micro-batch i holds the same rows (lanes) at every step: the recipe keys states by i
@@ -261,10 +261,10 @@ class Trainer:
             self.engine.backward(loss)
             self.engine.step()
             self.recipe.observe(i, final)
-            losses.append(loss.item())
-        loss_tokens = batch.num_loss_tokens
+            loss_sum += loss.detach().float()
         applied = self.engine.skipped_steps == skipped_before
-        return _mean_over_ranks(sum(losses) / len(losses)), applied, loss_tokens
+        # one host sync per step, not one per micro-batch
+        return _mean_over_ranks(loss_sum.item() / self.accumulation), applied
 
     def run(self) -> TrainResult:
         loop, monitor = self.loop, self.monitor
@@ -278,7 +278,7 @@ class Trainer:
         while self.step < loop.steps:
             lr = set_lr(self.engine, self.optim.lr, lr_multiplier(self.schedule, self.step, self.tokens,
                                                                    loop.steps, self.tokens_per_step))
-            loss, applied, _ = self.train_step()
+            loss, applied = self.train_step()
             self.step += 1
             steps_this_process += 1
             self.tokens += self.tokens_per_step
