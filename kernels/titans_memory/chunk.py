@@ -18,10 +18,23 @@ Reading y_t = M_t(q_t) layer by layer never materialises M_t: with z the layer i
 
     z_t M_t = B_t (z_t M_0) + F_t (z_t S_0) + I_t (z_t W_init) - sum_s Gam[t, s] (z_t . x_s) delta_s,
 
-i.e. a masked "attention" (Gam * z x^T) @ delta plus three matmuls against the chunk-start
-states; the chunk-end state is K^T diag(Gam[C-1]) Delta, as in a gated delta rule. The loop over
-chunks is sequential, everything inside a chunk is batched matmuls. chunk_size = 1 reproduces the
-exact per-token recurrence of naive.py.
+i.e. a masked "attention" (Gam * z x^T) @ delta plus matmuls against the chunk-start states; the
+chunk-end state is K^T diag(Gam[C-1]) Delta, as in a gated delta rule. The loop over chunks is
+sequential, everything inside a chunk is batched matmuls. chunk_size = 1 reproduces the exact
+per-token recurrence of naive.py.
+
+Layout. With C = 16 the per-chunk products are small next to the state they read and write (a
+few FLOPs per byte), so the loop is arranged to make few passes over the state and few ops:
+- batch and heads are flattened, BH = B * H, so every per-chunk product is one bmm;
+- each layer's weights and momentum are carried stacked, [M; S] [BH, 2 din, dout], and never
+  sliced (a slice's backward zero-fills and adds a state-sized tensor). The read against both is
+  one product, [B_t z_t | F_t z_t] @ [M; S]; the chunk-end update of both is a bmm and a baddbmm,
+  ``[[B_c, F_c], [0, E_c]] @ [M; S] - [X^T diag(Gam[c]); X^T diag(N[c])] @ Delta`` (c = last row);
+- the first layer's inputs q and k do not depend on the state, so its read and write operands
+  are built for all chunks at once, and [k | 0] is stacked over the read operand so that one
+  product gives k M_0 (for the gradient) and the read;
+- only chunks that contain a reset (found with one host sync) compute the W_init terms.
+Gradients are autograd's through this loop.
 """
 from __future__ import annotations
 
@@ -125,6 +138,38 @@ def chunk_coefficients(theta: torch.Tensor, eta: torch.Tensor, alpha: torch.Tens
     )
 
 
+def _read_operands(z: torch.Tensor, x: torch.Tensor, read_gates: torch.Tensor, read_grad: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left operands of the read of one layer, for ``z M_t = [B_t z_t | F_t z_t] @ [M_0; S_0] - scores @ delta``.
+
+    z [..., C, din] (layer input of the queries), x [..., C, din] (of the keys), read_gates
+    [..., C, 2, 1] (B_t, F_t), read_grad [..., C, C] (Gam) -> (zs [..., C, 2 din], scores [..., C, C]).
+    """
+    return (read_gates * z.unsqueeze(-2)).flatten(-2), read_grad * (z @ x.transpose(-1, -2))
+
+
+def _write_operand(x: torch.Tensor, write_gates: torch.Tensor) -> torch.Tensor:
+    """x [..., C, din], write_gates [..., 2, 1, C] (rows of Gam and N at the chunk end)
+    -> [..., 2 din, C], so that ``operand @ delta`` is the gradient part of the chunk-end [M; S]."""
+    return (write_gates * x.transpose(-1, -2).unsqueeze(-3)).flatten(-3, -2)
+
+
+def _gradient_from_carry(k_w1: torch.Tensor, k: torch.Tensor, v: torch.Tensor, carry: list[torch.Tensor],
+                         activation: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``common.memory_gradient`` at the chunk-start weights, read from the stacked carry [M; S]
+    without slicing it: k_w1 = k @ M_0[0] [BH, C, d1] comes with the first read, the second layer
+    multiplies [a | 0] by [W2; S2] and keeps the first E columns of r @ [W2; S2]^T.
+    k, v [BH, C, D]; carry as in chunk_titans_memory -> [(x_l, delta_l)] as memory_gradient.
+    """
+    if len(carry) == 1:
+        return [(k, 2.0 * (k_w1 - v))]
+    act, act_vjp = ACTIVATIONS[activation]
+    hidden = k_w1.shape[-1]
+    a = act(k_w1)
+    r = torch.baddbmm(v, F.pad(a, (0, hidden)), carry[1], beta=-2.0, alpha=2.0)     # 2 (a W2 - v)
+    return [(k, act_vjp((r @ carry[1].transpose(1, 2))[..., :hidden], k_w1)), (a, r)]
+
+
 def chunk_titans_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor,
                         eta: torch.Tensor, alpha: torch.Tensor, init_weights: Weights | None = None,
                         initial_state: TitansMemoryState | None = None, resets: torch.Tensor | None = None,
@@ -133,39 +178,69 @@ def chunk_titans_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta
     """q, k, v [B, T, H, D]; theta, eta, alpha [B, T, H]; resets [B, T] -> (y [B, T, H, D], final state)."""
     B, T, H, D = q.shape
     out_dtype, dtype = q.dtype, compute_dtype(q)
-    C = chunk_size
+    C, BH = chunk_size, B * H
     N = -(-T // C)
-    coeffs = chunk_coefficients(theta.to(dtype), eta.to(dtype), alpha.to(dtype), resets, C)
+    c = chunk_coefficients(theta.to(dtype), eta.to(dtype), alpha.to(dtype), resets, C)
     state = start_state(init_weights, initial_state, B, dtype)
-    mem, mom = list(state.weights), list(state.momentum)
-    fresh_weights = None if coeffs.fresh is None else [w.to(dtype).expand(B, *w.shape) for w in init_weights]
-    q, k, v = (F.pad(x.to(dtype).transpose(1, 2), (0, 0, 0, N * C - T)).reshape(B, H, N, C, D) for x in (q, k, v))
+    depth = len(state.weights)
     act = ACTIVATIONS[activation][0]
+
+    def per_chunk(x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # [B, H, N, ...] -> N x [BH, ...]
+        return x.reshape(BH, *x.shape[2:]).unbind(1)
+
+    carry = [torch.cat([w, s], dim=-2).reshape(BH, 2 * w.shape[-2], w.shape[-1])
+             for w, s in zip(state.weights, state.momentum)]
+    zero = torch.zeros_like(c.mem_mem)
+    # [B, H, N, 2, 2]: weights of [M_0; S_0] in the chunk-end [M; S]
+    carry_gates = torch.stack([c.mem_mem, c.mem_mom, zero, c.mom_mom], dim=-1).unflatten(-1, (2, 2))
+    read_gates = torch.stack([c.read_mem, c.read_mom], dim=-1)[..., None]            # [B, H, N, C, 2, 1]
+    write_gates = torch.stack([c.mem_grad, c.mom_grad], dim=-2)[..., None, :]       # [B, H, N, 2, 1, C]
+    q, k, v = (F.pad(x.to(dtype).transpose(1, 2), (0, 0, 0, N * C - T)).reshape(B, H, N, C, D) for x in (q, k, v))
+    first_zs, first_scores = _read_operands(q, k, read_gates, c.read_grad)
+    # [k | 0] stacked over the first layer's read operand: one product with [M_0; S_0] gives both
+    # k M_0 (for the gradient) and the read against the chunk-start state
+    first_left = torch.cat([F.pad(k, (0, D)), first_zs], dim=-2)                    # [B, H, N, 2C, 2D]
+    first_written = _write_operand(k, write_gates)
+    q, k, v, first_left, first_scores, first_written, read_gates, read_grad, write_gates, carry_gates = map(
+        per_chunk, (q, k, v, first_left, first_scores, first_written, read_gates, c.read_grad, write_gates,
+                    carry_gates))
+    if c.fresh is None:
+        reset_chunks = [False] * N
+    else:
+        # one host sync: only chunks that contain a reset pay for the terms of the initial memory
+        reset_chunks = c.fresh.any(dim=-1).any(dim=0)[0].tolist()
+        init = [w.to(dtype).expand(B, *w.shape).reshape(BH, *w.shape[1:]) for w in init_weights]
+        fresh = per_chunk(c.fresh.expand(B, H, N, C)[..., None])
+        read_init = per_chunk(c.read_init[..., None])
+        init_gates = per_chunk(torch.stack([c.mem_init, zero], dim=-1)[..., None])  # [B, H, N, 2, 1]
     outputs = []
     for n in range(N):
-        c = {name: None if value is None else value[:, :, n] for name, value in coeffs._asdict().items()}
-        factors = memory_gradient(mem, k[:, :, n], v[:, :, n], activation)
-        if c["fresh"] is not None and c["fresh"].any():
-            at_init = memory_gradient(fresh_weights, k[:, :, n], v[:, :, n], activation)
-            mask = c["fresh"][..., None]
-            factors = [(torch.where(mask, xi, x), torch.where(mask, di, d)) for (x, d), (xi, di) in zip(factors, at_init)]
-        z = q[:, :, n]
-        for layer, ((x, delta), w, s) in enumerate(zip(factors, mem, mom)):
-            z_next = (c["read_mem"][..., None] * (z @ w) + c["read_mom"][..., None] * (z @ s)
-                      - (c["read_grad"] * (z @ x.transpose(-1, -2))) @ delta)
-            if c["read_init"] is not None:
-                z_next = z_next + c["read_init"][..., None] * (z @ fresh_weights[layer])
-            z = act(z_next) if layer < len(mem) - 1 else z_next
+        first = first_left[n] @ carry[0]                                            # [BH, 2C, d1]
+        factors = _gradient_from_carry(first[:, :C], k[n], v[n], carry, activation)
+        if reset_chunks[n]:
+            at_init = memory_gradient(init, k[n], v[n], activation)
+            factors = [(torch.where(fresh[n], xi, x), torch.where(fresh[n], di, d))
+                       for (x, d), (xi, di) in zip(factors, at_init)]
+        z = q[n]
+        for layer, ((x, delta), ws) in enumerate(zip(factors, carry)):
+            if layer == 0:
+                read, scores = first[:, C:], first_scores[n]
+            else:
+                zs, scores = _read_operands(z, x, read_gates[n], read_grad[n])
+                read = zs @ ws
+            z_next = torch.baddbmm(read, scores, delta, alpha=-1)
+            if reset_chunks[n]:
+                z_next = torch.baddbmm(z_next, read_init[n] * z, init[layer])
+            z = act(z_next) if layer < depth - 1 else z_next
         outputs.append(z)
-        new_mem = []
-        for layer, ((x, delta), w, s) in enumerate(zip(factors, mem, mom)):
-            w_end = (c["mem_mem"][..., None, None] * w + c["mem_mom"][..., None, None] * s
-                     - x.transpose(-1, -2) @ (c["mem_grad"][..., None] * delta))
-            if c["mem_init"] is not None:
-                w_end = w_end + c["mem_init"][..., None, None] * fresh_weights[layer]
-            new_mem.append(w_end)
-        mom = [c["mom_mom"][..., None, None] * s - x.transpose(-1, -2) @ (c["mom_grad"][..., None] * delta)
-               for (x, delta), s in zip(factors, mom)]
-        mem = new_mem
-    y = torch.stack(outputs, dim=2).reshape(B, H, N * C, D)[:, :, :T].transpose(1, 2)
-    return y.to(out_dtype), TitansMemoryState(tuple(mem), tuple(mom))
+        new_carry = []
+        for layer, ((x, delta), ws) in enumerate(zip(factors, carry)):
+            kept = torch.bmm(carry_gates[n], ws.view(BH, 2, -1))                     # [BH, 2, din * dout]
+            if reset_chunks[n]:
+                kept = kept + init_gates[n] * init[layer].view(BH, 1, -1)
+            written = first_written[n] if layer == 0 else _write_operand(x, write_gates[n])
+            new_carry.append(torch.baddbmm(kept.view_as(ws), written, delta, alpha=-1))
+        carry = new_carry
+    y = torch.stack(outputs, dim=1).view(B, H, N * C, D)[:, :, :T].transpose(1, 2)
+    final = [ws.view(B, H, 2, ws.shape[1] // 2, ws.shape[2]).unbind(2) for ws in carry]
+    return y.to(out_dtype), TitansMemoryState(tuple(w for w, _ in final), tuple(s for _, s in final))

@@ -18,7 +18,6 @@ The rank-one structure is what makes the chunkwise form matmul-rich (see chunk.p
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple, Sequence
 
 import torch
@@ -39,21 +38,24 @@ class TitansMemoryState(NamedTuple):
     momentum: Weights
 
 
-def _gelu_grad(h: torch.Tensor) -> torch.Tensor:
-    """d/dh of the exact (erf) GELU: Phi(h) + h * phi(h)."""
-    return 0.5 * (1.0 + torch.erf(h * math.sqrt(0.5))) + h * torch.exp(-0.5 * h * h) / math.sqrt(2 * math.pi)
+def _gelu_vjp(grad: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """grad * GELU'(h) for the exact (erf) GELU, GELU'(h) = Phi(h) + h * phi(h): aten's fused op,
+    which autograd differentiates (the chunk path's backward goes through it)."""
+    return torch.ops.aten.gelu_backward(grad, h)
 
 
-def _silu_grad(h: torch.Tensor) -> torch.Tensor:
-    """d/dh of SiLU: sigma(h) * (1 + h * (1 - sigma(h)))."""
+def _silu_vjp(grad: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """grad * SiLU'(h), SiLU'(h) = sigma(h) (1 + h (1 - sigma(h))) (aten's silu_backward has no
+    derivative w.r.t. h, so it is spelled out)."""
     s = torch.sigmoid(h)
-    return s * (1.0 + h * (1.0 - s))
+    return grad * (s * (1.0 + h * (1.0 - s)))
 
 
-# activation name -> (act, act') for the hidden layer of the depth-2 memory
-ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]] = {
-    "gelu": (F.gelu, _gelu_grad),
-    "silu": (F.silu, _silu_grad),
+# activation name -> (act, (grad, h) -> grad * act'(h)) for the hidden layer of the depth-2 memory
+ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
+                             Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    "gelu": (F.gelu, _gelu_vjp),
+    "silu": (F.silu, _silu_vjp),
 }
 
 
@@ -75,14 +77,14 @@ def memory_gradient(weights: Sequence[torch.Tensor], k: torch.Tensor, v: torch.T
     Returns ``[(x_l, delta_l)]`` with x_l [..., n, din_l], delta_l [..., n, dout_l] such that the
     gradient of token i's loss w.r.t. W_l is ``x_l[i]^T delta_l[i]`` (formulas in the module doc).
     """
-    act, act_grad = ACTIVATIONS[activation]
+    act, act_vjp = ACTIVATIONS[activation]
     if len(weights) == 1:
         return [(k, 2.0 * (k @ weights[0] - v))]
     w1, w2 = weights
     h = k @ w1
     a = act(h)
     r = 2.0 * (a @ w2 - v)
-    return [(k, (r @ w2.transpose(-1, -2)) * act_grad(h)), (a, r)]
+    return [(k, act_vjp(r @ w2.transpose(-1, -2), h)), (a, r)]
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

@@ -62,11 +62,12 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, kv_heads, head_dim, 
                          reset_prob=reset_prob, initial_state=initial_state, requires_grad=True)
     expected = run_with_grads(with_impl("naive"), inputs)
     assert_all_close(run_with_grads(with_impl("chunk"), inputs), expected, rtol=1e-10, atol=1e-10)
-    # the tightest blocking (block = window - 1, many blocks) gives the same result
-    tight = lambda **kw: local_attention_chunk(  # noqa: E731
-        **{k: kw[k] for k in ("q", "k", "v", "window", "initial_state", "resets")}, scale=head_dim ** -0.5,
-        output_final_state=True, block_size=max(window - 1, 1))
-    assert_all_close(run_with_grads(tight, inputs), expected, rtol=1e-10, atol=1e-10)
+    # other blockings (one query per block; blocks shorter and longer than the window) agree
+    for block_size in (1, 3, window + 2):
+        blocked = lambda **kw: local_attention_chunk(  # noqa: E731
+            **{k: kw[k] for k in ("q", "k", "v", "window", "initial_state", "resets")}, scale=head_dim ** -0.5,
+            output_final_state=True, block_size=block_size)
+        assert_all_close(run_with_grads(blocked, inputs), expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("reset_prob", [0.0, 0.1])
@@ -216,7 +217,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="batch size must be 1"):
         local_attention(q, k, v, 3, cu_seqlens=torch.tensor([0, 8]))
     with pytest.raises(ValueError, match="block_size must be"):
-        local_attention_chunk(q, k, v, 5, 1.0, block_size=3)
+        local_attention_chunk(q, k, v, 5, 1.0, block_size=0)
     with pytest.raises(TypeError, match="float64"):
         local_attention(q.double(), k.double(), v.double(), 3, impl="triton")
 

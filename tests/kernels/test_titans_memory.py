@@ -61,10 +61,10 @@ def test_memory_gradient_matches_autograd(depth, activation):
         assert_close_all([a.transpose(-1, -2) @ d for a, d in factors], expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("depth,activation", [(1, "gelu"), (2, "gelu"), (2, "silu")])
 @pytest.mark.parametrize("T,chunk_size", [(1, 1), (9, 1), (11, 4), (7, 16), (13, 5)])
 @pytest.mark.parametrize("with_resets", [False, True])
-def test_chunk_matches_naive(depth, T, chunk_size, with_resets):
+def test_chunk_matches_naive(depth, activation, T, chunk_size, with_resets):
     """Forward, final state and gradients of every input (incl. initial state and init weights)."""
     B = 2
     results = []
@@ -72,7 +72,7 @@ def test_chunk_matches_naive(depth, T, chunk_size, with_resets):
         x = make_inputs(B=B, T=T, H=2, D=4, depth=depth, hidden=6, dtype=torch.float64, requires_grad=True)
         state = random_state(B, x["init_weights"])
         resets = random_resets(B, T) if with_resets else None
-        results.append(run_with_grads(x, state, impl, resets=resets, chunk_size=chunk_size))
+        results.append(run_with_grads(x, state, impl, resets=resets, chunk_size=chunk_size, activation=activation))
     (out_n, grad_n), (out_c, grad_c) = results
     assert_close_all(out_c, out_n, rtol=1e-10, atol=1e-10)
     assert_close_all(grad_c, grad_n, rtol=1e-9, atol=1e-9)
