@@ -17,8 +17,11 @@ timed where its package has a stepping API that runs on CPU (rwkv).
 
 References: transformers RecurrentGemma (Griffin, Hawk; ``convert.recurrentgemma``), xlstm's
 xLSTMLarge with mlstm_kernels' native torch kernels (``convert.xlstm``), BlinkDL's ``rwkv`` package
-for RWKV-7 (forward only, ``convert.rwkv_official``). Families without a reference that trains on
-CPU with mapped weights are listed with the reason.
+for RWKV-7 (forward only, ``convert.rwkv_official``), flash-linear-attention's HGRN2ForCausalLM and
+RWKV6ForCausalLM with their Triton ops swapped for fla's torch references (``convert.fla_cpu``:
+sequential recurrences, one Python step per token; ``convert.fla_hgrn2``, ``convert.fla_rwkv``), whose
+logits are checked against recurlm's on the benchmark batch first. Families without a reference that
+trains on CPU with mapped weights are listed with the reason.
 """
 from __future__ import annotations
 
@@ -35,10 +38,6 @@ import torch.nn.functional as F
 from recurlm.benchmarks.common import best_times, fmt_bytes, fmt_ratio, peak_memory_bytes, print_table, set_threads
 
 SKIPPED = {
-    "hgrn2": "fla's HGRN2 runs its recurrence, norms and loss through Triton; a CPU run needs them swapped for "
-             "torch references (naive_recurrent_gla etc.), not wired here yet (weights: models/convert/fla_hgrn2.py)",
-    "rwkv6": "no CPU reference that trains: fla's RWKV6 needs Triton; the rwkv package's x060 path is forward-only "
-             "(use the rwkv7 row for the package's speed)",
     "titans_mac": "no titans-pytorch -> recurlm converter yet (models/titans.py is being written); "
                   "titans-pytorch's MAC config differs (chunked attention + neural memory per segment)",
 }
@@ -124,6 +123,50 @@ def rwkv7_pair(d: int, layers: int, vocab: int, workdir: str) -> Pair:
                 lambda ids: ref.forward(ids[0].tolist(), None, full_output=True), lambda: [], decode)
 
 
+def fla_pair(family: str, d: int, layers: int, vocab: int, ids: torch.Tensor) -> Pair:
+    """fla's HGRN2ForCausalLM / RWKV6ForCausalLM (``family`` "hgrn2" / "rwkv6") on fla's torch
+    references, and recurlm's model with its weights; prints the largest logit difference on ``ids``.
+    Loss: torch cross-entropy on the logits, as recurlm's."""
+    import fla.models
+
+    from recurlm.models import build_model
+    from recurlm.models.convert.fla_cpu import describe, fla_torch_references
+    from recurlm.models.convert.fla_hgrn2 import from_fla
+    from recurlm.models.convert.fla_rwkv import from_fla_rwkv6
+
+    small = d < 128
+    with fla_torch_references(family):  # fla's layers bind their activations when built
+        if family == "hgrn2":
+            ref = fla.models.HGRN2ForCausalLM(fla.models.HGRN2Config(
+                hidden_size=d, num_hidden_layers=layers, vocab_size=vocab, expand_ratio=16 if small else 64)).train()
+            ours = from_fla(ref).train()
+        else:
+            head_dim = 16 if small else 64
+            config = fla.models.RWKV6Config(
+                hidden_size=d, num_hidden_layers=layers, num_heads=d // head_dim, expand_k=1, expand_v=1,
+                vocab_size=vocab, proj_low_rank_dim=8 if small else 32, gate_low_rank_dim=16 if small else 64,
+                intermediate_size=int(3.5 * d) // 32 * 32)
+            ref = fla.models.RWKV6ForCausalLM(config).train()
+            cfg, state_dict = from_fla_rwkv6(config, ref.state_dict())
+            ours = build_model(cfg).train()
+            ours.load_state_dict(state_dict)
+
+    def on_torch(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(ids: torch.Tensor) -> torch.Tensor:
+            with fla_torch_references(family):
+                return fn(ids)
+
+        return run
+
+    forward = on_torch(lambda ids: ref(input_ids=ids, use_cache=False).logits)
+    with torch.no_grad():
+        diff = (forward(ids) - ours(ids)[0]).abs().max().item()
+    print(f"# {family}: max |fla - recurlm| logits on the benchmark batch: {diff:.2e}", flush=True)
+    return Pair(family, ours, _our_loss(ours), f"fla {type(ref).__name__}, torch references: {describe(family)}",
+                on_torch(lambda ids: _ce(ref(input_ids=ids, use_cache=False).logits, ids)), forward,
+                lambda: list(ref.parameters()))
+
+
 def train_step(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: Callable[[], list], ids) -> Callable[[], None]:
     def step() -> None:
         for p in params():
@@ -157,7 +200,7 @@ def decode_step_memory(model, tokens: list[int]) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny configs, T = 256")
-    parser.add_argument("--families", default="griffin,hawk,xlstm,rwkv7")
+    parser.add_argument("--families", default="griffin,hawk,xlstm,rwkv7,hgrn2,rwkv6")
     parser.add_argument("--seq-len", type=int, default=None, help="T (default 2048; quick 256)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds, best kept (default 3; quick 2)")
@@ -191,6 +234,8 @@ def main() -> None:
                     pair = xlstm_pair(d, layers, vocab)
                 elif family == "rwkv7":
                     pair = rwkv7_pair(d, layers, vocab, workdir)
+                elif family in ("hgrn2", "rwkv6"):
+                    pair = fla_pair(family, d, layers, vocab, ids)
                 else:
                     continue
             except Exception as e:  # a reference that does not build here is reported, not fatal

@@ -1,68 +1,24 @@
 """HGRN2 against flash-linear-attention's ``HGRN2ForCausalLM`` (its Triton ops swapped for torch
-references), through ``recurlm.models.convert.fla_hgrn2``."""
+references by ``recurlm.models.convert.fla_cpu``), through ``recurlm.models.convert.fla_hgrn2``."""
 import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from recurlm.models.convert.fla_cpu import fla_torch_references
 from recurlm.models.convert.fla_hgrn2 import FLA_GATE_NORM_EPS, config_from_fla, from_fla, to_fla_state_dict
 
 VOCAB = 97
 
 
-def _rms(x, weight, bias, eps):
-    """RMS norm in float32, output in x's dtype (fla's Triton norms, weight and bias optional)."""
-    y = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
-    y = y * weight.float() if weight is not None else y
-    return (y + bias.float() if bias is not None else y).to(x.dtype)
-
-
-def _torch_rms_norm_forward(self, x, residual=None, prenorm=False, residual_in_fp32=False):
-    """fla's fused RMSNorm (optionally adding the residual first and returning the sum: prenorm)."""
-    if residual is not None:
-        x = x + residual
-    y = _rms(x, self.weight, self.bias, self.eps)
-    return (y, x) if prenorm else y
-
-
-def _torch_rms_norm_linear(x, norm_weight, norm_bias, linear_weight, linear_bias, residual=None,
-                           eps=1e-5, prenorm=False, residual_in_fp32=False):
-    """fla's ``rms_norm_linear``, with its default eps (the HGRN2 layer passes none)."""
-    assert residual is None and not prenorm
-    return F.linear(_rms(x, norm_weight, norm_bias, eps), linear_weight, linear_bias)
-
-
-def _fla_gla_reference(q, k, v, gk=None, g=None, scale=None, initial_state=None, output_final_state=False,
-                       state_v_first=False, cu_seqlens=None, **_):
-    """``fused_recurrent_gla`` / ``chunk_gla`` as fla's torch reference; ``state_v_first`` states
-    are [B, H, V, K], the reference's [B, H, K, V]."""
-    from fla.ops.gla.naive import naive_recurrent_gla
-
-    assert scale is None and cu_seqlens is None
-    if initial_state is not None and state_v_first:
-        initial_state = initial_state.transpose(-1, -2)
-    o, state = naive_recurrent_gla(q, k, v, gk if gk is not None else g, initial_state, output_final_state)
-    return o, (state.transpose(-1, -2) if state is not None and state_v_first else state)
-
-
 @pytest.fixture
-def fla_on_cpu(monkeypatch):
-    """fla's HGRN2 with its Triton ops (recurrence, fused norms, swish, SwiGLU) replaced by torch."""
+def fla_on_cpu():
+    """fla's HGRN2 with its Triton ops (recurrence, fused norms, swish, SwiGLU) swapped for torch."""
     warnings.filterwarnings("ignore")
-    import fla.layers.hgrn2 as layer
     import fla.models
-    import fla.modules.mlp as mlp
-    from fla.modules import RMSNorm
 
-    monkeypatch.setattr(layer, "fused_recurrent_gla", _fla_gla_reference)
-    monkeypatch.setattr(layer, "chunk_gla", _fla_gla_reference)
-    monkeypatch.setattr(layer, "swish", F.silu)
-    monkeypatch.setattr(layer, "rms_norm_linear", _torch_rms_norm_linear)
-    monkeypatch.setattr(mlp, "swiglu", lambda x, y: F.silu(x) * y)
-    monkeypatch.setattr(mlp, "swiglu_linear", lambda x, y, w, b: F.linear(F.silu(x) * y, w, b))
-    monkeypatch.setattr(RMSNorm, "forward", _torch_rms_norm_forward)
-    return fla.models
+    with fla_torch_references("hgrn2"):
+        yield fla.models
 
 
 def _randomised(fla_model, seed=1):

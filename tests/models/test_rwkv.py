@@ -1,16 +1,16 @@
 """RWKV-6 / RWKV-7: the model checks every family passes, optimizer groups, and equality with the
 reference implementations (flash-linear-attention's models with their Triton ops swapped for fla's
-torch references; BlinkDL's ``rwkv`` package on an exported official checkpoint)."""
+torch references by ``recurlm.models.convert.fla_cpu``; BlinkDL's ``rwkv`` package on an exported official checkpoint)."""
 import importlib
 import sys
 import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from recurlm.models import build_model
 from recurlm.models import testing as model_checks
+from recurlm.models.convert.fla_cpu import fla_torch_references
 from recurlm.models.rwkv6 import RWKV6Config
 from recurlm.models.rwkv7 import RWKV7Config
 
@@ -95,74 +95,17 @@ def test_rwkv7_value_residual_under_activation_checkpointing():
 
 # -- flash-linear-attention references ------------------------------------------------------------
 
-def _fla_token_shift(x, cu_seqlens=None, output_cache=False, cache=None):
-    """fla's token_shift (delta = x_prev - x) in torch, with the cache semantics of fla's kernel."""
-    assert cu_seqlens is None
-    prev = torch.cat([x.new_zeros(x.shape[0], 1, x.shape[2]) if cache is None else cache[:, None], x[:, :-1]], 1)
-    return (prev - x, x[:, -1]) if output_cache else prev - x
-
-
-def _fla_rwkv7_recurrence(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, **_):
-    from fla.ops.generalized_delta_rule.dplr.naive import dplr_recurrence
-
-    to_bhtd = lambda t: t.transpose(1, 2)  # noqa: E731
-    # dplr_recurrence multiplies q by K^-0.5 itself
-    o, s = dplr_recurrence(to_bhtd(r) * scale * r.shape[-1] ** 0.5, to_bhtd(k), to_bhtd(v), to_bhtd(a),
-                           to_bhtd(b), to_bhtd(w), initial_state, output_final_state)
-    return o.transpose(1, 2), s
-
-
-def _fla_rwkv6_recurrence(r, k, v, w, u, scale=1.0, initial_state=None, output_final_state=False, **_):
-    from fla.ops.rwkv6.recurrent_naive import naive_recurrent_rwkv6
-
-    o, s = naive_recurrent_rwkv6(*(t.transpose(1, 2) for t in (r, k, v, w)), u, scale=scale,
-                                 initial_state=initial_state, output_final_state=output_final_state)
-    return o.transpose(1, 2), s
-
-
 @pytest.fixture
-def fla_on_cpu(monkeypatch):
-    """fla's RWKV6/7 layers with their Triton ops replaced by fla's torch references."""
+def fla_on_cpu():
+    """fla's RWKV6/7 models with their Triton ops swapped for fla's torch references."""
     warnings.filterwarnings("ignore")
-    import fla.layers.rwkv6 as l6
-    import fla.layers.rwkv7 as l7
-    import fla.models.rwkv6.modeling_rwkv6 as m6
-    import fla.models.rwkv7.modeling_rwkv7 as m7
-    from fla.ops.rwkv7.fused_addcmul import torch_addcmul_rwkv7
-    from fla.ops.rwkv7.fused_k_update import k_update_ref
-    from fla.ops.rwkv7.gate_output_correction import gate_output_correction_ref
-
-    for module in (l6, l7, m6, m7):
-        monkeypatch.setattr(module, "token_shift", _fla_token_shift)
-    monkeypatch.setattr(l7, "fused_addcmul_rwkv7", torch_addcmul_rwkv7)
-    monkeypatch.setattr(l7, "fused_k_rwkv7", lambda k, a, ka, **_: k_update_ref(k, a, ka))
-    monkeypatch.setattr(l7, "gate_output_correction", gate_output_correction_ref)
-    monkeypatch.setattr(l7, "chunk_rwkv7", _fla_rwkv7_recurrence)
-    monkeypatch.setattr(l7, "fused_mul_recurrent_rwkv7",
-                        lambda r, w, k, v, kk, a, **kw: _fla_rwkv7_recurrence(r, w, k, v, -kk, kk * a, **kw))
-    monkeypatch.setattr(l6, "chunk_rwkv6", _fla_rwkv6_recurrence)
-    monkeypatch.setattr(l6, "fused_recurrent_rwkv6", _fla_rwkv6_recurrence)
     import fla.models
 
-    return fla.models
-
-
-def _torch_group_norm(norm):
-    """fla's Triton GroupNorm (RWKV-6's g_norm) as F.group_norm over [..., C]."""
-    return lambda x: F.group_norm(x.reshape(-1, x.shape[-1]), norm.num_groups, norm.weight, norm.bias,
-                                  norm.eps).view_as(x)
+    with fla_torch_references("rwkv6", "rwkv7"):
+        yield fla.models
 
 
 def _fla_logits(fla_model, ids):
-    from fla.modules import GroupNorm
-
-    for module in fla_model.modules():
-        if hasattr(module, "act_fn") and hasattr(module, "key"):  # squared ReLU without fla's fused op
-            module.act_fn = lambda x: F.relu(x).square()
-        if hasattr(module, "gate_fn"):  # RWKV-6's swish gate without fla's fused op
-            module.gate_fn = F.silu
-        if isinstance(module, GroupNorm):
-            module.forward = _torch_group_norm(module)
     with torch.no_grad():
         return fla_model(input_ids=ids, use_cache=False).logits
 
