@@ -1,5 +1,5 @@
-"""Chunkwise mLSTM in PyTorch (the CPU fast path): parallel inside chunks of L tokens, one
-stabilised matrix-state update per chunk between them.
+"""Chunkwise mLSTM in PyTorch (the CPU fast path): parallel inside chunks of L tokens, and the
+states between chunks in closed form (no loop over chunks, so autograd sees a few large ops).
 
 Notation inside a chunk (positions t, s in [0, L)): lf = logsigmoid(f), b_t = lf_0 + ... + lf_t
 (inclusive cumulative log forget gate), F_ts = b_t - b_s (decay from token s to t) and
@@ -18,10 +18,21 @@ Then, with q scaled by K^-1/2,
     qn_t  = exp(b_t + m_prev - m_t) q_t . n_prev + sum_s exp(log D_ts - m_t) (q_t . k_s)
     h_t   = num_t / (max(|qn_t|, exp(-m_t)) + eps).
 
-The state after the chunk is the same formula evaluated at t = L - 1 with k_s v_s^T (and k_s) in
-place of the scores. Masked pairs are -inf before the exponential; every m_t is finite, so no
-exp(-inf - -inf) is ever formed. The tail chunk is padded with identity steps (lf = 0, i = -inf,
-k = v = 0), which leave the final state untouched.
+States between chunks. Chunk j alone (from a zero state) ends in the state
+U_j = sum_s exp(log D_{L-1,s} - mu_j) k_s v_s^T (and u_j with k_s) on its own scale mu_j
+(``m_local``: the m_{L-1} above without the m_prev term). With B_j = b_{L-1} of chunk j,
+G_c = B_0 + ... + B_c and (C_0, n_0, m_0) the initial state, the state after chunk c is
+
+    m^c = max(max_j (G_c - G_j + mu_j), G_c + m_0)      j <= c reaching c (no document start in
+                                                        chunks j+1..c; m_0 only if none in 0..c)
+    C^c = sum_j exp(G_c - G_j + mu_j - m^c) U_j + exp(G_c + m_0 - m^c) C_0      (n^c likewise)
+
+an [N, N] weight matrix times the stacked U_j: the unrolled recurrence m^c = max(B_c + m^{c-1},
+mu_c), C^c = exp(B_c + m^{c-1} - m^c) C^{c-1} + U_c (stabilisers are maxima of the same terms).
+
+Masked pairs are -inf before the exponential; every m_t is finite, so no exp(-inf - -inf) is
+ever formed. The tail chunk is padded with identity steps (lf = 0, i = -inf, k = v = 0), which
+leave the final state untouched; a chunk of identity steps only has mu_j = -inf and reaches nothing.
 """
 from __future__ import annotations
 
@@ -86,27 +97,39 @@ def mlstm_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tens
         carried = doc == 0                                   # the chunk's incoming state reaches t
         fresh = _fresh_stabiliser(b, log_f, starts)
 
-    # ---- inter-chunk recurrence on the states entering each chunk --------------------------------
+    # ---- states after every chunk, in closed form over chunks --------------------------------------
     log_w_end = b[..., -1:] - b + i                 # log weight of token s in the chunk's end state
     if resets is not None:
         log_w_end = torch.where(pair_mask[..., -1, :], log_w_end, NEG_INF)         # [B, H, N, L]
-    m_end_local = log_w_end.max(-1).values                                         # [B, H, N]
+    m_local = log_w_end.max(-1).values                                             # [B, H, N]
     if resets is not None:  # a document starting in the chunk contributes its fresh m = 0
-        m_end_local = torch.maximum(m_end_local, fresh[..., -1])
-    C, n, m = initial_mlstm_state(initial_state, batch, heads, dk, dv, dtype, q.device)
-    C_in, n_in, m_in = [], [], []
-    for c in range(num_chunks):
-        C_in.append(C), n_in.append(n), m_in.append(m)
-        m_next = torch.maximum(b[..., c, -1] + m, m_end_local[..., c])
-        decay = torch.exp(b[..., c, -1] + m - m_next)
-        if resets is not None:  # a document starting inside the chunk drops the incoming state
-            m_next = torch.where(carried[..., c, -1], m_next, m_end_local[..., c])
-            decay = torch.where(carried[..., c, -1], decay, 0.0)
-        k_weighted = k[:, :, c] * torch.exp(log_w_end[:, :, c] - m_next[..., None])[..., None]
-        C = decay[..., None, None] * C + k_weighted.transpose(-1, -2) @ v[:, :, c]
-        n = decay[..., None] * n + k_weighted.sum(-2)
-        m = m_next
-    C_in, n_in, m_in = torch.stack(C_in, 2), torch.stack(n_in, 2), torch.stack(m_in, 2)
+        m_local = torch.maximum(m_local, fresh[..., -1])
+    # a chunk of identity steps only (varlen padding) has m_local = -inf and contributes nothing
+    has_tokens = m_local > NEG_INF
+    k_end = k * torch.exp(log_w_end - torch.where(has_tokens, m_local, 0.0)[..., None])[..., None]
+    C_local = k_end.transpose(-1, -2) @ v                                          # [B, H, N, K, V]
+    n_local = k_end.sum(-2)                                                        # [B, H, N, K]
+    G = b[..., -1].cumsum(-1)                       # log decay from the start to the end of chunk c
+    reach = torch.ones(num_chunks, num_chunks, dtype=torch.bool, device=q.device).tril()
+    reach = reach & has_tokens[..., None, :]                                       # [B, H, N, N]
+    reach_init = None
+    if resets is not None:  # a chunk holding a document start cuts every older contribution
+        cuts = (~carried[..., -1]).long().cumsum(-1)                              # [B, 1, N]
+        reach = reach & (cuts[..., :, None] == cuts[..., None, :])
+        reach_init = cuts == 0
+    log_w_chunk = torch.where(reach, G[..., :, None] - G[..., None, :] + m_local[..., None, :], NEG_INF)
+    C0, n0, m0 = initial_mlstm_state(initial_state, batch, heads, dk, dv, dtype, q.device)
+    log_w_init = G + m0[..., None]                                                 # [B, H, N]
+    if reach_init is not None:
+        log_w_init = torch.where(reach_init, log_w_init, NEG_INF)
+    m_end = torch.maximum(log_w_chunk.max(-1).values, log_w_init)                 # [B, H, N]
+    w_chunk = torch.exp(log_w_chunk - m_end[..., None])
+    w_init = torch.exp(log_w_init - m_end)[..., None]
+    C_end = (w_chunk @ C_local.flatten(-2) + w_init * C0.flatten(-2)[:, :, None]).unflatten(-1, (dk, dv))
+    n_end = w_chunk @ n_local + w_init * n0[:, :, None]                            # [B, H, N, K]
+    C_in = torch.cat([C0[:, :, None], C_end[:, :, :-1]], 2)                       # [B, H, N, K, V]
+    n_in = torch.cat([n0[:, :, None], n_end[:, :, :-1]], 2)
+    m_in = torch.cat([m0[:, :, None], m_end[:, :, :-1]], 2)
 
     # ---- intra-chunk parallel part ----------------------------------------------------------------
     log_D = torch.where(pair_mask, b[..., :, None] - b[..., None, :] + i[..., None, :], NEG_INF)
@@ -122,6 +145,7 @@ def mlstm_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tens
     numerator = q_inter @ C_in + scores @ v                                        # [B, H, N, L, V]
     qn = (q_inter @ n_in[..., None]).squeeze(-1) + scores.sum(-1)                  # [B, H, N, L]
     denominator = torch.maximum(qn.abs(), torch.exp(-m_t)) + eps
-    h = numerator / denominator[..., None]
+    h = numerator * (1.0 / denominator)[..., None]  # a [.., L] reciprocal: cheaper backward than a division
     h = h.reshape(batch, heads, num_chunks * L, dv)[:, :, :seq_len].transpose(1, 2).to(out_dtype)
-    return h, (MLSTMState(C, n, m) if output_final_state else None)
+    final = MLSTMState(C_end[:, :, -1], n_end[:, :, -1], m_end[:, :, -1]) if output_final_state else None
+    return h, final

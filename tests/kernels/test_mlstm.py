@@ -34,6 +34,7 @@ def _run(fn: Callable, inputs: dict, seed: int = 0) -> tuple[list[torch.Tensor],
     (1, 1, 2, 4, 4, 0.0, True),      # T = 1
     (3, 64, 1, 8, 8, 0.08, True),    # several documents per row, B > 1
     (2, 50, 2, 4, 8, 0.3, False),    # documents shorter than a chunk
+    (2, 300, 1, 4, 4, 0.01, True),   # many chunks, documents spanning several of them
 ])
 @pytest.mark.parametrize("chunk_size", [16, 64])
 def test_chunk_matches_naive_float64(batch, seq_len, heads, dk, dv, reset_prob, initial_state, chunk_size):
@@ -128,6 +129,18 @@ def test_strong_forget_gates_stay_finite_and_match(seq_len):
     out32, grads32 = _run(chunk, f32)
     assert all(torch.isfinite(x).all() for x in out32 + grads32)
     torch.testing.assert_close(out32[0].double(), ref_out[0], atol=1e-3, rtol=1e-3)
+
+
+def test_long_float32_sequence_matches_float64_reference():
+    """Float32 over 32 chunks (the benchmark length): the closed-form weights between chunks
+    (differences of cumulative log decays) stay within float32 accuracy of the float64 recurrence."""
+    inputs = make_inputs(1, 2048, 1, 8, 8, dtype=torch.float64, seed=8, initial_state=True)
+    ref_h, ref_state = naive(**inputs, output_final_state=True)
+    f32 = {**{n: inputs[n].float() for n in GATE_NAMES},
+           "initial_state": MLSTMState(*(s.float() for s in inputs["initial_state"]))}
+    h, state = chunk(**f32, output_final_state=True)
+    torch.testing.assert_close(h.double(), ref_h, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(state.C.double(), ref_state.C, atol=1e-5, rtol=1e-4)
 
 
 def test_bfloat16_within_tolerance():
