@@ -27,16 +27,24 @@ with sqrt(1 - a_t^2) = sqrt(-expm1(2 log a_t)) (exact near a_t = 1, its derivati
 as in RecurrentGemma). At a document start (position 0) the normaliser is 1 and h_{t-1} is dropped,
 as RecurrentGemma does for ``segment_pos == 0``. The scan runs in ``recurlm.kernels.linear_scan``.
 
+State expansion (``state_expansion`` = f > 1, not in the papers): every channel r keeps f sub-states
+h_t[r, k], k < f, each the recurrence above with its own decay Λ[r, k] (Λ[r, 0] = Λ[r]) and the
+same gated input i_t u_t, read out as h_t[r] = Σ_k m[r, k] h_t[r, k] with learned mixing weights
+m [R, f] initialised to [1, 0, ..., 0]. The state per layer grows f times for (2 f - 1) R
+parameters; with m = [1, 0, ...] the block computes exactly what f = 1 computes, which is what
+``recurlm.models.expand_state`` relies on to enlarge a trained model's state.
+
 Attention block: local (sliding-window) multi-query attention, H query heads of width D / H sharing
 ``n_kv_heads`` (1) key/value heads, RoPE on the first half of every head (rotate-half pairing inside
 that half), scale (D / H)^-0.5, each query seeing itself and the ``attention_window`` - 1 tokens
 before it in its document (``recurlm.kernels.local_attention``). Positions restart at document
 starts.
 
-State per layer (batch first): recurrent blocks ``h`` [B, R] (float32), ``conv`` [B, 3, R] (the last
-inputs of the convolution); attention blocks ``k``, ``v`` [B, window - 1, n_kv_heads, D / H] (keys
-after RoPE) and ``_valid`` [B, window - 1]; every block ``_pos`` [B] int64, the position inside its
-document of the next token (0: the next token starts a document).
+State per layer (batch first): recurrent blocks ``h`` [B, R f] (float32; [B, R, f] flattened, f =
+``state_expansion``), ``conv`` [B, 3, R] (the last inputs of the convolution); attention blocks
+``k``, ``v`` [B, window - 1, n_kv_heads, D / H] (keys after RoPE) and ``_valid`` [B, window - 1];
+every block ``_pos`` [B] int64, the position inside its document of the next token (0: the next
+token starts a document).
 """
 from __future__ import annotations
 
@@ -91,6 +99,11 @@ class GriffinConfig(ModelConfig):
     """a = sigmoid(Λ) is initialised with a^2 uniform in [a_init_min^2, a_init_max^2]."""
     a_init_max: float = 0.999
     """Upper end of the initial range of a = sigmoid(Λ)."""
+    state_expansion: int = 1
+    """Sub-states f per RG-LRU channel (module docstring): each has its own decay (initialised on
+    the same ring) and is fed the same gated input; learned mixing weights (initialised to
+    [1, 0, ..., 0]) read them out. The recurrent state is f R per layer for (2 f - 1) R extra
+    parameters; 1 = the paper's RG-LRU."""
     logit_softcap: float = 30.0
     """Logits are c * tanh(logits / c); 0 disables."""
     scale_embeddings: bool = True
@@ -149,29 +162,52 @@ class RGLRU(nn.Module):
         width, heads = cfg.lru_width, cfg.lru_heads or cfg.n_heads
         if width % heads:
             raise ValueError(f"griffin: lru_width={width} must be a multiple of lru_heads={heads}")
-        self.c, self.impl = cfg.rglru_c, cfg.kernel_impl
+        if cfg.state_expansion < 1:
+            raise ValueError(f"griffin: state_expansion={cfg.state_expansion} must be >= 1")
+        self.c, self.impl, self.sub_states = cfg.rglru_c, cfg.kernel_impl, cfg.state_expansion
         self.input_gate = BlockDiagonalGate(width, heads)
         self.recurrence_gate = BlockDiagonalGate(width, heads)
         # Λ with a = sigmoid(Λ), a^2 ~ U[a_min^2, a_max^2] (uniform on a ring, as the paper)
-        a = torch.empty(width).uniform_(cfg.a_init_min ** 2, cfg.a_init_max ** 2).sqrt()
-        self.a_logit = nn.Parameter(torch.log(a) - torch.log1p(-a))
+        self.a_logit = nn.Parameter(self._ring_logits(cfg, width))
+        if self.sub_states > 1:
+            # Λ[:, 1:] [R, f - 1], the added sub-states' decays; m [R, f] = [1, 0, ..., 0]: the f = 1 function
+            self.extra_a_logit = nn.Parameter(self._ring_logits(cfg, width, self.sub_states - 1))
+            self.state_mix = nn.Parameter(F.one_hot(torch.zeros(width, dtype=torch.long), self.sub_states).float())
+            for p in (self.extra_a_logit, self.state_mix):
+                p._no_weight_decay = True  # decay would pull the read-out of sub-state 0 and the Λs to 0
+
+    @staticmethod
+    def _ring_logits(cfg: GriffinConfig, *shape: int) -> torch.Tensor:
+        """Λ [*shape] with a = sigmoid(Λ), a^2 ~ U[a_init_min^2, a_init_max^2]."""
+        a = torch.empty(shape).uniform_(cfg.a_init_min ** 2, cfg.a_init_max ** 2).sqrt()
+        return torch.log(a) - torch.log1p(-a)
 
     def forward(self, u: torch.Tensor, doc_start: torch.Tensor, h0: Optional[torch.Tensor],
                 return_state: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """u [B, T, R]; doc_start [B, T] bool (position 0); h0 [B, R] -> (h [B, T, R] in u.dtype,
-        h_{T-1} [B, R] in float32 (float64 for float64 inputs) if return_state)."""
+        """u [B, T, R]; doc_start [B, T] bool (position 0); h0 [B, R f] -> (h [B, T, R] in u.dtype,
+        h_{T-1} [B, R f] in float32 (float64 for float64 inputs) if return_state)."""
         uf = u.to(torch.promote_types(u.dtype, torch.float32))
-        log_a = -self.c * self.recurrence_gate(uf) * F.softplus(-self.a_logit.to(uf.dtype))
+        recurrence, gated = self.recurrence_gate(uf), uf * self.input_gate(uf)
+        a_logit, starts = self.a_logit, doc_start[..., None]
+        if self.sub_states > 1:  # every channel becomes f channels of the scan: [..., R] -> [..., R, f]
+            a_logit = torch.cat([a_logit[:, None], self.extra_a_logit], 1)
+            recurrence, gated, starts = recurrence[..., None], gated[..., None], starts[..., None]
+        log_a = -self.c * recurrence * F.softplus(-a_logit.to(uf.dtype))
         normaliser = SqrtBoundedGrad.apply(-torch.expm1(2.0 * log_a))
-        normaliser = torch.where(doc_start[..., None], 1.0, normaliser)
-        x = uf * self.input_gate(uf) * normaliser
+        x = gated * torch.where(starts, 1.0, normaliser)
+        if h0 is not None:
+            h0 = h0.view(h0.shape[0], *log_a.shape[2:])
         h, h_last = linear_scan(x, log_a, h0, return_state, resets=doc_start, impl=self.impl)
+        if self.sub_states > 1:
+            h = torch.einsum("btrk,rk->btr", h, self.state_mix.to(h.dtype))
+            h_last = None if h_last is None else h_last.flatten(1)
         return h.to(u.dtype), h_last
 
     def flops_per_token(self) -> float:
         width = self.a_logit.numel()
         gates = 2 * 2 * width * self.input_gate.block_width
-        return gates + 12 * width  # gates + elementwise (softplus, exp, sqrt, scan)
+        mix = 2 * width * self.sub_states if self.sub_states > 1 else 0
+        return gates + 12 * width * self.sub_states + mix  # gates + elementwise (softplus, exp, sqrt, scan)
 
 
 class GriffinConv1D(ShortConv):
@@ -205,7 +241,8 @@ class RecurrentMixer(nn.Module):
 
     def init_state(self, batch_size: int, dtype: torch.dtype, device) -> LayerState:
         state_dtype = torch.promote_types(dtype, torch.float32)
-        return {"h": torch.zeros(batch_size, self.lru_width, dtype=state_dtype, device=device),
+        h_width = self.lru_width * self.rg_lru.sub_states
+        return {"h": torch.zeros(batch_size, h_width, dtype=state_dtype, device=device),
                 "conv": torch.zeros(batch_size, self.conv_width - 1, self.lru_width, dtype=dtype, device=device)}
 
     def flops_per_token(self, seq_len: int) -> float:

@@ -5,6 +5,8 @@ Layout under ``<run_dir>/checkpoints/``::
     <step>/                  one published checkpoint (DeepSpeed's files under ``<step>/ds/``)
         trainer_state.json   step, tokens, loader position, W&B run id, model/tokenizer identity
         rng/rank<r>.pt       every rank's python / numpy / torch RNG states
+        recipe/rank<r>.pt    every rank's recipe state (e.g. state passing's carried recurrent
+                             states), when the recipe carries one
         config.yaml          the resolved job config
     latest                   a text file naming the newest published step
 
@@ -77,8 +79,10 @@ class CheckpointManager:
     def path(self, step: int) -> str:
         return os.path.join(self.root, str(step))
 
-    def save(self, engine, step: int, trainer_state: dict[str, Any], config_yaml: str) -> str:
-        """Save collectively (every rank calls it). Returns the published directory."""
+    def save(self, engine, step: int, trainer_state: dict[str, Any], config_yaml: str,
+             recipe_state: Optional[dict[str, Any]] = None) -> str:
+        """Save collectively (every rank calls it), with this rank's ``recipe_state``
+        (``Recipe.state_dict()``) if not empty. Returns the published directory."""
         tmp = os.path.join(self.root, f".tmp-{step}")
         final = self.path(step)
         if self.rank == 0:
@@ -90,6 +94,9 @@ class CheckpointManager:
             engine.save_checkpoint(os.path.join(tmp, "ds"), tag="state", save_latest=False,
                                    client_state=_universal_info())
             torch.save(rng_state(), os.path.join(tmp, "rng", f"rank{self.rank}.pt"))
+            if recipe_state:
+                os.makedirs(os.path.join(tmp, "recipe"), exist_ok=True)
+                torch.save(recipe_state, os.path.join(tmp, "recipe", f"rank{self.rank}.pt"))
             if self.rank == 0:
                 _write_atomic(os.path.join(tmp, STATE_FILE), json.dumps(trainer_state, indent=1))
                 _write_atomic(os.path.join(tmp, "config.yaml"), config_yaml)
@@ -201,3 +208,12 @@ def load(engine, path: str, rank: int, load_optimizer: bool = True, universal: b
     if load_optimizer and os.path.isfile(rng_file) and not universal:
         set_rng_state(torch.load(rng_file, weights_only=False))
     return state
+
+
+def load_recipe_state(path: str, rank: int, world_size: int) -> dict[str, Any]:
+    """This rank's saved recipe state; {} if there is none or the checkpoint was written at another
+    world size (ranks then hold other rows, so a carried state would continue the wrong lanes)."""
+    recipe_file = os.path.join(path, "recipe", f"rank{rank}.pt")
+    if not os.path.isfile(recipe_file) or read_state(path).get("world_size", world_size) != world_size:
+        return {}
+    return torch.load(recipe_file, map_location="cpu", weights_only=True)

@@ -4,7 +4,8 @@
     recurlm-convert expand-state <run dir | checkpoint | export> --factor 2 --out DIR
 
 ``expand-state`` (recurlm.models.expand_state) writes an export whose recurrent state per layer is
-``factor`` times larger (linear-attention families merge heads; Griffin/Hawk widen the RG-LRU),
+``factor`` times larger (linear-attention families and Titans' linear memory merge heads;
+Griffin/Hawk add sub-states to every RG-LRU channel; Titans' deep memory gets more hidden units),
 prints how far the logits moved on a batch of text (max / mean |diff|, KL, loss before and after;
 also saved as ``<out>/expand_state.json``), and is meant to be followed by
 ``recurlm-train recipe=state_expansion recipe.init_from=<out>``.
@@ -31,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="text file the logit change is measured on (default: a few stdlib modules)")
     expand.add_argument("--batch-size", type=int, default=4, help="rows of the measurement batch")
     expand.add_argument("--seq-len", type=int, default=256, help="tokens per row of the measurement batch")
-    expand.add_argument("--seed", type=int, default=0, help="seed of the new parameters (widening families)")
+    expand.add_argument("--seed", type=int, default=0,
+                        help="seed of the new parameters (Griffin/Hawk decays, Titans memory units)")
     return parser
 
 

@@ -27,6 +27,10 @@ drawn at random: they come from a real final state of the previous step, so the 
 consistent "this row continues something" state (e.g. Griffin's ``_pos`` > 0, which keeps the
 RG-LRU state at the first token).
 
+Checkpoints: ``Recipe.state_dict()`` (the carried states of this rank, and the noise / permutation
+generator) is saved per rank with every checkpoint and restored on resume, so a resumed run
+continues exactly (``recurlm.train.checkpoint``). A rollback after a non-finite loss drops them.
+
 Rows and ranks: every rank keeps the states of its own rows, per micro-batch index. The
 documents-in-order loader gives each rank the same lanes at every step, and the trainer cuts
 micro-batches at the same rows every step, so micro-batch i of step n+1 holds the continuations
@@ -35,7 +39,7 @@ of micro-batch i of step n whatever the world size or gradient accumulation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -74,41 +78,65 @@ class Recipe:
     def observe(self, micro: int, final: Optional[ModelState]) -> None:
         """Receive the final state of micro-batch ``micro`` (after its backward)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What this rank carries into the next step (saved with a checkpoint); {} = nothing."""
+        return {}
 
-class StatePassing(Recipe):
-    """Truncated BPTT: the detached final state of micro-batch i initialises micro-batch i next step."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_dict()``; {} drops whatever is carried (the next step starts afresh)."""
+
+
+class _Carrying(Recipe):
+    """Keeps the detached final state of every micro-batch index for the next step."""
 
     wants_final_state = True
 
     def __init__(self):
         self.states: dict[int, ModelState] = {}
 
-    def initial_state(self, micro, resets):
-        return self.states.get(micro), resets
-
     def observe(self, micro, final):
         self.states[micro] = final.detach()
 
+    def state_dict(self):
+        # plain containers of CPU tensors: loadable with torch.load(weights_only=True) on any device
+        return {"states": {micro: s.to("cpu").layers for micro, s in self.states.items()}}
 
-class _FromPreviousStep(Recipe):
-    """Shared by the recipes that inject a state that is not the row's own history."""
+    def load_state_dict(self, state):
+        self.states = {int(micro): ModelState(layers) for micro, layers in state.get("states", {}).items()}
 
-    wants_final_state = True
 
-    def __init__(self, seed: int, rank: int):
-        self.previous: dict[int, ModelState] = {}
-        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
-
-    def observe(self, micro, final):
-        self.previous[micro] = final.detach()
+class StatePassing(_Carrying):
+    """Truncated BPTT: the detached final state of micro-batch i initialises micro-batch i next step."""
 
     def initial_state(self, micro, resets):
-        template = self.previous.get(micro)
+        state = self.states.get(micro)
+        if state is not None and state.batch_size != resets.shape[0]:
+            return None, resets  # resumed with another micro-batch size: these rows are other lanes
+        return state, resets
+
+
+class _FromPreviousStep(_Carrying):
+    """Shared by the recipes that inject a state that is not the row's own history."""
+
+    def __init__(self, seed: int, rank: int):
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(seed * 1_000_003 + rank)
+
+    def initial_state(self, micro, resets):
+        template = self.states.get(micro)
         if template is None or template.batch_size != resets.shape[0]:
             return None, resets  # the first step of the process (or a short last batch): plain
         resets = resets.clone()
         resets[:, 0] = False  # keep the injected state at the first token
         return self.inject(template), resets
+
+    def state_dict(self):
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
 
     def inject(self, previous: ModelState) -> ModelState:
         raise NotImplementedError

@@ -177,6 +177,9 @@ class Trainer:
         state = ckpt.read_state(path)
         ckpt.check_compatible(state, self._identity(), self.data.tokenizer.sha256, path)
         ckpt.load(self.engine, path, self.env.rank, universal=universal)
+        # a rollback skips data, so carried states would continue the wrong text (and may be non-finite)
+        self.recipe.load_state_dict({} if keep_loader_position else
+                                    ckpt.load_recipe_state(path, self.env.rank, self.env.world_size))
         if not keep_loader_position:
             self.loader.load_state_dict(state["loader"])
         self.step, self.tokens = state["step"], state["tokens"]
@@ -206,7 +209,8 @@ class Trainer:
                  "tokenizer_sha256": self.data.tokenizer.sha256, "tokenizer_path": self.data.tokenizer.path,
                  "first_val_loss": self.first_val_loss, "world_size": self.env.world_size}
         try:
-            self.last_checkpoint = self.checkpoints.save(self.engine, self.step, state, self.config_yaml)
+            self.last_checkpoint = self.checkpoints.save(self.engine, self.step, state, self.config_yaml,
+                                                         self.recipe.state_dict())
         except ckpt.CheckpointError as err:
             self.monitor.event("checkpoint_failed", str(err), self.step)
             return None

@@ -25,32 +25,71 @@ def test_griffin_modes_agree(cfg):
     model_checks.run_all(build_model(cfg))
 
 
-def test_rglru_matches_the_paper_recurrence():
+@pytest.mark.parametrize("sub_states", [1, 3])
+def test_rglru_matches_the_paper_recurrence(sub_states):
     """RG-LRU in log space == the paper's a_t = sigmoid(Λ)^(c r_t), h_t = a_t h + sqrt(1 - a_t^2)(i_t u_t),
-    run step by step in float64, with a document start (normaliser 1, state dropped) mid-row."""
+    run step by step in float64, with a document start (normaliser 1, state dropped) mid-row; with
+    f sub-states, f such recurrences per channel (decays Λ[:, k]) read out by the mixing weights."""
     torch.manual_seed(0)
-    cfg = GriffinConfig(size="tiny", d_model=8, n_heads=2, lru_width=8, kernel_impl="chunk")
+    cfg = GriffinConfig(size="tiny", d_model=8, n_heads=2, lru_width=8, kernel_impl="chunk", state_expansion=sub_states)
     lru = RGLRU(cfg).double()
+    a_logit, mix = lru.a_logit[:, None], torch.ones(8, 1, dtype=torch.float64)
+    if sub_states > 1:
+        with torch.no_grad():
+            lru.state_mix.normal_()
+        a_logit, mix = torch.cat([a_logit, lru.extra_a_logit], 1), lru.state_mix
     B, T, R = 2, 9, 8
     u = torch.randn(B, T, R, dtype=torch.float64)
     doc_start = torch.zeros(B, T, dtype=torch.bool)
     doc_start[:, 0] = doc_start[1, 4] = True
-    h0 = torch.randn(B, R, dtype=torch.float64)
+    h0 = torch.randn(B, R * sub_states, dtype=torch.float64)
     out, last = lru(u, doc_start, h0, True)
 
     def gate(g, x):
         xb = x.view(B, 2, 4)
-        return torch.sigmoid(torch.einsum("bhi,hij->bhj", xb, g.weight) + g.bias).reshape(B, R)
+        return torch.sigmoid(torch.einsum("bhi,hij->bhj", xb, g.weight) + g.bias).reshape(B, R, 1)
 
-    h = h0
-    for t in range(T):
-        a = torch.sigmoid(lru.a_logit) ** (cfg.rglru_c * gate(lru.recurrence_gate, u[:, t]))
-        norm = torch.where(doc_start[:, t, None], 1.0, torch.sqrt(1 - a ** 2))
-        h = torch.where(doc_start[:, t, None], 0.0, a * h) + norm * gate(lru.input_gate, u[:, t]) * u[:, t]
-        torch.testing.assert_close(out[:, t], h, atol=1e-12, rtol=0)
-    torch.testing.assert_close(last, h, atol=1e-12, rtol=0)
-    a_init = torch.sigmoid(lru.a_logit)
+    h = h0.view(B, R, sub_states)
+    with torch.no_grad():
+        for t in range(T):
+            a = torch.sigmoid(a_logit) ** (cfg.rglru_c * gate(lru.recurrence_gate, u[:, t]))
+            start = doc_start[:, t, None, None]
+            norm = torch.where(start, 1.0, torch.sqrt(1 - a ** 2))
+            h = torch.where(start, 0.0, a * h) + norm * gate(lru.input_gate, u[:, t]) * u[:, t, :, None]
+            torch.testing.assert_close(out[:, t], (h * mix).sum(-1), atol=1e-12, rtol=0)
+    torch.testing.assert_close(last, h.flatten(1), atol=1e-12, rtol=0)
+    a_init = torch.sigmoid(a_logit)
     assert a_init.min() >= 0.9 - 1e-9 and a_init.max() <= 0.999 + 1e-9
+    assert a_init.unique().numel() == R * sub_states  # distinct decays
+
+
+@pytest.mark.parametrize("family", ["hawk", "griffin"])
+def test_rglru_sub_states_modes_agree(family):
+    """Step, packed documents, state passing and backward with f = 3 sub-states per channel and
+    random mixing weights (the [1, 0, 0] init would hide the added sub-states)."""
+    torch.manual_seed(0)
+    model = build_model({"family": family, "size": "tiny", "vocab_size": 97, "state_expansion": 3})
+    with torch.no_grad():
+        for block in model.blocks:
+            if block.kind == "recurrent":
+                block.mixer.rg_lru.state_mix.normal_()
+    assert model.init_state(1).layers[0]["h"].shape == (1, 3 * model.config.lru_width)
+    model_checks.run_all(model)
+
+
+def test_rglru_sub_states_start_as_the_plain_rglru():
+    """Sub-state 0 with mixing [1, 0, ...] is the f = 1 RG-LRU: same outputs for the same weights."""
+    torch.manual_seed(0)
+    plain = RGLRU(GriffinConfig(size="tiny", d_model=8, n_heads=2, lru_width=8))
+    expanded = RGLRU(GriffinConfig(size="tiny", d_model=8, n_heads=2, lru_width=8, state_expansion=4))
+    expanded.load_state_dict({**plain.state_dict(), **{k: v for k, v in expanded.state_dict().items()
+                                                        if k in ("extra_a_logit", "state_mix")}})
+    u, doc_start = torch.randn(2, 11, 8), torch.zeros(2, 11, dtype=torch.bool)
+    doc_start[:, 0] = True
+    torch.testing.assert_close(expanded(u, doc_start, None, False)[0], plain(u, doc_start, None, False)[0],
+                               rtol=0, atol=0)
+    assert {n for n, p in expanded.named_parameters() if getattr(p, "_no_weight_decay", False)} == \
+        {"extra_a_logit", "state_mix"}
 
 
 def test_normaliser_sqrt_gradient_is_capped():
