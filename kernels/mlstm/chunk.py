@@ -65,10 +65,30 @@ def _fresh_stabiliser(b: torch.Tensor, log_f: torch.Tensor, starts: torch.Tensor
 def mlstm_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                 initial_state: MLSTMState | None = None, output_final_state: bool = False,
                 resets: torch.Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64,
-                ) -> tuple[torch.Tensor, MLSTMState | None]:
+                segment_chunks: int = 32) -> tuple[torch.Tensor, MLSTMState | None]:
     """q, k [B, T, H, K], v [B, T, H, V], i, f [B, T, H] -> h [B, T, H, V] (q.dtype), final state.
 
-    Computes in float32 (float64 for float64 inputs); differentiable through autograd."""
+    The closed form over chunks costs O(N^2) in the number of chunks N and sums log decays from the
+    segment start, so sequences longer than ``segment_chunks`` chunks are cut into segments of that
+    many chunks, run one after the other with the state passed between them (exact: state passing
+    equals the whole sequence). Computes in float32 (float64 for float64 inputs); differentiable
+    through autograd."""
+    segment = segment_chunks * chunk_size
+    if q.shape[1] <= segment:
+        return _mlstm_segment(q, k, v, i, f, initial_state, output_final_state, resets, eps, chunk_size)
+    outputs, state = [], initial_state
+    for start in range(0, q.shape[1], segment):
+        part = slice(start, start + segment)
+        h, state = _mlstm_segment(q[:, part], k[:, part], v[:, part], i[:, part], f[:, part], state, True,
+                                  None if resets is None else resets[:, part], eps, chunk_size)
+        outputs.append(h)
+    return torch.cat(outputs, 1), (state if output_final_state else None)
+
+
+def _mlstm_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+                   initial_state: MLSTMState | None, output_final_state: bool, resets: torch.Tensor | None,
+                   eps: float, chunk_size: int) -> tuple[torch.Tensor, MLSTMState | None]:
+    """:func:`mlstm_chunk` on one segment: all chunk states in closed form (module docstring)."""
     batch, seq_len, heads, dk = q.shape
     dv = v.shape[-1]
     out_dtype = q.dtype

@@ -49,6 +49,17 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, dk, dv, reset_prob, 
     assert_all_close(grads, ref_grads, atol=1e-9)
 
 
+@pytest.mark.parametrize("reset_prob", [0.0, 0.05])
+def test_segments_match_naive_float64(reset_prob):
+    """Sequences longer than segment_chunks chunks run as segments with the state passed on."""
+    inputs = make_inputs(2, 61, 2, 4, 6, dtype=torch.float64, seed=5, reset_prob=reset_prob,
+                         initial_state=True, requires_grad=True)
+    ref_out, ref_grads = _run(naive, inputs)
+    out, grads = _run(partial(mlstm_chunk, chunk_size=4, segment_chunks=3), inputs)  # 6 segments
+    assert_all_close(out, ref_out, atol=1e-10)
+    assert_all_close(grads, ref_grads, atol=1e-9)
+
+
 def test_packed_rows_equal_documents_alone():
     """resets and cu_seqlens: a packed row equals its documents run alone from their own states."""
     lengths = [5, 19, 1, 23]
