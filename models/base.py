@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from recurlm.models.config import ModelConfig
-from recurlm.models.layers import Embedding, Linear, cross_entropy
+from recurlm.models.layers import Embedding, Linear, cross_entropy, linear_cross_entropy
 from recurlm.models.state import LayerState, ModelState
 
 
@@ -78,6 +78,15 @@ class RecurrentLM(nn.Module):
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
 
+    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the logits of the last hidden states x [B, T, D] against labels [B, T]
+        (-100 = ignore). A bias-free head goes through ``linear_cross_entropy``, which never holds the
+        [B, T, V] logits."""
+        head = self.embed if self.head is None else self.head
+        if getattr(head, "bias", None) is not None:
+            return cross_entropy(self.logits(x), labels)
+        return linear_cross_entropy(self.norm(x), head.weight, labels, softcap=self.logit_softcap)
+
     # -- modes ----------------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, resets: Optional[torch.Tensor] = None,
                 state: Optional[ModelState] = None, return_state: bool = False,
@@ -95,9 +104,7 @@ class RecurrentLM(nn.Module):
             else:
                 x, s = block(x, resets, layer_states[i], return_state, **extra)
             new_states.append(s)
-        out = self.logits(x)
-        if labels is not None:
-            out = cross_entropy(out, labels)
+        out = self.logits(x) if labels is None else self.loss(x, labels)
         return out, (ModelState(new_states) if return_state else None)
 
     @torch.no_grad()

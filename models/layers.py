@@ -165,3 +165,93 @@ def rotate_half_rope(x: torch.Tensor, positions: torch.Tensor, rotary_dim: int, 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """Mean token cross-entropy in float32 over positions whose label is not ``ignore_index``."""
     return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=ignore_index)
+
+
+def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out = a @ b, written in place (through a temporary when out is wider than a, as for bf16 a)."""
+    if out.dtype == a.dtype:
+        torch.mm(a, b, out=out)
+    else:
+        out.copy_(a @ b)
+
+
+def _chunk_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, softcap: Optional[float],
+                         ignore_index: int, grad_scale: Optional[torch.Tensor], tanh: torch.Tensor,
+                         logits: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of one chunk of tokens x [c, D] (weight [V, D], labels [c]); ``tanh`` and
+    ``logits`` are [>= c, V] float32 (float64 for float64 x) buffers, overwritten. With ``grad_scale``
+    (a scalar tensor), ``logits[:c]`` holds on return grad_scale * d(sum of losses)/dz for the
+    pre-cap logits z = x W^T:
+
+        (softmax(l) - onehot(y)) * valid * dl/dz,    l = cap tanh(z / cap),  dl/dz = 1 - tanh(z / cap)^2
+
+    (l = z and dl/dz = 1 without soft-cap). Every pass is in place on the two buffers."""
+    tanh, logits = tanh[:x.shape[0]], logits[:x.shape[0]]
+    if softcap:
+        _mm_into(tanh, x * (1.0 / softcap), weight.t())
+        torch.mul(tanh.tanh_(), softcap, out=logits)
+    else:
+        _mm_into(logits, x, weight.t())
+    valid = labels != ignore_index
+    target = labels.clamp(min=0)[:, None]
+    row_max = logits.amax(-1, keepdim=True)
+    target_logit = logits.gather(1, target)
+    sum_exp = logits.sub_(row_max).exp_().sum(-1, keepdim=True)                    # logits now exp(l - max)
+    loss = ((sum_exp.log() + row_max - target_logit)[:, 0] * valid).sum()
+    if grad_scale is not None:
+        row_scale = (valid * grad_scale)[:, None]
+        logits.mul_(row_scale / sum_exp).scatter_add_(1, target, -row_scale.to(logits.dtype))
+        if softcap:
+            logits.addcmul_(logits, tanh.square_(), value=-1.0)
+    return loss
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward: the mean loss, and both gradients chunk by chunk while the chunk's logits are at hand.
+    Backward: those gradients times the incoming scalar (no second pass over the head)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, labels, softcap, ignore_index, chunk_size):
+        count = (labels != ignore_index).sum().to(torch.promote_types(x.dtype, torch.float32))
+        # the weight gradient is a sum over chunks: accumulated in float32 (float64) whatever x's dtype
+        grad_x, grad_w = torch.empty_like(x), torch.empty_like(weight, dtype=count.dtype)
+        buffers = count.new_empty(2, min(chunk_size, x.shape[0]), weight.shape[0])
+        loss = count.new_zeros(())
+        for start in range(0, x.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            loss += _chunk_cross_entropy(x[rows], weight, labels[rows], softcap, ignore_index, 1.0 / count, *buffers)
+            grad_logits, x_rows = buffers[1, :x[rows].shape[0]], x[rows].to(count.dtype)
+            torch.mm(grad_logits.to(x.dtype), weight, out=grad_x[rows])
+            if start == 0:
+                torch.mm(grad_logits.t(), x_rows, out=grad_w)
+            else:
+                grad_w.addmm_(grad_logits.t(), x_rows)
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return loss / count
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss.to(grad_x.dtype), (grad_w * grad_loss).to(ctx.weight_dtype), None, None, None, None
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         softcap: Optional[float] = None, ignore_index: int = -100,
+                         chunk_size: int = 256) -> torch.Tensor:
+    """``cross_entropy(softcap(x @ weight.T), labels)`` without materialising the [N, V] logits.
+
+    x [..., D], weight [V, D] (a bias-free output head), labels [...] (``ignore_index`` = ignore).
+    Tokens go through in chunks of ``chunk_size`` rows, in two reused [chunk, V] buffers; when a
+    gradient is needed, each chunk's gradients w.r.t. x and weight are formed in the forward pass
+    while its logits are in the buffers, so the backward pass never recomputes the head. Equal to
+    ``cross_entropy`` on the soft-capped logits up to float rounding (head matmul in x's dtype,
+    soft-cap and softmax in float32, as ``cross_entropy(logits(x))``)."""
+    x, labels = x.flatten(0, -2), labels.flatten()
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(x, weight, labels, softcap, ignore_index, chunk_size)
+    buffers = x.new_empty(2, min(chunk_size, x.shape[0]), weight.shape[0],
+                          dtype=torch.promote_types(x.dtype, torch.float32))
+    loss = sum(_chunk_cross_entropy(x[start:start + chunk_size], weight, labels[start:start + chunk_size], softcap,
+                                    ignore_index, None, *buffers) for start in range(0, x.shape[0], chunk_size))
+    return loss / (labels != ignore_index).sum()

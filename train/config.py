@@ -59,7 +59,8 @@ class DeepSpeedConfig:
     zero_init: bool = True
     """ZeRO-3: build the model inside deepspeed.zero.Init so no rank materialises it whole."""
     overrides: dict[str, Any] = field(default_factory=dict)
-    """Raw DeepSpeed config entries merged last (for anything not exposed above)."""
+    """Raw DeepSpeed config entries merged last, recursively (for anything not exposed above), e.g.
+    ``{zero_optimization: {stage3_param_persistence_threshold: 0}}`` keeps the stage set above."""
 
 
 @dataclass

@@ -6,6 +6,7 @@ vectors and tagged parameters, and per-group ``lr_scale`` multipliers that ``set
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -55,9 +56,19 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, global_batch_size:
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
-    for key, value in ds.overrides.items():
-        config[key] = value
-    return config
+    return _merged(config, ds.overrides)
+
+
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` merged in recursively: overriding one key of a section (e.g.
+    ``zero_optimization.stage3_param_persistence_threshold``) keeps the section's other keys."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 class SkipNonFinite(torch.optim.Optimizer):
