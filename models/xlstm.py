@@ -83,9 +83,10 @@ RECURRENCE_CHUNK = 64
 @dataclass
 class XLSTMConfig(ModelConfig):
     family: str = "xlstm"
-    architecture: str = "v1"
+    architecture: Optional[str] = None
     """"v1": the paper's mixed mLSTM/sLSTM stack (xlstm package ``xLSTMLMModel``); "xlstm7b":
-    mLSTM + SwiGLU blocks with soft-capped gates (``xlstm.xlstm_large``, transformers' xLSTM)."""
+    mLSTM + SwiGLU blocks with soft-capped gates (``xlstm.xlstm_large``, transformers' xLSTM).
+    None: the size preset's (``7b``: xlstm7b), else v1."""
     n_heads: Optional[int] = None
     """Heads of the mLSTM matrix memory (v1 paper: 4; xLSTM-7B: 8)."""
     block_types: List[str] = field(default_factory=lambda: ["mlstm", "slstm"] + ["mlstm"] * 6)
@@ -124,6 +125,11 @@ class XLSTMConfig(ModelConfig):
     """Epsilon added to the mLSTM denominator."""
 
 
+def architecture(cfg: XLSTMConfig) -> str:
+    """The architecture ``cfg`` builds: its own, v1 when neither it nor its size preset names one."""
+    return cfg.architecture or "v1"
+
+
 def round_up(x: float, multiple: int) -> int:
     """The smallest multiple of ``multiple`` >= x (v1 widths, the xlstm package's ``UpProjConfigMixin``)."""
     return int(math.ceil(x / multiple) * multiple)
@@ -150,7 +156,7 @@ def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
 
 
 def norm_eps(cfg: XLSTMConfig) -> float:
-    return cfg.norm_eps if cfg.norm_eps is not None else (1e-5 if cfg.architecture == "v1" else 1e-6)
+    return cfg.norm_eps if cfg.norm_eps is not None else (1e-5 if architecture(cfg) == "v1" else 1e-6)
 
 
 class GroupLayerNorm(nn.Module):
@@ -439,9 +445,9 @@ class XLSTMBlock(Block):
 
 def block_kinds(cfg: XLSTMConfig) -> list[str]:
     """The kind of every block: "mlstm7b" for xlstm7b; v1 from slstm_at or the block_types pattern."""
-    if cfg.architecture not in ARCHITECTURES:
+    if architecture(cfg) not in ARCHITECTURES:
         raise ValueError(f"xlstm: architecture must be one of {ARCHITECTURES}, got {cfg.architecture!r}")
-    if cfg.architecture == "xlstm7b":
+    if architecture(cfg) == "xlstm7b":
         return ["mlstm7b"] * cfg.n_layers
     if cfg.slstm_at is not None:
         bad = [i for i in cfg.slstm_at if not 0 <= i < cfg.n_layers]
@@ -460,7 +466,7 @@ class XLSTMLM(RecurrentLM):
     def __init__(self, cfg: XLSTMConfig):
         kinds = block_kinds(cfg)
         eps = norm_eps(cfg)
-        v1 = cfg.architecture == "v1"
+        v1 = architecture(cfg) == "v1"
         final_norm = GroupLayerNorm(cfg.d_model, eps=eps, offset=True) if v1 else RMSNorm(cfg.d_model, eps)
         softcap = cfg.logit_softcap if cfg.logit_softcap is not None else (None if v1 else 30.0)
         super().__init__(cfg, [XLSTMBlock(cfg, kind, i) for i, kind in enumerate(kinds)], final_norm,
