@@ -91,7 +91,14 @@ def state_dict_from_transformers(hf_state_dict: dict[str, torch.Tensor], cfg: Gr
 
 
 def state_dict_to_transformers(state_dict: dict[str, torch.Tensor], cfg: GriffinConfig) -> dict[str, torch.Tensor]:
-    """recurlm GriffinLM state_dict -> HF RecurrentGemmaForCausalLM state_dict (lm_head included)."""
+    """recurlm GriffinLM state_dict -> HF RecurrentGemmaForCausalLM state_dict (lm_head included).
+
+    Raises ValueError for weights RecurrentGemma has no place for (e.g. ``state_expansion`` > 1),
+    which an export would otherwise drop silently."""
+    unmapped = sorted(set(state_dict) - {ours for ours, *_ in key_map(cfg)})
+    if unmapped:
+        raise ValueError(f"RecurrentGemma has no weights for {unmapped[:4]}{' ...' if len(unmapped) > 4 else ''} "
+                         f"(state_expansion={cfg.state_expansion}; transformers' model needs 1)")
     out = {theirs: to_hf(state_dict[ours]) for ours, theirs, _, to_hf in key_map(cfg)}
     out.setdefault("lm_head.weight", out["model.embed_tokens.weight"])
     return out

@@ -180,3 +180,11 @@ def test_presets_build(family):
         if size == "rg2b":
             assert abs(model.num_params(non_embedding=True) / 2.03e9 - 1) < 0.01
             assert abs(model.num_params() / 2.68e9 - 1) < 0.01
+
+
+def test_transformers_export_refuses_expanded_state():
+    from recurlm.models.convert.recurrentgemma import state_dict_to_transformers
+
+    model = build_model({"family": "griffin", "size": "tiny", "vocab_size": 64, "state_expansion": 2})
+    with pytest.raises(ValueError, match="state_expansion=2"):
+        state_dict_to_transformers(model.state_dict(), model.config)
