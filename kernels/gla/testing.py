@@ -7,6 +7,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from recurlm.kernels.gla.chunk import CHUNK_SIZE
+
 
 def make_inputs(
     batch: int = 2,
@@ -57,7 +59,7 @@ def make_inputs(
 
 
 def flops(batch: int, seq_len: int, heads: int, head_dim: int, value_dim: int | None = None,
-          chunk_size: int = 64) -> int:
+          chunk_size: int = CHUNK_SIZE) -> int:
     """Forward matmul FLOPs of the chunkwise form (2 per multiply-add).
 
     Per token and head: intra-chunk weights q k^T and their product with v over a chunk

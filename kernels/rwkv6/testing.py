@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from recurlm.kernels.gla import testing as gla_testing
+from recurlm.kernels.gla.chunk import CHUNK_SIZE
 
 
 def make_inputs(*args, seed: int = 0, **kwargs) -> dict[str, torch.Tensor]:
@@ -19,7 +20,7 @@ def make_inputs(*args, seed: int = 0, **kwargs) -> dict[str, torch.Tensor]:
 
 
 def flops(batch: int, seq_len: int, heads: int, head_dim: int, value_dim: int | None = None,
-          chunk_size: int = 64) -> int:
+          chunk_size: int = CHUNK_SIZE) -> int:
     """Forward FLOPs of the chunkwise form: GLA's (see :func:`recurlm.kernels.gla.testing.flops`)
     plus the bonus term (r . (u * k)) v: 3 K + 2 V per token and head."""
     value_dim = head_dim if value_dim is None else value_dim

@@ -28,12 +28,12 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, head_dim, value_dim,
     assert_results_close(actual, expected, atol=1e-10, rtol=1e-9)
 
 
-@pytest.mark.parametrize("chunk_size,sub_chunk_size,decays", [
-    (16, 4, "mild"), (16, 4, "all_elementwise"), (16, 4, "mixed"), (8, 8, "mixed"), (32, 1, "mild")])
-def test_chunk_geometries_match_naive(chunk_size, sub_chunk_size, decays, monkeypatch):
-    """Several chunks of several sub-chunks each, with resets at chunk and sub-chunk edges; the
-    diagonal sub-chunk blocks by the factorised matmul, by the elementwise form (forced), and by a
-    mix of both (strong decays on a stretch)."""
+@pytest.mark.parametrize("chunk_size,decays", [
+    (8, "mild"), (8, "all_elementwise"), (8, "mixed"), (2, "mixed"), (4, "mild"), (16, "mixed")])
+def test_chunk_geometries_match_naive(chunk_size, decays, monkeypatch):
+    """Several chunks, with resets at chunk edges, mid-chunk and at the factorisation reference; A
+    by the factorised matmul, by the elementwise form (forced), and by a mix of both (strong decays
+    on a stretch)."""
     if decays == "all_elementwise":
         monkeypatch.setattr(chunk_module, "FACTORISABLE_LOG_DECAY", 0.0)
     inputs = make_inputs(2, 45, 2, 6, 3, dtype=torch.float64, initial_state=True, requires_grad=True, seed=1)
@@ -46,8 +46,7 @@ def test_chunk_geometries_match_naive(chunk_size, sub_chunk_size, decays, monkey
     inputs["resets"] = resets
 
     def chunked(q, k, v, g, initial_state, resets, output_final_state):
-        return chunk_gated_attention(q, k, v, g, 0.4, initial_state, resets,
-                                     chunk_size=chunk_size, sub_chunk_size=sub_chunk_size)
+        return chunk_gated_attention(q, k, v, g, 0.4, initial_state, resets, chunk_size=chunk_size)
 
     def naive(q, k, v, g, initial_state, resets, output_final_state):
         return naive_gla(q, k, v, g, 0.4, initial_state, resets)
@@ -105,17 +104,55 @@ def test_cu_seqlens_with_resets():
     assert actual["dinitial_state"][1].abs().max() == 0  # discarded by the reset at its first token
 
 
-def test_gradcheck_chunk():
+@pytest.mark.parametrize("factorisable", [40.0, 0.0])
+def test_gradcheck_chunk(factorisable, monkeypatch):
+    """The hand-written backward by finite differences: factorised blocks, and (forced) every block
+    recomputed by halves down to single tokens."""
+    monkeypatch.setattr(chunk_module, "FACTORISABLE_LOG_DECAY", factorisable)
     inputs = make_inputs(2, 9, 1, 3, 2, dtype=torch.float64, initial_state=True, requires_grad=True, seed=7)
     resets = torch.zeros(2, 9, dtype=torch.bool)
     resets[0, 5] = True
     resets[1, 0] = True
 
-    def fn(q, k, v, g, initial_state):  # three chunks of two sub-chunks
-        return chunk_gated_attention(q, k, v, g, 0.7, initial_state, resets, chunk_size=4, sub_chunk_size=2)
+    def fn(q, k, v, g, initial_state):  # three chunks
+        return chunk_gated_attention(q, k, v, g, 0.7, initial_state, resets, chunk_size=4)
 
     names = ("q", "k", "v", "g", "initial_state")
     assert torch.autograd.gradcheck(fn, tuple(inputs[n] for n in names), fast_mode=True)
+
+
+def test_backward_matches_autograd_through_naive_strong_decays():
+    """The hand-written backward vs autograd through the sequential loop, float64, default chunk
+    size: strong decays (down to -20, a stretch of exactly -20, a stretch of 0), resets (one at a
+    chunk edge, one mid-chunk, one at the last token) and an initial state on one row."""
+    inputs = make_inputs(2, 150, 2, 8, 5, dtype=torch.float64, decay_scale=8.0, initial_state=True,
+                         requires_grad=True, seed=16)
+    with torch.no_grad():
+        inputs["g"][:, 40:75] = -20.0
+        inputs["g"][:, 75:90] = 0.0
+    resets = torch.zeros(2, 150, dtype=torch.bool)
+    resets[0, [0, 64, 77, 149]] = True
+    resets[1, [50]] = True
+    inputs["resets"] = resets
+    actual = outputs_and_grads(gla, inputs, impl="chunk")
+    assert_results_close(actual, outputs_and_grads(gla, inputs, impl="naive"), atol=1e-10, rtol=1e-9)
+    # a reset token's decay multiplies a dropped state: its gradient cancels to rounding
+    assert actual["dg"][0, 77].abs().max() < 1e-12
+
+
+def test_mixed_input_dtypes_accumulate_in_the_queries_dtype():
+    """float64 queries with float32 log decays (as a float64 model with float32 gates passes them):
+    everything is converted before any arithmetic, so the result is float64-exact."""
+    inputs = make_inputs(2, 13, 2, 8, 4, dtype=torch.float64, seed=18)
+    inputs["g"] = inputs["g"].float()
+    o, _ = chunk_gated_attention(**inputs, scale=0.3)
+    torch.testing.assert_close(o, naive_gla(**inputs, scale=0.3)[0], atol=1e-13, rtol=1e-12)
+
+
+def test_chunk_size_must_be_a_power_of_two():
+    inputs = make_inputs(1, 8, 1, 4, 4, seed=17)
+    with pytest.raises(ValueError, match="power of two"):
+        chunk_gated_attention(**inputs, scale=1.0, chunk_size=12)
 
 
 @pytest.mark.parametrize("impl", ["chunk", "naive"])

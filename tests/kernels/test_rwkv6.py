@@ -6,6 +6,7 @@ from fla.ops.rwkv6.chunk_naive import naive_chunk_rwkv6
 from fla.ops.rwkv6.recurrent_naive import naive_recurrent_rwkv6
 
 from recurlm.kernels.dispatch import triton_interpreting
+from recurlm.kernels.gla import chunk as chunk_module
 from recurlm.kernels.gla.chunk import chunk_gated_attention
 from recurlm.kernels.gla.testing import assert_results_close, fla_interpreter, outputs_and_grads
 from recurlm.kernels.rwkv6 import rwkv6
@@ -41,17 +42,36 @@ def test_reset_drops_state_for_the_resetting_token_itself():
     torch.testing.assert_close(o[0, 3, 0], 0.5 * (r * u * k).sum() * v)
 
 
-def test_gradcheck_chunk_several_chunks():
+@pytest.mark.parametrize("factorisable", [40.0, 0.0])
+def test_gradcheck_chunk_several_chunks(factorisable, monkeypatch):
+    """The hand-written backward by finite differences: factorised blocks, and (forced) every block
+    recomputed by halves down to single tokens."""
+    monkeypatch.setattr(chunk_module, "FACTORISABLE_LOG_DECAY", factorisable)
     inputs = make_inputs(2, 9, 1, 3, 2, dtype=torch.float64, initial_state=True, requires_grad=True, seed=2)
     resets = torch.zeros(2, 9, dtype=torch.bool)
     resets[0, [0, 5]] = True
     resets[1, 7] = True
 
-    def fn(r, k, v, w, u, initial_state):  # chunks of 4 tokens in sub-chunks of 2
-        return chunk_gated_attention(r, k, v, w, 0.6, initial_state, resets, bonus=u, chunk_size=4, sub_chunk_size=2)
+    def fn(r, k, v, w, u, initial_state):  # three chunks of 4 tokens
+        return chunk_gated_attention(r, k, v, w, 0.6, initial_state, resets, bonus=u, chunk_size=4)
 
     names = ("r", "k", "v", "w", "u", "initial_state")
     assert torch.autograd.gradcheck(fn, tuple(inputs[n] for n in names), fast_mode=True)
+
+
+def test_backward_matches_autograd_through_naive_strong_decays():
+    """The hand-written backward (bonus included) vs autograd through the sequential loop, float64:
+    strong decays (down to -20, a stretch of exactly -20), resets and an initial state."""
+    inputs = make_inputs(2, 100, 2, 8, 5, dtype=torch.float64, decay_scale=8.0, initial_state=True,
+                         requires_grad=True, seed=9)
+    with torch.no_grad():
+        inputs["w"][:, 20:45] = -20.0
+    resets = torch.zeros(2, 100, dtype=torch.bool)
+    resets[0, [32, 70]] = True
+    resets[1, [0, 99]] = True
+    inputs["resets"] = resets
+    actual = outputs_and_grads(rwkv6, inputs, impl="chunk")
+    assert_results_close(actual, outputs_and_grads(rwkv6, inputs, impl="naive"), atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("with_resets", [False, True])
@@ -125,7 +145,7 @@ def test_bad_u_raises():
 
 
 def test_flops_adds_bonus_term():
-    assert flops(1, 64, 1, 16, 8) == 64 * (2 * 64 * 24 + 4 * 16 * 8 + 3 * 16 + 2 * 8)
+    assert flops(1, 64, 1, 16, 8, chunk_size=64) == 64 * (2 * 64 * 24 + 4 * 16 * 8 + 3 * 16 + 2 * 8)
 
 
 @pytest.fixture
