@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recurlm.kernels.dplr import dplr_delta_rule
+from recurlm.kernels.dplr import dplr_delta_rule, dplr_step
 from recurlm.models.config import ModelConfig
 from recurlm.models.rwkv_common import (ChannelMix, HeadGroupNorm, RWKVBlock, RWKVLM, depth_ratios,
                                         lerp_prev, no_weight_decay, orthogonal_, OrthogonalLinear,
@@ -134,17 +134,12 @@ class RWKV7TimeMix(nn.Module):
         self.ln_x = HeadGroupNorm(self.n_heads, D, cfg.group_norm_eps,
                                   weight_init=((layer_idx + 1) / cfg.n_layers) ** 0.7)
 
-    def forward(self, x: torch.Tensor, resets: Optional[torch.Tensor], wkv: Optional[torch.Tensor],
-                shift: Optional[torch.Tensor], return_state: bool, first_value: FirstLayerValue
-                ) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-        """x [B, T, D] → (out [B, T, D], wkv state [B, H, N, N] or None, last token [B, D])."""
-        B, T, D = x.shape
-        H, N = self.n_heads, self.head_dim
-        x_prev, new_shift = token_shift(x, resets, shift)
-        dx = x_prev - x
+    def _inputs(self, x: torch.Tensor, dx: torch.Tensor, first_value: FirstLayerValue
+                ) -> tuple[torch.Tensor, ...]:
+        """x, dx = x_prev - x [..., D] -> r, k, v, a, g [..., D], w [..., D] (log decay, at least
+        float32) and kk [..., H, N] (module docstring)."""
         mixes = (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g)
         xr, xw, xk, xv, xa, xg = (lerp_prev(x, dx, mu) for mu in mixes)
-
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
@@ -156,16 +151,36 @@ class RWKV7TimeMix(nn.Module):
             v = torch.lerp(v, first_value.v, torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2))
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
-
-        kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1)
+        kk = F.normalize((k * self.k_k).unflatten(-1, (self.n_heads, self.head_dim)), dim=-1)
         k = k * (1 + (a - 1) * self.k_a)
-        r, k, v, a = (t.view(B, T, H, N) for t in (r, k, v, a))
-        o, new_wkv = dplr_delta_rule(r, k, v, -kk, kk * a, w.view(B, T, H, N), scale=1.0,
-                                     initial_state=wkv, output_final_state=return_state, resets=resets,
-                                     impl=self.impl)
-        bonus = (r * k * self.r_k).sum(-1, keepdim=True) * v  # [B, T, H, N]
-        o = self.ln_x(o) + bonus.reshape(B, T, D)
-        return self.output(o * g), new_wkv, new_shift
+        return r, k, v, a, g, w, kk
+
+    def _output(self, o: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
+                ) -> torch.Tensor:
+        """Recurrence output o and r, k, v [..., H, N], gate g [..., D] -> the mixer's output [..., D]."""
+        bonus = (r * k * self.r_k).sum(-1, keepdim=True) * v
+        return self.output((self.ln_x(o) + bonus.flatten(-2)) * g)
+
+    def forward(self, x: torch.Tensor, resets: Optional[torch.Tensor], wkv: Optional[torch.Tensor],
+                shift: Optional[torch.Tensor], return_state: bool, first_value: FirstLayerValue
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+        """x [B, T, D] → (out [B, T, D], wkv state [B, H, N, N] or None, last token [B, D])."""
+        x_prev, new_shift = token_shift(x, resets, shift)
+        r, k, v, a, g, w, kk = self._inputs(x, x_prev - x, first_value)
+        r, k, v, a, w = (t.unflatten(-1, (self.n_heads, self.head_dim)) for t in (r, k, v, a, w))
+        o, new_wkv = dplr_delta_rule(r, k, v, -kk, kk * a, w, scale=1.0, initial_state=wkv,
+                                     output_final_state=return_state, resets=resets, impl=self.impl)
+        return self._output(o, r, k, v, g), new_wkv, new_shift
+
+    def step(self, x: torch.Tensor, wkv: torch.Tensor, shift: torch.Tensor, first_value: FirstLayerValue
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One token (decoding): x [B, D], wkv [B, H, N, N], shift [B, D] (the previous token) →
+        (out [B, D], new wkv, x as the next shift). Same math as ``forward`` at T = 1, without the
+        kernel dispatch and the [B, 1, ...] time axis."""
+        r, k, v, a, g, w, kk = self._inputs(x, shift - x, first_value)
+        r, k, v, a, w = (t.unflatten(-1, (self.n_heads, self.head_dim)) for t in (r, k, v, a, w))
+        o, wkv = dplr_step(r, k, v, -kk, kk * a, w, 1.0, wkv)
+        return self._output(o, r, k, v, g), wkv, x
 
     def flops_per_token(self, seq_len: int, chunk: int = 64) -> float:
         D, N = self.n_heads * self.head_dim, self.head_dim

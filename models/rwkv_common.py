@@ -83,7 +83,7 @@ def lerp_prev(x: torch.Tensor, dx: torch.Tensor, mu: torch.Tensor) -> torch.Tens
 
 
 class HeadGroupNorm(nn.Module):
-    """GroupNorm with one group per head (the ``ln_x`` of RWKV-6/7), over [B, T, H, N] → [B, T, H * N].
+    """GroupNorm with one group per head (the ``ln_x`` of RWKV-6/7), over [..., H, N] → [..., H * N].
 
     y = (o - mean_h(o)) / sqrt(var_h(o) + eps) * weight + bias, statistics per token and head,
     computed in float32. The official models use eps = 64e-5 (1e-5 * head_size_divisor ** 2)."""
@@ -95,9 +95,10 @@ class HeadGroupNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, o: torch.Tensor) -> torch.Tensor:
-        B, T, H, N = o.shape
-        y = F.group_norm(o.float().reshape(B * T, H * N), H, self.weight.float(), self.bias.float(), self.eps)
-        return y.view(B, T, H * N).to(o.dtype)
+        """o [..., H, N] -> [..., H * N]."""
+        *lead, H, N = o.shape
+        y = F.group_norm(o.float().reshape(-1, H * N), H, self.weight.float(), self.bias.float(), self.eps)
+        return y.view(*lead, H * N).to(o.dtype)
 
 
 class ChannelMix(nn.Module):
@@ -122,11 +123,18 @@ class ChannelMix(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, T, D], resets [B, T], last [B, D] → (out [B, T, D], new last [B, D])."""
         x_prev, new_last = token_shift(x, resets, last)
-        dx = x_prev - x
+        return self._mix(x, x_prev - x), new_last
+
+    def step(self, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """One token: x [B, D], last [B, D] (the previous token's input) → out [B, D]."""
+        return self._mix(x, last - x)
+
+    def _mix(self, x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        """x, dx = x_prev - x [..., D] → out [..., D]."""
         out = self.value(torch.relu(self.key(lerp_prev(x, dx, self.x_k))).square())
         if self.receptance is not None:
             out = torch.sigmoid(self.receptance(lerp_prev(x, dx, self.x_r))) * out
-        return out, new_last
+        return out
 
     def flops_per_token(self) -> int:
         d, f = self.key.in_features, self.key.out_features
@@ -160,6 +168,19 @@ class RWKVBlock(Block):
         h, shift_ffn = self.ffn(self.ln2(x), resets, state.get("shift_ffn"))
         x = x + h
         return x, ({"wkv": wkv, "shift_att": shift_att, "shift_ffn": shift_ffn} if return_state else None)
+
+    def step(self, x, state, **extra):
+        """One token through the mixers' own ``step`` where the time mixer has one (RWKV-7), else
+        through ``forward`` at T = 1."""
+        if not hasattr(self.att, "step"):
+            return super().step(x, state, **extra)
+        if self.ln0 is not None:
+            x = self.ln0(x)
+        h, wkv, shift_att = self.att.step(self.ln1(x), state["wkv"], state["shift_att"], **extra)
+        x = x + h
+        ffn_in = self.ln2(x)
+        x = x + self.ffn.step(ffn_in, state["shift_ffn"])
+        return x, {"wkv": wkv, "shift_att": shift_att, "shift_ffn": ffn_in}
 
     def init_state(self, batch_size: int, device=None) -> LayerState:
         H, N, D = self.att.n_heads, self.att.head_dim, self.d_model

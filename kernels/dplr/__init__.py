@@ -27,9 +27,9 @@ import torch
 
 from recurlm.kernels.dispatch import pad_varlen, resolve_impl, run_varlen
 from recurlm.kernels.dplr.chunk import dplr_chunk
-from recurlm.kernels.dplr.naive import dplr_naive
+from recurlm.kernels.dplr.naive import dplr_naive, dplr_step
 
-__all__ = ["dplr_delta_rule"]
+__all__ = ["dplr_delta_rule", "dplr_step"]
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor,

@@ -52,10 +52,19 @@ def dplr_naive(
     for t in range(seq_len):
         if resets is not None:
             state = torch.where(resets[:, t, None, None, None], torch.zeros_like(state), state)
-        read = torch.einsum("bhk,bhkv->bhv", a[:, t], state)  # a_t^T S_{t-1}
-        state = (gk[:, t].exp()[..., None] * state
-                 + b[:, t, ..., None] * read[..., None, :]
-                 + k[:, t, ..., None] * v[:, t, ..., None, :])
-        outputs.append(torch.einsum("bhk,bhkv->bhv", q[:, t] * scale, state))
+        o_t, state = dplr_step(q[:, t], k[:, t], v[:, t], a[:, t], b[:, t], gk[:, t], scale, state)
+        outputs.append(o_t)
     o = torch.stack(outputs, dim=1).to(out_dtype)
     return o, (state if output_final_state else None)
+
+
+def dplr_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+              gk: torch.Tensor, scale: float, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token: q, k, a, b, gk [B, H, K], v [B, H, V], state S_{t-1} [B, H, K, V] ->
+    (o_t [B, H, V] in q's dtype, S_t [B, H, K, V]), computed in the wider of q's and the state's
+    dtypes (decoding calls this directly)."""
+    out_dtype, acc = q.dtype, torch.promote_types(q.dtype, state.dtype)
+    q, k, v, a, b, gk, state = (x.to(acc) for x in (q, k, v, a, b, gk, state))
+    read = (a[..., None, :] @ state).squeeze(-2)  # a_t^T S_{t-1}: [B, H, V]
+    state = torch.addcmul(gk.exp()[..., None] * state + k[..., None] * v[..., None, :], b[..., None], read[..., None, :])
+    return ((q[..., None, :] @ state).squeeze(-2) * scale).to(out_dtype), state
