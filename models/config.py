@@ -42,7 +42,9 @@ def preset_table(family: str) -> dict[str, dict]:
 
 
 def _preset_fields(table: dict[str, dict]) -> set[str]:
-    return {key for preset in table.values() for key in preset}
+    """Fields every preset sets: a custom size must set them. A field only some presets set (e.g.
+    xLSTM's ``architecture``) has a meaningful None, which the other presets already rely on."""
+    return set.intersection(*(set(preset) for preset in table.values()))
 
 
 def apply_preset(cfg: ModelConfig) -> ModelConfig:
