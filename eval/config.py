@@ -36,6 +36,8 @@ class EvalConfig:
     """mqar: numbers of key-value pairs stored before the queries."""
     mqar_examples: int = 16
     """mqar: sequences per number of pairs (every pair is queried once per sequence)."""
+    mqar_value_digits: int = 3
+    """mqar: digits per value (as the training source's ``value_digits``; chance is 10^-digits)."""
     state_tracking_tasks: List[str] = field(default_factory=lambda: ["parity", "modcount"])
     """state_tracking: which sequences (parity = sum mod 2, modcount = sum mod ``modulus``)."""
     state_tracking_lengths: List[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128])

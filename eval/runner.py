@@ -85,7 +85,7 @@ def run_tasks(model: RecurrentLM, tokenizer: Any, data: Any, cfg: EvalConfig, ou
                 plotter = plots.plot_passkey
             elif task == "mqar":
                 new, curve = mqar_eval(model, tokenizer, cfg.mqar_pairs, cfg.mqar_examples, cfg.seed,
-                                       cfg.batch_size, chunk_len)
+                                       cfg.batch_size, chunk_len, cfg.mqar_value_digits)
                 records += new
                 plotter = plots.plot_mqar
             elif task == "state_tracking":

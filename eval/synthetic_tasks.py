@@ -58,15 +58,17 @@ def _accuracy(model, tokenizer, exs: Sequence[Example], batch_size: int, chunk_l
 
 
 def mqar_eval(model: RecurrentLM, tokenizer: Any, num_pairs: Sequence[int], count: int, seed: int,
-              batch_size: int, chunk_len: int) -> tuple[list[Record], dict]:
-    """Recall accuracy (all pairs queried) per number of stored key-value pairs."""
+              batch_size: int, chunk_len: int, value_digits: int = 3) -> tuple[list[Record], dict]:
+    """Recall accuracy (all pairs queried) per number of stored key-value pairs; values have
+    ``value_digits`` digits (chance: 10^-value_digits per query)."""
     state_bytes = model.state_bytes()
     records, curve = [], {"num_pairs": [], "accuracy": [], "state_bytes": state_bytes}
     for n in num_pairs:
-        acc, queries = _accuracy(model, tokenizer, examples("mqar", seed + n, count, {"num_pairs": n}),
+        acc, queries = _accuracy(model, tokenizer, examples("mqar", seed + n, count,
+                                                        {"num_pairs": n, "value_digits": value_digits}),
                                  batch_size, chunk_len)
         records.append(Record("mqar", "accuracy", acc, {"num_pairs": n, "queries": queries,
-                                                        "state_bytes": state_bytes,
+                                                        "value_digits": value_digits, "state_bytes": state_bytes,
                                                         "state_bytes_per_pair": state_bytes / n}))
         curve["num_pairs"].append(n)
         curve["accuracy"].append(acc)

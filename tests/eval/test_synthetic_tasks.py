@@ -45,6 +45,32 @@ def test_oracle_scores_one_and_a_wrong_token_fails_its_answer(tokenizer, monkeyp
     assert records[0].settings["state_bytes_per_pair"] == model.state_bytes() / 2
 
 
+def test_mqar_eval_scores_values_of_the_requested_length(tokenizer, monkeypatch, make_model):
+    """``value_digits`` reaches the examples: every scored answer is a 1-digit value, and a model that
+    gets every answer's first token right but nothing else scores 1 at one digit, 0 at three."""
+    seen = []
+    real = st.answer_correct
+
+    def spy(model, tok, batch, chunk_len):
+        seen.extend(a for ex in batch for a in ex.answers)
+        return real(model, tok, batch, chunk_len)
+
+    def first_token_only(model, ids, chunk_len):
+        """The true next token where the previous token is "=" (an answer's first token), else wrong."""
+        pred = (torch.roll(ids, -1, dims=1) + 1) % 300
+        equals = torch.tensor([tokenizer.decode([int(i)]).endswith("=") for i in ids.flatten()]).view_as(ids)
+        return torch.where(equals, torch.roll(ids, -1, dims=1), pred)
+
+    monkeypatch.setattr(st, "answer_correct", spy)
+    monkeypatch.setattr(st, "chunked_argmax", first_token_only)
+    model = make_model()
+    one, _ = st.mqar_eval(model, tokenizer, [3], 2, 0, 2, 8, value_digits=1)
+    assert seen and all(len(a) == 1 and a.isdigit() for a in seen)
+    assert one[0].value == 1.0 and one[0].settings["value_digits"] == 1
+    three, _ = st.mqar_eval(model, tokenizer, [3], 2, 0, 2, 8)
+    assert three[0].value == 0.0 and three[0].settings["value_digits"] == 3
+
+
 def test_random_model_is_near_chance_on_state_tracking(tokenizer, make_model):
     records, curve = st.state_tracking_eval(make_model("hawk"), tokenizer, ["parity"], [4, 8], 5, 16, 0, 8, 16)
     accs = [r.value for r in records if r.metric == "accuracy"]
