@@ -106,6 +106,7 @@ def _transfer(name: str, old: Optional[torch.Tensor], fresh: torch.Tensor, facto
     model did not have) and a freshly initialised ``fresh``."""
     if old is None:
         return fresh.clone()  # new parameters initialise to the identity (Griffin's mixing weights)
+    old = old.float()
     if old.shape == fresh.shape:
         return old.clone()
     if old.numel() == fresh.numel():  # per-head vectors [H, N] -> [H / f, f N]: same channels, regrouped
@@ -129,8 +130,7 @@ def expand_state(model: RecurrentLM, factor: int, seed: int = 0) -> RecurrentLM:
     torch.manual_seed(seed)
     new = build_model(cfg)
     old_state = model.state_dict()
-    new.load_state_dict({name: _transfer(name, None if name not in old_state else old_state[name].float(), fresh,
-                                         factor)
+    new.load_state_dict({name: _transfer(name, old_state.get(name), fresh, factor)
                          for name, fresh in new.state_dict().items()})
     return new.eval()
 

@@ -240,11 +240,14 @@ class Trainer:
 
         cfg = as_dataclass(self.job.eval, EvalConfig)
         if self.env.is_main or self.job.deepspeed.zero_stage == 3:
-            out_dir = (cfg.out_dir or os.path.join(self.run_dir, "eval", str(self.step))) if self.env.is_main \
-                else tempfile.mkdtemp(prefix="recurlm-eval-")
-            result = run_tasks(self.model, self.data.tokenizer, self.data, cfg, out_dir, self.step, self.loop.seq_len,
-                               log=self.monitor.log if self.env.is_main else None,
-                               wandb_run=self.monitor.run if self.env.is_main else None, checkpoint=self.last_checkpoint or "")
+            # ranks other than 0 write their (identical) results to a scratch directory, removed after
+            with tempfile.TemporaryDirectory(prefix="recurlm-eval-") as scratch:
+                out_dir = (cfg.out_dir or os.path.join(self.run_dir, "eval", str(self.step))) if self.env.is_main \
+                    else scratch
+                result = run_tasks(self.model, self.data.tokenizer, self.data, cfg, out_dir, self.step,
+                                   self.loop.seq_len, log=self.monitor.log if self.env.is_main else None,
+                                   wandb_run=self.monitor.run if self.env.is_main else None,
+                                   checkpoint=self.last_checkpoint or "")
             self.monitor.write(result["summary"])
         barrier()
 
