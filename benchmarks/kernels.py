@@ -8,8 +8,8 @@ references of other packages, forward + backward, side by side in one process.
 For every op and sequence length T it prints:
 - fwd+bwd time of ``impl="chunk"`` and ``impl="naive"`` and their ratio (target: chunk >= 10x naive
   at T = 2048). naive is only run up to ``--naive-max-t`` (2048 in full mode); above it its time is
-  extrapolated from the longest measured length, linearly in T (a sequential loop), quadratically
-  for local_attention (its naive oracle is dense masked attention), and marked "~".
+  extrapolated from the longest measured length, linearly in T (every naive path is a sequential
+  loop), and marked "~".
 - achieved GFLOP/s of the chunk path: 3 x the forward FLOPs of ``<op>/testing.flops`` (backward
   ~= 2 x forward) over the fwd+bwd time, and the fraction of this machine's float32 matmul ceiling
   (2048^3 matmul, measured at the start of the same run).
@@ -19,8 +19,10 @@ For every op and sequence length T it prints:
 - a second table: recurlm chunk vs the other packages' torch references run on the same inputs
   (pre-transposed to their layout): mlstm_kernels ``chunkwise--native_autograd`` for mlstm, fla's
   ``naive_recurrent_gla`` (fla has no torch chunk GLA), ``naive_chunk_rwkv6`` (forward only: its
-  backward fails in place) and ``naive_recurrent_rwkv6``, and ``dplr_chunkwise``. "ref / recurlm" > 1
-  means recurlm is faster (target: >= 1).
+  backward fails in place) and ``naive_recurrent_rwkv6``, and ``dplr_chunkwise``; for local_attention
+  torch's own SDPA with a dense banded mask (``testing.banded_sdpa_reference``, the test oracle of
+  naive; O(T^2), so skipped above ``--naive-max-t``). "ref / recurlm" > 1 means recurlm is faster
+  (target: >= 1).
 """
 from __future__ import annotations
 
@@ -80,6 +82,8 @@ class Reference:
     backward: bool = True
     min_t: int = 1
     """Some references need T to be a multiple of their chunk size."""
+    quadratic: bool = False
+    """O(T^2) references run only up to --naive-max-t."""
 
 
 @dataclass
@@ -93,9 +97,6 @@ class OpBench:
     """T -> forward FLOPs (testing.flops)."""
     shape: str
     references: list[Reference] = field(default_factory=list)
-    naive_order: int = 1
-    """naive's time grows like T ** naive_order (1: sequential loop; 2: local attention's dense
-    masked T x (T + W) oracle), used to extrapolate it beyond --naive-max-t."""
 
 
 def _bhtd(*names: str, rest: tuple[str, ...] = ()) -> Callable[[Inputs], dict]:
@@ -145,10 +146,12 @@ def build_ops(B: int, H: int, D: int, scan_dim: int, window: int) -> dict[str, O
                 lambda T: titans_t.flops(B, T, H, D, depth=2), f"B={B} H={H} D={D} depth=2 chunk=16"),
         OpBench("local_attention", lambda T: la_t.make_inputs(B, T, H, 1, D, window, requires_grad=True),
                 lambda x, impl: local_attention(**x, impl=impl)[0],
-                lambda T: la_t.flops(B, T, H, D, window), f"B={B} H={H} Hkv=1 D={D} window={window}",
-                naive_order=2),
+                lambda T: la_t.flops(B, T, H, D, window), f"B={B} H={H} Hkv=1 D={D} window={window}"),
     ]
     ops = {op.name: op for op in ops}
+    ops["local_attention"].references.append(Reference(
+        "torch SDPA, dense banded mask", lambda x: {n: x[n].detach().clone().requires_grad_() for n in "qkv"},
+        lambda a: la_t.banded_sdpa_reference(a["q"], a["k"], a["v"], window), quadratic=True))
     _add_references(ops)
     return ops
 
@@ -213,7 +216,7 @@ def bench_op(op: OpBench, lengths: list[int], naive_max_t: int, repeats: int, ce
             candidates["naive"] = fwd_bwd(lambda: op.run(inputs, "naive"), leaves)
         refs = {}
         for ref in op.references:
-            if T % ref.min_t:
+            if T % ref.min_t or (ref.quadratic and T > naive_max_t):
                 continue
             args = ref.prepare(inputs)
             forward = (lambda ref=ref, args=args: ref.run(args))
@@ -228,7 +231,7 @@ def bench_op(op: OpBench, lengths: list[int], naive_max_t: int, repeats: int, ce
             naive, naive_txt = times["naive"], fmt_time(times["naive"])
             naive_at = (T, naive)
         elif naive_at is not None:
-            naive = naive_at[1] * (T / naive_at[0]) ** op.naive_order
+            naive = naive_at[1] * T / naive_at[0]
             naive_txt = "~" + fmt_time(naive)
         else:
             naive, naive_txt = None, "-"
@@ -275,7 +278,7 @@ def main() -> None:
     ceiling = matmul_gflops()
     print(f"# recurlm kernels, CPU fwd+bwd, float32, {threads} threads, {'quick' if quick else 'full'} mode")
     print(f"# float32 matmul ceiling (2048^3, best of 5, this run): {ceiling:.1f} GFLOP/s")
-    print(f"# shapes: {dims}; naive run up to T={naive_max_t}, '~' = extrapolated (T, or T^2 for local_attention); "
+    print(f"# shapes: {dims}; naive run up to T={naive_max_t}, '~' = extrapolated linearly in T; "
           f"best of {repeats} interleaved rounds")
 
     ops = build_ops(**dims)

@@ -176,20 +176,22 @@ def _mm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 def _chunk_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, softcap: Optional[float],
-                         ignore_index: int, grad_scale: Optional[torch.Tensor], tanh: torch.Tensor,
+                         ignore_index: int, grad_scale: Optional[torch.Tensor], gate: torch.Tensor,
                          logits: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of one chunk of tokens x [c, D] (weight [V, D], labels [c]); ``tanh`` and
+    """Summed cross-entropy of one chunk of tokens x [c, D] (weight [V, D], labels [c]); ``gate`` and
     ``logits`` are [>= c, V] float32 (float64 for float64 x) buffers, overwritten. With ``grad_scale``
     (a scalar tensor), ``logits[:c]`` holds on return grad_scale * d(sum of losses)/dz for the
     pre-cap logits z = x W^T:
 
         (softmax(l) - onehot(y)) * valid * dl/dz,    l = cap tanh(z / cap),  dl/dz = 1 - tanh(z / cap)^2
 
-    (l = z and dl/dz = 1 without soft-cap). Every pass is in place on the two buffers."""
-    tanh, logits = tanh[:x.shape[0]], logits[:x.shape[0]]
+    (l = z and dl/dz = 1 without soft-cap). The soft-cap goes through the sigmoid, about 5x cheaper
+    than tanh on CPU: cap tanh(z / cap) = 2 cap s - cap with s = sigmoid(2 z / cap), the constant
+    -cap cancels in the softmax, and dl/dz = 4 s (1 - s). Every pass is in place on the two buffers."""
+    gate, logits = gate[:x.shape[0]], logits[:x.shape[0]]
     if softcap:
-        _mm_into(tanh, x * (1.0 / softcap), weight.t())
-        torch.mul(tanh.tanh_(), softcap, out=logits)
+        _mm_into(gate, x * (2.0 / softcap), weight.t())
+        torch.mul(gate.sigmoid_(), 2.0 * softcap, out=logits)
     else:
         _mm_into(logits, x, weight.t())
     valid = labels != ignore_index
@@ -199,10 +201,10 @@ def _chunk_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     sum_exp = logits.sub_(row_max).exp_().sum(-1, keepdim=True)                    # logits now exp(l - max)
     loss = ((sum_exp.log() + row_max - target_logit)[:, 0] * valid).sum()
     if grad_scale is not None:
-        row_scale = (valid * grad_scale)[:, None]
+        row_scale = (valid * grad_scale * (4.0 if softcap else 1.0))[:, None]
         logits.mul_(row_scale / sum_exp).scatter_add_(1, target, -row_scale.to(logits.dtype))
         if softcap:
-            logits.addcmul_(logits, tanh.square_(), value=-1.0)
+            logits.mul_(gate.addcmul_(gate, gate, value=-1.0))                      # times s (1 - s)
     return loss
 
 

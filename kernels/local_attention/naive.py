@@ -1,10 +1,10 @@
-"""Reference sliding-window attention: one explicit masked softmax over the extended sequence.
+"""Reference sliding-window attention: the sequential loop, one query at a time over its window.
 
-    o_t = sum_s softmax_s(scale * q_t . k_s + mask_ts) v_s,
-    mask_ts = 0 if t - window < s <= t and doc(s) == doc(t) else -inf,
+    o_t = sum_s softmax_s(scale * q_t . k_s) v_s   over   t - window < s <= t, doc(s) == doc(t),
 
-over the cached window - 1 tokens followed by the T new ones (see ``state.py``). O(T (T + W))
-memory: a test oracle, not a fast path.
+read from the extended sequence of ``state.py`` (the cached window - 1 tokens followed by the T new
+ones), exactly as decoding with a key/value cache does. O(T * W) work in T small steps: a test
+oracle, not a fast path. ``testing.banded_sdpa_reference`` pins it to torch's SDPA.
 """
 from __future__ import annotations
 
@@ -21,16 +21,16 @@ def local_attention_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
 
     ``lengths`` [B] (right-padded rows) only moves where the final state is read."""
     dtype = torch.promote_types(q.dtype, torch.float32)
-    batch, seq_len, heads, _ = q.shape
+    seq_len, kv_heads = q.shape[1], k.shape[2]
     k_ext, v_ext, doc_ext = extend_with_state(k, v, initial_state, resets, window, dtype)
-    group = heads // k.shape[2]
-    keys, values = k_ext.repeat_interleave(group, dim=2), v_ext.repeat_interleave(group, dim=2)
-    scores = torch.einsum("bthd,bshd->bhts", q.to(dtype), keys) * scale  # [B, H, T, W - 1 + T]
-    query_pos = torch.arange(seq_len, device=q.device)[:, None] + window - 1
-    distance = query_pos - torch.arange(k_ext.shape[1], device=q.device)[None, :]
-    in_window = (distance >= 0) & (distance < window)  # [T, W - 1 + T]
-    same_doc = doc_ext[:, window - 1:, None] == doc_ext[:, None, :]  # [B, T, W - 1 + T]
-    scores = scores.masked_fill(~(in_window & same_doc)[:, None], float("-inf"))
-    out = torch.einsum("bhts,bshd->bthd", scores.softmax(dim=-1), values)
+    outputs = []
+    for t in range(seq_len):
+        # new token t sits at extended position t + window - 1; its window starts at position t
+        keys, values, docs = k_ext[:, t:t + window], v_ext[:, t:t + window], doc_ext[:, t:t + window]
+        query = q[:, t].to(dtype).unflatten(1, (kv_heads, -1))  # [B, Hkv, H / Hkv, D]
+        scores = torch.einsum("bngd,bsnd->bngs", query, keys) * scale  # [B, Hkv, H / Hkv, W]
+        same_doc = docs == docs[:, -1:]  # [B, W]; the query itself always qualifies
+        probs = scores.masked_fill(~same_doc[:, None, None], float("-inf")).softmax(dim=-1)
+        outputs.append(torch.einsum("bngs,bsnd->bngd", probs, values).flatten(1, 2))
     final_state = final_state_from(k_ext, v_ext, doc_ext, window, lengths) if output_final_state else None
-    return out.to(q.dtype), final_state
+    return torch.stack(outputs, dim=1).to(q.dtype), final_state

@@ -1,14 +1,12 @@
-"""local_attention: chunk path against the masked-softmax reference, SDPA, and state passing."""
+"""local_attention: chunk path against the sequential reference, the reference against SDPA, state passing."""
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from recurlm.kernels.boundaries import doc_ids_from_resets
 from recurlm.kernels.local_attention import LocalAttentionState, local_attention
 from recurlm.kernels.local_attention.chunk import local_attention_chunk
-from recurlm.kernels.local_attention.testing import flops, make_inputs
+from recurlm.kernels.local_attention.testing import banded_sdpa_reference, flops, make_inputs
 
 
 def leaves(inputs: dict) -> list[torch.Tensor]:
@@ -38,19 +36,6 @@ def with_impl(impl: str, **extra):
     return lambda **kw: local_attention(**kw, output_final_state=True, impl=impl, **extra)
 
 
-def sdpa_reference(q, k, v, window, resets):
-    """torch's scaled_dot_product_attention with an explicit banded causal + document mask."""
-    seq_len = q.shape[1]
-    t = torch.arange(seq_len)
-    band = (t[:, None] - t[None, :] >= 0) & (t[:, None] - t[None, :] < window)
-    docs = doc_ids_from_resets(resets) if resets is not None else torch.zeros(q.shape[:2], dtype=torch.long)
-    mask = band & (docs[:, :, None] == docs[:, None, :])
-    group = q.shape[2] // k.shape[2]
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.repeat_interleave(group, 2).transpose(1, 2),
-                                         v.repeat_interleave(group, 2).transpose(1, 2), attn_mask=mask[:, None])
-    return out.transpose(1, 2)
-
-
 SHAPES = [  # batch, seq_len, heads, kv_heads, head_dim, window
     (2, 1, 2, 1, 4, 4), (2, 9, 2, 2, 4, 1), (2, 37, 4, 2, 8, 5), (1, 64, 3, 1, 4, 17), (2, 50, 2, 1, 4, 64)]
 
@@ -74,7 +59,7 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, kv_heads, head_dim, 
 def test_naive_matches_sdpa_banded_mask(reset_prob):
     inputs = make_inputs(3, 45, 4, 2, 8, 7, torch.float64, seed=2, reset_prob=reset_prob)
     out, _ = local_attention(**inputs, impl="naive")
-    expected = sdpa_reference(inputs["q"], inputs["k"], inputs["v"], 7, inputs["resets"])
+    expected = banded_sdpa_reference(inputs["q"], inputs["k"], inputs["v"], 7, inputs["resets"])
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 
 
