@@ -9,6 +9,11 @@ Training step: forward + backward of the mean next-token loss on a batch of B x 
 (gradients zeroed each step, no optimizer), best of N interleaved rounds; tokens/s = B T / time.
 Peak memory: ``common.PeakTensorMemory`` over one training step (activations, gradients and
 temporaries; parameters excluded since they exist before). Target: recurlm >= 1.5x the reference.
+Roofline: the matmul FLOPs of recurlm's training step (``torch.utils.flop_counter``: mm, bmm,
+addmm, attention) over this machine's float32 matmul rate (``common.matmul_gflops``, measured in
+the same run) give the step's *matmul floor*, the time of its matmuls alone at peak speed; "ref /
+floor" is then the largest speed-up over the reference that any implementation doing the same
+matmuls could reach (non-matmul work and matmul inefficiency both zero).
 
 Decode: recurlm's ``model.step`` with its O(1) state, one token at a time (batch 1); tokens/s over
 ``--decode-tokens`` steps, the state size, and the peak tensor memory of a single step early in the
@@ -35,7 +40,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from recurlm.benchmarks.common import best_times, fmt_bytes, fmt_ratio, peak_memory_bytes, print_table, set_threads
+from torch.utils.flop_counter import FlopCounterMode
+
+from recurlm.benchmarks.common import (best_times, fmt_bytes, fmt_ratio, fmt_time, matmul_gflops,
+                                       peak_memory_bytes, print_table, set_threads)
 
 SKIPPED = {
     "titans_mac": "no whole-model reference: titans-pytorch's MemoryAsContextTransformer segments and attends "
@@ -177,6 +185,13 @@ def train_step(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: Callable
     return step
 
 
+def matmul_flops(step: Callable[[], None]) -> int:
+    """FLOPs of the matmuls (and attention) that one call of ``step`` runs, forward and backward."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops()
+
+
 def decode_loop(model, tokens: list[int]) -> Callable[[], None]:
     def run() -> None:
         state = model.init_state(1)
@@ -222,6 +237,8 @@ def main() -> None:
     print(f"# recurlm models vs references, CPU float32, {threads} thread(s), {'quick' if quick else 'full'} mode")
     print(f"# config: d_model={d}, n_layers={layers}, vocab={vocab}, batch {B} x T={T}, Griffin window {window}; "
           f"best of {repeats} interleaved rounds; decode {n_decode} tokens")
+    ceiling = matmul_gflops()
+    print(f"# float32 matmul ceiling (2048^3, best of 5, this run): {ceiling:.1f} GFLOP/s")
 
     ids = torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(0))
     decode_tokens = ids[0, :n_decode].tolist()
@@ -244,16 +261,17 @@ def main() -> None:
                 continue
             params = f"{pair.ours.num_params() / 1e6:.1f}M"
             ours_train = train_step(pair.ours_loss, lambda: list(pair.ours.parameters()), ids)
+            floor = matmul_flops(ours_train) / (ceiling * 1e9)
             if pair.ref_loss is not None:
                 ref_train = train_step(pair.ref_loss, pair.ref_params, ids)
                 t = best_times({"ours": ours_train, "ref": ref_train}, repeats=repeats)
                 train_rows.append([family, params, pair.ref_name, f"{B * T / t['ref']:.0f}", f"{B * T / t['ours']:.0f}",
-                                   fmt_ratio(t["ref"] / t["ours"]), fmt_bytes(peak_memory_bytes(ref_train)),
-                                   fmt_bytes(peak_memory_bytes(ours_train))])
+                                   fmt_ratio(t["ref"] / t["ours"]), fmt_time(floor), fmt_ratio(t["ref"] / floor),
+                                   fmt_bytes(peak_memory_bytes(ref_train)), fmt_bytes(peak_memory_bytes(ours_train))])
             else:
                 t = best_times({"ours": ours_train}, repeats=repeats)
-                train_rows.append([family, params, pair.ref_name + " (cannot train)", "-",
-                                   f"{B * T / t['ours']:.0f}", "-", "-", fmt_bytes(peak_memory_bytes(ours_train))])
+                train_rows.append([family, params, pair.ref_name + " (cannot train)", "-", f"{B * T / t['ours']:.0f}",
+                                   "-", fmt_time(floor), "-", "-", fmt_bytes(peak_memory_bytes(ours_train))])
             with torch.no_grad():
                 t = best_times({"ours": lambda: pair.ours(ids[:1]), "ref": lambda: pair.ref_forward(ids[:1])},
                                repeats=repeats)
@@ -272,8 +290,8 @@ def main() -> None:
                                 fmt_bytes(pair.ours.state_bytes()), fmt_bytes(early), fmt_bytes(late)])
             print(f"# {family} done", flush=True)
 
-    print_table(["family", "params", "reference", "ref tok/s", "recurlm tok/s", "recurlm / ref", "ref peak mem",
-                 "recurlm peak mem"], train_rows,
+    print_table(["family", "params", "reference", "ref tok/s", "recurlm tok/s", "recurlm / ref", "matmul floor",
+                 "ref / floor", "ref peak mem", "recurlm peak mem"], train_rows,
                 title=f"training step (fwd+bwd), batch {B} x T={T} (target: recurlm / ref >= 1.5x)")
     print_table(["family", "reference", "ref tok/s", "recurlm tok/s", "recurlm / ref"], fwd_rows,
                 title=f"forward only (no grad), 1 x T={T}")

@@ -227,7 +227,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if start == 0:
                 torch.mm(grad_logits.t(), x_rows, out=grad_w)
             else:
-                grad_w.addmm_(grad_logits.t(), x_rows)
+                torch.addmm(grad_w, grad_logits.t(), x_rows, out=grad_w)  # = addmm_, and FLOP counters see it
         ctx.save_for_backward(grad_x, grad_w)
         ctx.weight_dtype = weight.dtype
         return loss / count
