@@ -53,8 +53,8 @@ class SourceConfig:
     (see ``recurlm.data.synthetic.make_example``). Ignored by other kinds."""
 
     weight: float = 1.0
-    """Mixture weight: the share of every global training batch drawn from this source (weights
-    are normalised over the sources)."""
+    """Mixture weight: the share of every global training batch drawn from this source, and of the
+    tokenizer's training sample (weights are normalised over the sources)."""
 
 
 @dataclass
@@ -76,7 +76,9 @@ class TokenizerConfig:
     """Share of characters (by frequency) that get their own piece; the rest fall back to bytes."""
 
     input_sentence_size: int = 200_000
-    """Number of training sentences (line chunks) sampled from the corpus; 0 uses all."""
+    """Number of training sentences (line chunks) sampled from the corpus; 0 uses all. With several
+    sources the sample follows their mixture weights (``weight * input_sentence_size`` sentences
+    from each, fewer if a source has fewer); with 0, every sentence of every source whatever the weights."""
 
     max_sentence_bytes: int = 2048
     """Documents are cut into training sentences of at most this many bytes on line boundaries

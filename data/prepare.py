@@ -29,7 +29,7 @@ from recurlm.data.config import DataConfig
 from recurlm.data.loader import Batch, PackedLoader, iter_eval_batches
 from recurlm.data.shards import FORMAT_VERSION, ShardSet, check_tokenizer
 from recurlm.data.sources import fingerprint, iter_documents
-from recurlm.data.tokenizer import Tokenizer, train_tokenizer
+from recurlm.data.tokenizer import Tokenizer, mixture_sample, train_tokenizer
 
 
 @dataclass
@@ -80,7 +80,9 @@ def _say(msg: str, progress: bool) -> None:
 def _tokenizer_for(cfg: DataConfig, fingerprints: dict[str, dict], root: str, progress: bool) -> Tokenizer:
     if cfg.tokenizer_path:
         return Tokenizer(os.path.expanduser(cfg.tokenizer_path))
-    key = _key({"tokenizer": dataclasses.asdict(cfg.tokenizer), "sources": fingerprints})
+    weighted = len(cfg.sources) > 1 and cfg.tokenizer.input_sentence_size > 0
+    key = _key({"tokenizer": dataclasses.asdict(cfg.tokenizer), "sources": fingerprints,
+                **({"mixture": cfg.mixture_weights()} if weighted else {})})
     path = os.path.join(root, "tokenizers", key, "tokenizer.model")
     with _locked(path + ".lock"):
         if os.path.isfile(path):
@@ -88,8 +90,18 @@ def _tokenizer_for(cfg: DataConfig, fingerprints: dict[str, dict], root: str, pr
             return Tokenizer(path)
         t0 = time.perf_counter()
         _say(f"training a {cfg.tokenizer.model_type} tokenizer ({cfg.tokenizer.vocab_size} pieces)", progress)
-        texts = (doc.text for src in cfg.sources for doc in iter_documents(src))
-        tok = train_tokenizer(texts, cfg.tokenizer, path)
+        settings = cfg.tokenizer
+        if weighted:  # a sample by mixture weight, not by source size; SentencePiece then takes all of it
+            texts, counts = mixture_sample({src.name: (doc.text for doc in iter_documents(src)) for src in cfg.sources},
+                                           cfg.mixture_weights(), settings.input_sentence_size,
+                                           settings.max_sentence_bytes, settings.seed)
+            _say("tokenizer sample by mixture weight: " + ", ".join(
+                f"{name} {sampled:,} of {available:,} sentences" for name, (sampled, available) in counts.items()),
+                progress)
+            settings = dataclasses.replace(settings, input_sentence_size=0)
+        else:
+            texts = (doc.text for src in cfg.sources for doc in iter_documents(src))
+        tok = train_tokenizer(texts, settings, path)
         _say(f"tokenizer trained in {time.perf_counter() - t0:.1f}s: {path}", progress)
         return tok
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from typing import Iterable, Iterator, Sequence
+import random
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -104,6 +105,34 @@ def line_chunks(text: str, max_bytes: int) -> Iterator[str]:
         size += n
     if buf:
         yield "".join(buf)
+
+
+def mixture_sample(sources: Mapping[str, Iterable[str]], weights: Mapping[str, float], total: int,
+                   max_bytes: int, seed: int) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """A tokenizer training sample that follows a mixture rather than the sources' sizes.
+
+    From each source's documents, cut into training sentences by ``line_chunks``, reservoir-samples
+    round(weights[name] * total) sentences uniformly (its own seeded RNG, so the sample does not
+    depend on the order of the sources); a source holding fewer gives all it has. Returns the
+    sentences shuffled, and ``{name: (sampled, available)}``."""
+    sample: list[str] = []
+    counts = {}
+    for name, texts in sources.items():
+        quota = round(weights[name] * total)
+        rng = random.Random(f"{seed}:{name}")
+        reservoir: list[str] = []
+        seen = 0
+        for text in texts:
+            for sentence in line_chunks(text, max_bytes):
+                seen += 1
+                if len(reservoir) < quota:
+                    reservoir.append(sentence)
+                elif (slot := rng.randrange(seen)) < quota:
+                    reservoir[slot] = sentence
+        sample += reservoir
+        counts[name] = (len(reservoir), seen)
+    random.Random(seed).shuffle(sample)
+    return sample, counts
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, out_path: str) -> Tokenizer:

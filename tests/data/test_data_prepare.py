@@ -162,3 +162,19 @@ def test_mixture_of_sources_and_a_given_tokenizer(tmp_path, corpus, tiny_tokeniz
     assert batch.input_ids.shape == (8, 8)
     with pytest.raises(ValueError, match="source names must be unique"):
         prepare(dataclasses.replace(cfg, sources=[cfg.sources[0], cfg.sources[0]]))
+
+
+def test_tokenizer_of_a_mixture_samples_by_weight(tmp_path, capsys, corpus, tiny_tokenizer_cfg):
+    a_dir, _ = corpus(60, seed=1, name="a")
+    b_dir, _ = corpus(20, seed=2, name="b")
+    sources = [SourceConfig(name="a", kind="text", paths=[a_dir], weight=1.0),
+               SourceConfig(name="b", kind="text", paths=[b_dir], weight=1.0)]
+    sampled = dataclasses.replace(tiny_tokenizer_cfg, input_sentence_size=120, max_sentence_bytes=256)
+    cfg = DataConfig(sources=sources, tokenizer=sampled,
+                     valid_fraction=0.2, cache_dir=str(tmp_path / "cache"), num_workers=1)
+    first = prepare(cfg)
+    assert "tokenizer sample by mixture weight: a 60 of " in capsys.readouterr().err
+    # other weights are another tokenizer (the cache key holds them)
+    reweighted = dataclasses.replace(cfg, sources=[sources[0], dataclasses.replace(sources[1], weight=3.0)])
+    second = prepare(reweighted)
+    assert "a 30 of " in capsys.readouterr().err and second.tokenizer.path != first.tokenizer.path

@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from recurlm.data.config import DataConfig
-from recurlm.data.tokenizer import Tokenizer, line_chunks, train_tokenizer
+from recurlm.data.tokenizer import Tokenizer, line_chunks, mixture_sample, train_tokenizer
 
 
 def test_round_trip_keeps_whitespace_and_unseen_characters(tiny_tokenizer):
@@ -77,3 +77,21 @@ def test_jsonl_yaml_fits_the_schema():
     cfg = OmegaConf.to_object(merged)
     cfg.validate()
     assert cfg.sources[0].kind == "jsonl" and cfg.tokenizer.vocab_size == 32768
+
+
+def test_mixture_sample_follows_the_weights_not_the_source_sizes():
+    big = [f"big {i}\n" for i in range(5000)]
+    small = [f"small {i}\n" for i in range(300)]
+    sample, counts = mixture_sample({"big": big, "small": small}, {"big": 0.5, "small": 0.5}, total=400,
+                                    max_bytes=64, seed=0)
+    assert counts == {"big": (200, 5000), "small": (200, 300)}
+    assert sum(s.startswith("small") for s in sample) == 200 and len(set(sample)) == 400
+    # uniform within a source: the reservoir reaches the end of the big one
+    assert max(int(s.split()[1]) for s in sample if s.startswith("big")) > 4000
+    # a quota larger than the source takes all of it; the sample is reproducible and order-free
+    _, counts = mixture_sample({"big": big, "small": small}, {"big": 0.1, "small": 0.9}, total=1000,
+                               max_bytes=64, seed=0)
+    assert counts == {"big": (100, 5000), "small": (300, 300)}
+    again, _ = mixture_sample({"small": small, "big": big}, {"big": 0.5, "small": 0.5}, total=400,
+                              max_bytes=64, seed=0)
+    assert sorted(again) == sorted(sample)
