@@ -2,7 +2,10 @@
 
 Cache layout under ``cfg.resolved_cache_dir()``::
 
-    tokenizers/<key>/tokenizer.model   key = hash(tokenizer settings, fingerprints of all sources)
+    tokenizers/<key>/tokenizer.model   key = hash(tokenizer settings, fingerprints of all sources,
+                                          split settings, mixture weights of a sampled mixture)
+
+The tokenizer trains on the training documents only (the validation split is held out of it too).
     shards/<source>-<key>/{train,valid}/  key = hash(tokenizer sha256, source fingerprint, split
                                           settings, shard size, shard format version)
 
@@ -24,8 +27,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
-from recurlm.data.build import build_shards
-from recurlm.data.config import DataConfig
+from recurlm.data.build import build_shards, is_valid_doc
+from recurlm.data.config import DataConfig, SourceConfig
 from recurlm.data.loader import Batch, PackedLoader, iter_eval_batches
 from recurlm.data.shards import FORMAT_VERSION, ShardSet, check_tokenizer
 from recurlm.data.sources import fingerprint, iter_documents
@@ -82,6 +85,7 @@ def _tokenizer_for(cfg: DataConfig, fingerprints: dict[str, dict], root: str, pr
         return Tokenizer(os.path.expanduser(cfg.tokenizer_path))
     weighted = len(cfg.sources) > 1 and cfg.tokenizer.input_sentence_size > 0
     key = _key({"tokenizer": dataclasses.asdict(cfg.tokenizer), "sources": fingerprints,
+                "held_out": [cfg.valid_fraction, cfg.split_seed],
                 **({"mixture": cfg.mixture_weights()} if weighted else {})})
     path = os.path.join(root, "tokenizers", key, "tokenizer.model")
     with _locked(path + ".lock"):
@@ -90,9 +94,13 @@ def _tokenizer_for(cfg: DataConfig, fingerprints: dict[str, dict], root: str, pr
             return Tokenizer(path)
         t0 = time.perf_counter()
         _say(f"training a {cfg.tokenizer.model_type} tokenizer ({cfg.tokenizer.vocab_size} pieces)", progress)
+        def training_texts(src: SourceConfig) -> Iterator[str]:  # validation documents stay unseen
+            return (doc.text for doc in iter_documents(src)
+                    if not is_valid_doc(doc.doc_id, src.name, cfg.valid_fraction, cfg.split_seed))
+
         settings = cfg.tokenizer
         if weighted:  # a sample by mixture weight, not by source size; SentencePiece then takes all of it
-            texts, counts = mixture_sample({src.name: (doc.text for doc in iter_documents(src)) for src in cfg.sources},
+            texts, counts = mixture_sample({src.name: training_texts(src) for src in cfg.sources},
                                            cfg.mixture_weights(), settings.input_sentence_size,
                                            settings.max_sentence_bytes, settings.seed)
             _say("tokenizer sample by mixture weight: " + ", ".join(
@@ -100,7 +108,7 @@ def _tokenizer_for(cfg: DataConfig, fingerprints: dict[str, dict], root: str, pr
                 progress)
             settings = dataclasses.replace(settings, input_sentence_size=0)
         else:
-            texts = (doc.text for src in cfg.sources for doc in iter_documents(src))
+            texts = (text for src in cfg.sources for text in training_texts(src))
         tok = train_tokenizer(texts, settings, path)
         _say(f"tokenizer trained in {time.perf_counter() - t0:.1f}s: {path}", progress)
         return tok

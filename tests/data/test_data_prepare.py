@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import importlib
 import os
 
 import numpy as np
@@ -178,3 +179,17 @@ def test_tokenizer_of_a_mixture_samples_by_weight(tmp_path, capsys, corpus, tiny
     reweighted = dataclasses.replace(cfg, sources=[sources[0], dataclasses.replace(sources[1], weight=3.0)])
     second = prepare(reweighted)
     assert "a 30 of " in capsys.readouterr().err and second.tokenizer.path != first.tokenizer.path
+
+
+def test_tokenizer_never_sees_validation_documents(tmp_path, monkeypatch, corpus, tiny_tokenizer_cfg):
+    prepare_module = importlib.import_module("recurlm.data.prepare")  # the package exports a function of that name
+    directory, texts = corpus(30, seed=3)
+    seen: list[str] = []
+    train = prepare_module.train_tokenizer
+    monkeypatch.setattr(prepare_module, "train_tokenizer", lambda t, *a: train(seen.extend(t) or seen, *a))
+    src = SourceConfig(name="c", kind="text", paths=[directory])
+    data = prepare(DataConfig(sources=[src], tokenizer=tiny_tokenizer_cfg, valid_fraction=0.3,
+                              cache_dir=str(tmp_path / "cache"), num_workers=1), progress=False)
+    valid_texts = {doc.text for doc in iter_documents(src) if is_valid_doc(doc.doc_id, "c", 0.3, 0)}
+    assert valid_texts and data.valid.num_docs == len(valid_texts)
+    assert not valid_texts & set(seen) and len(seen) == len(texts) - len(valid_texts)
