@@ -7,15 +7,34 @@ cu_seqlens=None, impl="auto") -> (output, final_state | None)``. ``impl`` picks:
 - ``"chunk"``: the PyTorch chunkwise form (the CPU path and the fallback on any device);
 - ``"triton"``: the Triton kernel (CUDA; on CPU only under ``TRITON_INTERPRET=1``);
 - ``"auto"``: Triton for CUDA tensors, chunk elsewhere (naive for a single token on CPU).
+
+Every op runs outside ``torch.autocast`` (``autocast_off``): it fixes its own precisions.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Sequence
 
 import torch
 
 IMPLS = ("auto", "naive", "chunk", "triton")
+
+
+def autocast_off(fn: Callable) -> Callable:
+    """``fn`` run with ``torch.autocast`` disabled on CPU and CUDA.
+
+    The kernels fix their own precisions (float32 state and accumulation, outputs in the input
+    dtype); inside an autocast region its per-op casts would run the chunk paths' float32 matmuls
+    in bf16 or mix dtypes within an op. Decorates every public op. Their backward passes then run
+    in the forward's precisions, provided ``.backward()`` is called outside autocast, as PyTorch
+    requires of autocast in general."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*args, **kwargs)
+
+    return run
 
 
 def triton_interpreting() -> bool:

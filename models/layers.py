@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recurlm.kernels.dispatch import autocast_off
+
 
 def init_normal_(weight: torch.Tensor, std: float) -> torch.Tensor:
     """Truncated-normal init at ±3 std, the default of every projection in recurlm."""
@@ -238,6 +240,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_x * grad_loss.to(grad_x.dtype), (grad_w * grad_loss).to(ctx.weight_dtype), None, None, None, None
 
 
+@autocast_off
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                          softcap: Optional[float] = None, ignore_index: int = -100,
                          chunk_size: int = 256) -> torch.Tensor:
@@ -248,7 +251,7 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     gradient is needed, each chunk's gradients w.r.t. x and weight are formed in the forward pass
     while its logits are in the buffers, so the backward pass never recomputes the head. Equal to
     ``cross_entropy`` on the soft-capped logits up to float rounding (head matmul in x's dtype,
-    soft-cap and softmax in float32, as ``cross_entropy(logits(x))``)."""
+    soft-cap and softmax in float32, as ``cross_entropy(logits(x))``; autocast is off inside)."""
     x, labels = x.flatten(0, -2), labels.flatten()
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(x, weight, labels, softcap, ignore_index, chunk_size)

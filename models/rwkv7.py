@@ -148,7 +148,8 @@ class RWKV7TimeMix(nn.Module):
         if self.layer_idx == 0:
             first_value.v = v
         else:
-            v = torch.lerp(v, first_value.v, torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2))
+            mix = torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)  # float32 under autocast, like v0
+            v = torch.lerp(v, first_value.v, mix.to(v.dtype))
         a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)
         g = torch.sigmoid(xg @ self.g1) @ self.g2
         kk = F.normalize((k * self.k_k).unflatten(-1, (self.n_heads, self.head_dim)), dim=-1)

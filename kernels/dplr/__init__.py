@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from recurlm.kernels.dispatch import pad_varlen, resolve_impl, run_varlen
+from recurlm.kernels.dispatch import autocast_off, pad_varlen, resolve_impl, run_varlen
 from recurlm.kernels.dplr.chunk import dplr_chunk
 from recurlm.kernels.dplr.naive import dplr_naive, dplr_step
 
@@ -65,6 +65,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Te
                          f"got {tuple(initial_state.shape)}")
 
 
+@autocast_off
 def dplr_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,

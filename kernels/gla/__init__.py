@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from recurlm.kernels.dispatch import autocast_off
 from recurlm.kernels.gla.chunk import chunk_gla
 from recurlm.kernels.gla.frontend import dispatch_gated
 from recurlm.kernels.gla.naive import naive_gla
@@ -14,6 +15,7 @@ from recurlm.kernels.gla.triton import triton_gla
 __all__ = ["gla"]
 
 
+@autocast_off
 def gla(
     q: torch.Tensor,
     k: torch.Tensor,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from recurlm.kernels.dispatch import check_boundaries, resolve_impl, run_varlen
+from recurlm.kernels.dispatch import autocast_off, check_boundaries, resolve_impl, run_varlen
 from recurlm.kernels.linear_scan.chunk import linear_scan_chunk
 from recurlm.kernels.linear_scan.naive import linear_scan_naive
 
@@ -20,6 +20,7 @@ def _check_inputs(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor 
         raise ValueError(f"initial_state must be {(num_states, *x.shape[2:])}, got {tuple(initial_state.shape)}")
 
 
+@autocast_off
 def linear_scan(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None = None,
                 output_final_state: bool = False, resets: torch.Tensor | None = None,
                 cu_seqlens: torch.Tensor | None = None, impl: str = "auto",

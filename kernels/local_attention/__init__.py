@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from recurlm.kernels.dispatch import check_boundaries, pad_varlen, resolve_impl, unpad_varlen
+from recurlm.kernels.dispatch import autocast_off, check_boundaries, pad_varlen, resolve_impl, unpad_varlen
 from recurlm.kernels.local_attention.chunk import local_attention_chunk
 from recurlm.kernels.local_attention.naive import local_attention_naive
 from recurlm.kernels.local_attention.state import LocalAttentionState
@@ -32,6 +32,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int
                              f"valid {cache_shape[:2]}")
 
 
+@autocast_off
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float | None = None,
                     initial_state: LocalAttentionState | None = None, output_final_state: bool = False,
                     resets: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,

@@ -5,7 +5,7 @@ from functools import partial
 
 import torch
 
-from recurlm.kernels.dispatch import check_boundaries, resolve_impl, run_varlen
+from recurlm.kernels.dispatch import autocast_off, check_boundaries, resolve_impl, run_varlen
 from recurlm.kernels.mlstm.chunk import mlstm_chunk
 from recurlm.kernels.mlstm.naive import mlstm_naive
 from recurlm.kernels.mlstm.state import MLSTMState
@@ -28,6 +28,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Te
     check_boundaries(batch, seq_len, resets, cu_seqlens)
 
 
+@autocast_off
 def mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
           initial_state: MLSTMState | tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
           output_final_state: bool = False, resets: torch.Tensor | None = None,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from recurlm.kernels.dispatch import check_boundaries, pad_varlen, resolve_impl, unpad_varlen
+from recurlm.kernels.dispatch import autocast_off, check_boundaries, pad_varlen, resolve_impl, unpad_varlen
 from recurlm.kernels.slstm.chunk import slstm_chunk
 from recurlm.kernels.slstm.naive import slstm_naive
 from recurlm.kernels.slstm.state import SLSTMState
@@ -23,6 +23,7 @@ def _check_inputs(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None,
     check_boundaries(batch, seq_len, resets, cu_seqlens)
 
 
+@autocast_off
 def slstm(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None = None,
           initial_state: SLSTMState | tuple[torch.Tensor, ...] | None = None,
           output_final_state: bool = False, resets: torch.Tensor | None = None,

@@ -43,14 +43,15 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch import resolve_impl
-from .chunk import chunk_titans_memory
-from .common import TitansMemoryState, Weights, validate, varlen_loop
-from .naive import naive_titans_memory
+from recurlm.kernels.dispatch import autocast_off, resolve_impl
+from recurlm.kernels.titans_memory.chunk import chunk_titans_memory
+from recurlm.kernels.titans_memory.common import TitansMemoryState, Weights, validate, varlen_loop
+from recurlm.kernels.titans_memory.naive import naive_titans_memory
 
 __all__ = ["titans_memory", "TitansMemoryState"]
 
 
+@autocast_off
 def titans_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, eta: torch.Tensor,
                   alpha: torch.Tensor, init_weights: Weights | None = None,
                   initial_state: TitansMemoryState | None = None, output_final_state: bool = False,

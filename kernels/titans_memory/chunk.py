@@ -43,7 +43,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .common import ACTIVATIONS, TitansMemoryState, Weights, compute_dtype, memory_gradient, start_state
+from recurlm.kernels.titans_memory.common import ACTIVATIONS, TitansMemoryState, Weights, compute_dtype, memory_gradient, start_state
 
 
 class ChunkCoefficients(NamedTuple):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import TitansMemoryState, Weights, compute_dtype, memory_forward, memory_gradient, start_state
+from recurlm.kernels.titans_memory.common import TitansMemoryState, Weights, compute_dtype, memory_forward, memory_gradient, start_state
 
 
 def naive_titans_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor,

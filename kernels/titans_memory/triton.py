@@ -23,8 +23,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .chunk import ChunkCoefficients, chunk_coefficients
-from .common import TitansMemoryState, Weights, start_state
+from recurlm.kernels.titans_memory.chunk import ChunkCoefficients, chunk_coefficients
+from recurlm.kernels.titans_memory.common import TitansMemoryState, Weights, start_state
 
 
 @triton.jit
