@@ -4,6 +4,7 @@ same weights (through ``models/convert``), side by side in one process.
     python -m recurlm.benchmarks.models            # full: ~20M-parameter configs, T = 2048
     python -m recurlm.benchmarks.models --quick    # tiny configs, T = 256
     python -m recurlm.benchmarks.models --families griffin,xlstm
+    python -m recurlm.benchmarks.models --families xlstm --autocast bf16   # training steps in bf16 autocast
 
 Training step: forward + backward of the mean next-token loss on a batch of B x T random tokens
 (gradients zeroed each step, no optimizer), best of N interleaved rounds; tokens/s = B T / time.
@@ -176,11 +177,16 @@ def fla_pair(family: str, d: int, layers: int, vocab: int, ids: torch.Tensor) ->
                 lambda: list(ref.parameters()))
 
 
-def train_step(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: Callable[[], list], ids) -> Callable[[], None]:
+def train_step(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: Callable[[], list], ids,
+               autocast: torch.dtype | None = None) -> Callable[[], None]:
+    """One training step's forward + backward; with ``autocast`` the forward and loss run inside
+    ``torch.autocast("cpu", autocast)`` and the backward outside, PyTorch's AMP recipe."""
     def step() -> None:
         for p in params():
             p.grad = None
-        loss_fn(ids).backward()
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            loss = loss_fn(ids)
+        loss.backward()
 
     return step
 
@@ -222,6 +228,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds, best kept (default 3; quick 2)")
     parser.add_argument("--decode-tokens", type=int, default=None, help="default 256; quick 64")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (see common.set_threads)")
+    parser.add_argument("--autocast", choices=["bf16"], default=None,
+                        help="training steps under CPU bf16 autocast, both models (default: float32)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -234,7 +242,9 @@ def main() -> None:
     window = 64 if quick else 2048
     threads = set_threads(args.threads)
     torch.manual_seed(0)
-    print(f"# recurlm models vs references, CPU float32, {threads} thread(s), {'quick' if quick else 'full'} mode")
+    autocast = torch.bfloat16 if args.autocast else None
+    precision = "training steps under bf16 autocast" if autocast else "float32"
+    print(f"# recurlm models vs references, CPU {precision}, {threads} thread(s), {'quick' if quick else 'full'} mode")
     print(f"# config: d_model={d}, n_layers={layers}, vocab={vocab}, batch {B} x T={T}, Griffin window {window}; "
           f"best of {repeats} interleaved rounds; decode {n_decode} tokens")
     ceiling = matmul_gflops()
@@ -260,13 +270,14 @@ def main() -> None:
                 skipped[family] = f"reference failed to build: {type(e).__name__}: {e}"
                 continue
             params = f"{pair.ours.num_params() / 1e6:.1f}M"
-            ours_train = train_step(pair.ours_loss, lambda: list(pair.ours.parameters()), ids)
-            floor = matmul_flops(ours_train) / (ceiling * 1e9)
+            ours_train = train_step(pair.ours_loss, lambda: list(pair.ours.parameters()), ids, autocast)
+            # the ceiling is a float32 matmul: no floor for bf16 steps
+            floor = matmul_flops(ours_train) / (ceiling * 1e9) if autocast is None else None
             if pair.ref_loss is not None:
-                ref_train = train_step(pair.ref_loss, pair.ref_params, ids)
+                ref_train = train_step(pair.ref_loss, pair.ref_params, ids, autocast)
                 t = best_times({"ours": ours_train, "ref": ref_train}, repeats=repeats)
                 train_rows.append([family, params, pair.ref_name, f"{B * T / t['ref']:.0f}", f"{B * T / t['ours']:.0f}",
-                                   fmt_ratio(t["ref"] / t["ours"]), fmt_time(floor), fmt_ratio(t["ref"] / floor),
+                                   fmt_ratio(t["ref"] / t["ours"]), fmt_time(floor), fmt_ratio(floor and t["ref"] / floor),
                                    fmt_bytes(peak_memory_bytes(ref_train)), fmt_bytes(peak_memory_bytes(ours_train))])
             else:
                 t = best_times({"ours": ours_train}, repeats=repeats)

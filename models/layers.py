@@ -13,8 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recurlm.kernels.dispatch import autocast_off
-
 
 def init_normal_(weight: torch.Tensor, std: float) -> torch.Tensor:
     """Truncated-normal init at ±3 std, the default of every projection in recurlm."""
@@ -240,7 +238,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_x * grad_loss.to(grad_x.dtype), (grad_w * grad_loss).to(ctx.weight_dtype), None, None, None, None
 
 
-@autocast_off
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                          softcap: Optional[float] = None, ignore_index: int = -100,
                          chunk_size: int = 256) -> torch.Tensor:
@@ -251,12 +248,19 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     gradient is needed, each chunk's gradients w.r.t. x and weight are formed in the forward pass
     while its logits are in the buffers, so the backward pass never recomputes the head. Equal to
     ``cross_entropy`` on the soft-capped logits up to float rounding (head matmul in x's dtype,
-    soft-cap and softmax in float32, as ``cross_entropy(logits(x))``; autocast is off inside)."""
+    soft-cap and softmax in float32, as ``cross_entropy(logits(x))``). Inside ``torch.autocast`` the
+    head matmuls run in autocast's dtype, as an ``nn.Linear`` head's would, the rest in float32."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        x, weight = x.to(dtype), weight.to(dtype)
     x, labels = x.flatten(0, -2), labels.flatten()
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(x, weight, labels, softcap, ignore_index, chunk_size)
-    buffers = x.new_empty(2, min(chunk_size, x.shape[0]), weight.shape[0],
-                          dtype=torch.promote_types(x.dtype, torch.float32))
-    loss = sum(_chunk_cross_entropy(x[start:start + chunk_size], weight, labels[start:start + chunk_size], softcap,
-                                    ignore_index, None, *buffers) for start in range(0, x.shape[0], chunk_size))
-    return loss / (labels != ignore_index).sum()
+    with torch.autocast(device, enabled=False):  # the buffers' dtypes are chosen here
+        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+            return _LinearCrossEntropy.apply(x, weight, labels, softcap, ignore_index, chunk_size)
+        buffers = x.new_empty(2, min(chunk_size, x.shape[0]), weight.shape[0],
+                              dtype=torch.promote_types(x.dtype, torch.float32))
+        loss = sum(_chunk_cross_entropy(x[start:start + chunk_size], weight, labels[start:start + chunk_size],
+                                        softcap, ignore_index, None, *buffers)
+                   for start in range(0, x.shape[0], chunk_size))
+        return loss / (labels != ignore_index).sum()

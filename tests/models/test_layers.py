@@ -77,3 +77,24 @@ def test_model_loss_equals_cross_entropy_of_logits():
     torch.testing.assert_close(loss, expected, atol=1e-10, rtol=1e-10)
     for got, want in zip(grads, expected_grads):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("softcap", [None, 30.0])
+def test_linear_cross_entropy_under_autocast_runs_the_head_in_bf16(softcap):
+    """Inside ``torch.autocast`` the head matmuls run in bf16 like an autocast ``F.linear``; the
+    float32 parameters get float32 gradients."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 40, 32, generator=gen, requires_grad=True)
+    weight = (torch.randn(300, 32, generator=gen) * 0.3).requires_grad_()
+    labels = torch.randint(0, 300, (2, 40), generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = _unfused(x, weight, labels, softcap).float()  # autocast's bf16 logits
+        loss = linear_cross_entropy(x, weight, labels, softcap, chunk_size=16)
+    expected_grads = torch.autograd.grad(expected, (x, weight))
+    grads = torch.autograd.grad(loss, (x, weight))
+    assert loss.dtype == torch.float32 and all(g.dtype == torch.float32 for g in grads)
+    torch.testing.assert_close(loss, expected, rtol=1e-2, atol=1e-2)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)
+    # and it is not the float32 loss: the head really ran in bf16
+    assert loss.item() != pytest.approx(_unfused(x, weight, labels, softcap).item(), abs=1e-6)
