@@ -139,9 +139,10 @@ class DataConfig:
     split is cut at the same document). Shards are the unit of resumption."""
 
     verify_checksums: bool = True
-    """When reusing cached shards, re-hash every shard file and check token ids against the
-    manifest before training starts (reads the whole dataset once per call: turn off for very
-    large corpora and run ``recurlm-data validate`` instead)."""
+    """When reusing cached shards, check every shard's checksums and token ids against the
+    manifest before training starts. A shard that passed before and whose files kept their size
+    and modification time is not read again (``verified.json`` beside the manifest), so a corpus
+    is hashed once, not at every start; ``recurlm-data validate`` always reads everything."""
 
     loader_mode: str = "packed"
     """``packed``: documents shuffled per epoch, concatenated and cut into rows.

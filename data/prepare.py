@@ -139,7 +139,7 @@ def prepare(cfg: DataConfig, progress: bool = True) -> PreparedData:
         for split in splits.values():
             check_tokenizer(split, tokenizer)
             if cached and cfg.verify_checksums:
-                split.validate(progress=progress)
+                split.validate(progress=progress, reuse_stamps=True)
         train[src.name] = splits["train"]
         valid.append(splits["valid"])
     return PreparedData(cfg=cfg, tokenizer=tokenizer,

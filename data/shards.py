@@ -11,7 +11,8 @@ A split directory (``.../<source>/train``) holds:
 
 The manifest is written last, so its presence means the split is complete. Files are read through
 ``numpy.memmap``, never loaded whole. Opening checks sizes and the index (cheap, O(docs));
-:meth:`ShardSet.validate` also verifies checksums and token ranges (O(tokens)).
+:meth:`ShardSet.validate` also verifies checksums and token ranges (O(tokens)), and can record
+what passed in ``verified.json`` so unchanged shards are not read again.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from recurlm.data.tokenizer import Tokenizer, file_sha256, token_dtype
 FORMAT = "recurlm-shards"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+VERIFIED = "verified.json"
+"""Beside a manifest: the size and mtime of each shard's files when it last passed validation."""
 
 
 class ShardError(ValueError):
@@ -211,27 +214,70 @@ class ShardSet:
         shard, start, end = self.locate(doc)
         return shard.tokens[start:end]
 
-    def validate(self, progress: bool = False) -> None:
+    def validate(self, progress: bool = False, reuse_stamps: bool = False) -> None:
         """Full check: checksums of every file and every token id below the vocab size.
-        Raises :class:`ShardError` naming the file and the problem."""
+        Raises :class:`ShardError` naming the file and the problem.
+
+        With ``reuse_stamps``, a shard whose two files still have the size and modification time
+        they had when it last passed (recorded in ``verified.json`` beside its manifest) is not
+        read again, and shards that pass are recorded (where the directory is writable): a cached
+        corpus is hashed once, not at every job start. Without it every shard is read."""
         from tqdm import tqdm
 
+        directories = {os.path.dirname(shard.tokens_path) for shard in self.shards}
+        stamps = {d: _read_stamps(d) for d in directories} if reuse_stamps else {}
         for shard in tqdm(self.shards, desc="validate shards", disable=not progress):
-            for path, key in ((shard.tokens_path, "tokens_sha256"), (shard.index_path, "index_sha256")):
-                got = file_sha256(path)
-                if got != shard.entry[key]:
-                    raise ShardError(f"{path}: checksum mismatch (sha256 {got[:16]}..., "
-                                     f"manifest says {shard.entry[key][:16]}...)")
-            step = 1 << 24
-            for start in range(0, shard.tokens.shape[0], step):
-                top = int(shard.tokens[start:start + step].max())
-                if top >= self.vocab_size:
-                    raise ShardError(f"{shard.tokens_path}: token id {top} out of range "
-                                     f"(vocab size {self.vocab_size}) near token {start}")
+            directory, name = os.path.split(shard.tokens_path)
+            stamp = _file_stamp(shard)
+            if reuse_stamps and stamps[directory].get(name) == stamp:
+                continue
+            self._validate_shard(shard)
+            if reuse_stamps:
+                stamps[directory][name] = stamp
+        for directory, entries in stamps.items():
+            _write_stamps(directory, entries)
+
+    def _validate_shard(self, shard: Shard) -> None:
+        for path, key in ((shard.tokens_path, "tokens_sha256"), (shard.index_path, "index_sha256")):
+            got = file_sha256(path)
+            if got != shard.entry[key]:
+                raise ShardError(f"{path}: checksum mismatch (sha256 {got[:16]}..., "
+                                 f"manifest says {shard.entry[key][:16]}...)")
+        step = 1 << 24
+        for start in range(0, shard.tokens.shape[0], step):
+            top = int(shard.tokens[start:start + step].max())
+            if top >= self.vocab_size:
+                raise ShardError(f"{shard.tokens_path}: token id {top} out of range "
+                                 f"(vocab size {self.vocab_size}) near token {start}")
 
     def __repr__(self) -> str:
         dirs = [m["directory"] for m in self.manifests]
         return f"ShardSet({dirs}, docs={self.num_docs}, tokens={self.num_tokens})"
+
+
+def _file_stamp(shard: Shard) -> list:
+    """(size, mtime in ns) of a shard's token and index files, and its manifest checksums."""
+    stats = [os.stat(p) for p in (shard.tokens_path, shard.index_path)]
+    return [[st.st_size, st.st_mtime_ns] for st in stats] + [shard.entry["tokens_sha256"]]
+
+
+def _read_stamps(directory: str) -> dict:
+    try:
+        with open(os.path.join(directory, VERIFIED)) as f:
+            return json.load(f)
+    except (OSError, ValueError):  # none yet, or unreadable: verify everything again
+        return {}
+
+
+def _write_stamps(directory: str, stamps: dict) -> None:
+    path = os.path.join(directory, VERIFIED)
+    tmp = f"{path}.{os.getpid()}.tmp"  # ranks may validate the same cache at once
+    try:
+        with open(tmp, "w") as f:
+            json.dump(stamps, f)
+        os.replace(tmp, path)
+    except OSError:  # a read-only corpus is verified at every start instead
+        pass
 
 
 def check_tokenizer(shards: ShardSet, tokenizer: Tokenizer) -> None:

@@ -125,3 +125,30 @@ def test_tokenizer_mismatch(tmp_path, shards_from_docs, tiny_tokenizer_cfg):
     with pytest.raises(ShardError, match=r"tokenized with tokenizer sha256 .* but the model uses .*other\.model"):
         check_tokenizer(shards, other)
     assert isinstance(other, Tokenizer)
+
+
+def test_validation_stamps_skip_unchanged_shards_only(shards_from_docs, monkeypatch):
+    import recurlm.data.shards as shards_module
+
+    shards = shards_from_docs("stamped", DOCS * 3)  # 3 shard files
+    hashed: list[str] = []
+    monkeypatch.setattr(shards_module, "file_sha256", lambda p: hashed.append(p) or file_sha256(p))
+    shards.validate(reuse_stamps=True)
+    assert len(hashed) == 6  # token and index file of every shard, then recorded
+    directory = os.path.dirname(shards.shards[0].tokens_path)
+    assert set(json.load(open(os.path.join(directory, "verified.json")))) == {
+        os.path.basename(s.tokens_path) for s in shards.shards}
+    hashed.clear()
+    shards.validate(reuse_stamps=True)
+    assert hashed == []  # nothing changed: nothing read
+    shards.validate()
+    assert len(hashed) == 6  # without stamps everything is read
+    # a shard rewritten in place (same size, new mtime) is read again, and its corruption caught
+    hashed.clear()
+    path = shards.shards[1].tokens_path
+    with open(path, "r+b") as f:
+        f.write(b"\x07\x00")
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1_000_000))
+    with pytest.raises(ShardError, match="checksum mismatch"):
+        ShardSet.open(directory).validate(reuse_stamps=True)
+    assert hashed == [path]
