@@ -35,20 +35,10 @@ import torch
 
 from recurlm.benchmarks.common import (best_times, fmt_bytes, fmt_ratio, fmt_time, matmul_gflops,
                                        peak_memory_bytes, print_table, set_threads)
+from recurlm.kernels.testing import grad_leaves
 
 Inputs = dict
 Runner = Callable[[], torch.Tensor]  # one forward; returns the output to backpropagate
-
-
-def _leaves(obj) -> list[torch.Tensor]:
-    """Every tensor requiring grad inside nested dicts / tuples / NamedTuples."""
-    if isinstance(obj, torch.Tensor):
-        return [obj] if obj.requires_grad else []
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        return [t for x in obj for t in _leaves(x)]
-    return []
 
 
 def fwd_bwd(forward: Runner, leaves: list[torch.Tensor]) -> Callable[[], None]:
@@ -209,7 +199,7 @@ def bench_op(op: OpBench, lengths: list[int], naive_max_t: int, repeats: int, ce
     base_memory: float | None = None
     for T in lengths:
         inputs = op.make(T)
-        leaves = _leaves(inputs)
+        leaves = grad_leaves(inputs)
         chunk = fwd_bwd(lambda: op.run(inputs, "chunk"), leaves)
         candidates = {"chunk": chunk}
         if T <= naive_max_t:
@@ -221,7 +211,7 @@ def bench_op(op: OpBench, lengths: list[int], naive_max_t: int, repeats: int, ce
             args = ref.prepare(inputs)
             forward = (lambda ref=ref, args=args: ref.run(args))
             if ref.backward:
-                refs[ref.name] = fwd_bwd(forward, _leaves(args))
+                refs[ref.name] = fwd_bwd(forward, grad_leaves(args))
             else:
                 refs[ref.name] = forward_only(forward)
                 refs["chunk fwd"] = forward_only(lambda: op.run(inputs, "chunk"))

@@ -6,6 +6,17 @@ from typing import Callable, Sequence
 import torch
 
 
+def grad_leaves(obj) -> list[torch.Tensor]:
+    """Every tensor requiring grad inside nested dicts / lists / tuples / NamedTuples (an op's inputs)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.requires_grad else []
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in grad_leaves(x)]
+    return []
+
+
 def outputs_and_grads(fn: Callable, inputs: dict, leaves: Sequence[torch.Tensor], seed: int = 0
                       ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Run ``fn(**inputs, output_final_state=True)``; return ([output, *final state tensors],

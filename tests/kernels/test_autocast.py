@@ -14,6 +14,7 @@ from recurlm.kernels.local_attention import local_attention, testing as la_t
 from recurlm.kernels.mlstm import mlstm, testing as mlstm_t
 from recurlm.kernels.rwkv6 import rwkv6, testing as rwkv6_t
 from recurlm.kernels.slstm import slstm, testing as slstm_t
+from recurlm.kernels.testing import grad_leaves
 from recurlm.kernels.titans_memory import titans_memory, testing as titans_t
 
 OPS = {  # name: (op, inputs with float32 leaves)
@@ -28,22 +29,12 @@ OPS = {  # name: (op, inputs with float32 leaves)
 }
 
 
-def leaves(obj) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj] if obj.requires_grad else []
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (list, tuple)):
-        return [t for x in obj for t in leaves(x)]
-    return []
-
-
 def output_and_grads(op, inputs: dict, impl: str, autocast: bool) -> list[torch.Tensor]:
     """Forward inside an autocast region (or not), backward outside, as PyTorch's AMP recipe does."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out, _ = op(**inputs, impl=impl)
     cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
-    return [out, *torch.autograd.grad(out, leaves(inputs), cotangent)]
+    return [out, *torch.autograd.grad(out, grad_leaves(inputs), cotangent)]
 
 
 @pytest.mark.parametrize("impl", ["chunk", "naive"])
