@@ -4,10 +4,11 @@ Cache layout under ``cfg.resolved_cache_dir()``::
 
     tokenizers/<key>/tokenizer.model   key = hash(tokenizer settings, fingerprints of all sources,
                                           split settings, mixture weights of a sampled mixture)
-
-The tokenizer trains on the training documents only (the validation split is held out of it too).
     shards/<source>-<key>/{train,valid}/  key = hash(tokenizer sha256, source fingerprint, split
                                           settings, shard size, shard format version)
+
+The tokenizer trains on the training documents only (the validation split is held out of it too),
+on a sample that follows the mixture weights when there are several sources.
 
 A fingerprint is the source settings plus (id, size, mtime) of each input file, so editing the
 corpus or any setting builds a new entry and the second identical call reuses everything. Builds
@@ -25,10 +26,10 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from recurlm.data.build import build_shards, is_valid_doc
-from recurlm.data.config import DataConfig, SourceConfig
+from recurlm.data.config import DataConfig, SourceConfig, TokenizerConfig
 from recurlm.data.loader import Batch, PackedLoader, iter_eval_batches
 from recurlm.data.shards import FORMAT_VERSION, ShardSet, check_tokenizer
 from recurlm.data.sources import fingerprint, iter_documents
@@ -80,13 +81,32 @@ def _say(msg: str, progress: bool) -> None:
         print(f"[recurlm.data] {msg}", file=sys.stderr, flush=True)
 
 
+def _tokenizer_texts(cfg: DataConfig, progress: bool) -> tuple[Iterable[str], TokenizerConfig]:
+    """The texts to train the tokenizer on (training documents only) and the settings to train with."""
+    def training_texts(src: SourceConfig) -> Iterator[str]:
+        return (doc.text for doc in iter_documents(src)
+                if not is_valid_doc(doc.doc_id, src.name, cfg.valid_fraction, cfg.split_seed))
+
+    if not _sampled_mixture(cfg):
+        return (text for src in cfg.sources for text in training_texts(src)), cfg.tokenizer
+    settings = cfg.tokenizer
+    texts, counts = mixture_sample({src.name: training_texts(src) for src in cfg.sources}, cfg.mixture_weights(),
+                                   settings.input_sentence_size, settings.max_sentence_bytes, settings.seed)
+    _say("tokenizer sample by mixture weight: " + ", ".join(
+        f"{name} {sampled:,} of {available:,} sentences" for name, (sampled, available) in counts.items()), progress)
+    return texts, dataclasses.replace(settings, input_sentence_size=0)  # SentencePiece takes all of the sample
+
+
+def _sampled_mixture(cfg: DataConfig) -> bool:
+    return len(cfg.sources) > 1 and cfg.tokenizer.input_sentence_size > 0
+
+
 def _tokenizer_for(cfg: DataConfig, fingerprints: dict[str, dict], root: str, progress: bool) -> Tokenizer:
     if cfg.tokenizer_path:
         return Tokenizer(os.path.expanduser(cfg.tokenizer_path))
-    weighted = len(cfg.sources) > 1 and cfg.tokenizer.input_sentence_size > 0
     key = _key({"tokenizer": dataclasses.asdict(cfg.tokenizer), "sources": fingerprints,
                 "held_out": [cfg.valid_fraction, cfg.split_seed],
-                **({"mixture": cfg.mixture_weights()} if weighted else {})})
+                **({"mixture": cfg.mixture_weights()} if _sampled_mixture(cfg) else {})})
     path = os.path.join(root, "tokenizers", key, "tokenizer.model")
     with _locked(path + ".lock"):
         if os.path.isfile(path):
@@ -94,22 +114,7 @@ def _tokenizer_for(cfg: DataConfig, fingerprints: dict[str, dict], root: str, pr
             return Tokenizer(path)
         t0 = time.perf_counter()
         _say(f"training a {cfg.tokenizer.model_type} tokenizer ({cfg.tokenizer.vocab_size} pieces)", progress)
-        def training_texts(src: SourceConfig) -> Iterator[str]:  # validation documents stay unseen
-            return (doc.text for doc in iter_documents(src)
-                    if not is_valid_doc(doc.doc_id, src.name, cfg.valid_fraction, cfg.split_seed))
-
-        settings = cfg.tokenizer
-        if weighted:  # a sample by mixture weight, not by source size; SentencePiece then takes all of it
-            texts, counts = mixture_sample({src.name: training_texts(src) for src in cfg.sources},
-                                           cfg.mixture_weights(), settings.input_sentence_size,
-                                           settings.max_sentence_bytes, settings.seed)
-            _say("tokenizer sample by mixture weight: " + ", ".join(
-                f"{name} {sampled:,} of {available:,} sentences" for name, (sampled, available) in counts.items()),
-                progress)
-            settings = dataclasses.replace(settings, input_sentence_size=0)
-        else:
-            texts = (text for src in cfg.sources for text in training_texts(src))
-        tok = train_tokenizer(texts, settings, path)
+        tok = train_tokenizer(*_tokenizer_texts(cfg, progress), path)
         _say(f"tokenizer trained in {time.perf_counter() - t0:.1f}s: {path}", progress)
         return tok
 
