@@ -45,9 +45,7 @@ def local_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
     kv_heads = k.shape[2]
     k_ext, v_ext, doc_ext = extend_with_state(k, v, initial_state, resets, window, dtype)
     num_blocks = -(-seq_len // size)
-    # one block of all T queries reads no cache slot without an initial state: T x T scores
-    single_span = seq_len + (0 if initial_state is None else window - 1)
-    if seq_len * single_span <= num_blocks * size * (size + window - 1):
+    if seq_len * (seq_len + window - 1) <= num_blocks * size * (size + window - 1):
         size, num_blocks = seq_len, 1
     skip = window - 1 if initial_state is None and num_blocks == 1 else 0  # leading slots not read
     offset = window - 1 - skip  # extended position of a block's first query minus its first key's
