@@ -1,5 +1,5 @@
-"""Models under ``torch.autocast``: linear layers in bf16, recurrences and the fused loss in their
-own precisions (``recurlm.kernels.dispatch.autocast_off``)."""
+"""Models under ``torch.autocast``: linear layers and the output head in bf16, the recurrences in
+their own float32 precision (``recurlm.kernels.dispatch.autocast_off``)."""
 from __future__ import annotations
 
 import pytest
