@@ -224,18 +224,22 @@ class ShardSet:
         corpus is hashed once, not at every job start. Without it every shard is read."""
         from tqdm import tqdm
 
-        directories = {os.path.dirname(shard.tokens_path) for shard in self.shards}
-        stamps = {d: _read_stamps(d) for d in directories} if reuse_stamps else {}
+        stamps = {os.path.dirname(s.tokens_path): None for s in self.shards}
+        if reuse_stamps:
+            stamps = {directory: _read_stamps(directory) for directory in stamps}
+        updated = set()
         for shard in tqdm(self.shards, desc="validate shards", disable=not progress):
+            if not reuse_stamps:
+                self._validate_shard(shard)
+                continue
             directory, name = os.path.split(shard.tokens_path)
             stamp = _file_stamp(shard)
-            if reuse_stamps and stamps[directory].get(name) == stamp:
-                continue
-            self._validate_shard(shard)
-            if reuse_stamps:
+            if stamps[directory].get(name) != stamp:
+                self._validate_shard(shard)
                 stamps[directory][name] = stamp
-        for directory, entries in stamps.items():
-            _write_stamps(directory, entries)
+                updated.add(directory)
+        for directory in updated:
+            _write_stamps(directory, stamps[directory])
 
     def _validate_shard(self, shard: Shard) -> None:
         for path, key in ((shard.tokens_path, "tokens_sha256"), (shard.index_path, "index_sha256")):
@@ -256,7 +260,8 @@ class ShardSet:
 
 
 def _file_stamp(shard: Shard) -> list:
-    """(size, mtime in ns) of a shard's token and index files, and its manifest checksums."""
+    """(size, mtime in ns) of a shard's token and index files, and the token checksum its manifest
+    expects (so a rebuilt shard of the same name does not inherit the stamp)."""
     stats = [os.stat(p) for p in (shard.tokens_path, shard.index_path)]
     return [[st.st_size, st.st_mtime_ns] for st in stats] + [shard.entry["tokens_sha256"]]
 

@@ -57,11 +57,16 @@ def build_shardset(directory: str, docs: list[list[int]], tokenizer: Tokenizer, 
 
 
 @pytest.fixture
-def corpus(tmp_path):
-    """corpus(n_docs=40, seed=0) -> (directory, texts): a fresh synthetic corpus under tmp_path."""
+def corpus(tmp_path, monkeypatch):
+    """corpus(n_docs=40, seed=0) -> (directory, texts): a fresh synthetic corpus under tmp_path.
+
+    The directory is given relative to tmp_path (the working directory during the test): document
+    ids start with the path as given, so an absolute tmp path would draw a different validation
+    split in every run (and, now and then, none for a small corpus)."""
+    monkeypatch.chdir(tmp_path)
+
     def make(n_docs: int = 40, seed: int = 0, name: str = "corpus"):
-        directory = str(tmp_path / name)
-        return directory, write_corpus(directory, n_docs, seed)
+        return name, write_corpus(name, n_docs, seed)
     return make
 
 
