@@ -27,7 +27,10 @@ import torch
 
 from recurlm.kernels.dispatch import autocast_off, pad_varlen, resolve_impl, run_varlen
 from recurlm.kernels.dplr.chunk import dplr_chunk
-from recurlm.kernels.dplr.naive import dplr_naive, dplr_step
+from recurlm.kernels.dplr.naive import dplr_naive, dplr_step as _dplr_step
+
+dplr_step = autocast_off(_dplr_step)
+"""One token of the recurrence (decoding), outside autocast like every op: see ``naive.dplr_step``."""
 
 __all__ = ["dplr_delta_rule", "dplr_step"]
 

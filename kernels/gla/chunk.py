@@ -74,8 +74,9 @@ from recurlm.kernels.gla.naive import compute_dtype
 
 CHUNK_SIZE = 32
 """Tokens per chunk; a power of two (blocks are halved recursively). 32 balances matmul efficiency
-(CPU GEMMs with 16 rows run at half speed) against the C / 2 K + C V per-token cost of the
-intra-chunk weights and the number of strong chunks (measured: 16 and 64 are slower on CPU)."""
+(CPU GEMMs with 16 rows run at half speed) against the 2 C (K + V) per-token cost of the
+intra-chunk weights and outputs and the number of strong chunks (measured: 16 and 64 are slower
+on CPU)."""
 FACTORISABLE_LOG_DECAY = 40.0
 """A block whose two halves each decay by less than exp(-40) in every channel takes A as one matmul
 of factors within exp(+-40) (far from float32 overflow, products far from subnormals); the halves

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recurlm.kernels.dplr import dplr_delta_rule, testing as dplr_t
+from recurlm.kernels.dplr import dplr_delta_rule, dplr_step, testing as dplr_t
 from recurlm.kernels.gla import gla, testing as gla_t
 from recurlm.kernels.linear_scan import linear_scan, testing as scan_t
 from recurlm.kernels.local_attention import local_attention, testing as la_t
@@ -46,4 +46,18 @@ def test_op_ignores_autocast(name, impl):
     got = output_and_grads(op, inputs, impl, autocast=True)
     for g, e in zip(got, expected):
         assert g.dtype == e.dtype
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+def test_dplr_decode_step_ignores_autocast():
+    """``dplr_step`` (RWKV-7's decoding step) is public too: float32 state updates under autocast."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, a, b = (torch.randn(2, 2, 8, generator=gen) for _ in range(4))
+    v, gk = torch.randn(2, 2, 8, generator=gen), -torch.rand(2, 2, 8, generator=gen)
+    state = torch.randn(2, 2, 8, 8, generator=gen)
+    expected = dplr_step(q, k, v, a, b, gk, 0.5, state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = dplr_step(q, k, v, a, b, gk, 0.5, state)
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.float32
         torch.testing.assert_close(g, e, rtol=0, atol=0)
