@@ -89,6 +89,11 @@ class OpBench:
     references: list[Reference] = field(default_factory=list)
 
 
+def _copies(*names: str) -> Callable[[Inputs], dict]:
+    """Detached leaf copies of the named inputs (layout unchanged)."""
+    return lambda inputs: {n: inputs[n].detach().clone().requires_grad_() for n in names}
+
+
 def _bhtd(*names: str, rest: tuple[str, ...] = ()) -> Callable[[Inputs], dict]:
     """[B, T, H, D] -> contiguous [B, H, T, D] detached leaves (keys kept), other keys copied."""
     def prepare(inputs: Inputs) -> dict:
@@ -140,7 +145,7 @@ def build_ops(B: int, H: int, D: int, scan_dim: int, window: int) -> dict[str, O
     ]
     ops = {op.name: op for op in ops}
     ops["local_attention"].references.append(Reference(
-        "torch SDPA, dense banded mask", lambda x: {n: x[n].detach().clone().requires_grad_() for n in "qkv"},
+        "torch SDPA, dense banded mask", _copies("q", "k", "v"),
         lambda a: la_t.banded_sdpa_reference(a["q"], a["k"], a["v"], window), quadratic=True))
     _add_references(ops)
     return ops
@@ -173,11 +178,8 @@ def _add_references(ops: dict[str, OpBench]) -> None:
         print(f"# flash-linear-attention references unavailable: {e}")
         return
 
-    def copy(*names: str) -> Callable[[Inputs], dict]:
-        return lambda x: {n: x[n].detach().clone().requires_grad_() for n in names}
-
     ops["gla"].references.append(Reference(
-        "fla naive_recurrent_gla (sequential)", copy("q", "k", "v", "g"),
+        "fla naive_recurrent_gla (sequential)", _copies("q", "k", "v", "g"),
         lambda a: naive_recurrent_gla(a["q"], a["k"], a["v"], a["g"])[0]))
     rwkv_prep = _bhtd("r", "k", "v", "w", rest=("u",))
     ops["rwkv6"].references += [

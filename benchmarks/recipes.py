@@ -9,8 +9,8 @@ same extra steps without a recipe), ``length_gen/state_passing``, ``length_gen/n
 ``length_gen/other_sequence_init``. Each model is scored by loss per position up to 32 x T with the
 state carried across chunks (``recurlm.eval`` task ``ppl_by_position``).
 
-Part B, state expansion (StateX-style), per family (HGRN2 with a small state, ``expand_ratio`` 8;
-Hawk, RG-LRU width 64): a base model is trained on multi-query associative recall
+Part B, state expansion (StateX-style), per family of ``MQAR_MODELS`` (RWKV-7 and Hawk, ``tiny``
+presets): a base model is trained on multi-query associative recall
 (``data=synthetic/mqar``, 1-8 pairs, 1-digit values, a 1024-piece tokenizer so that every key is one
 token), expanded x2 (``recurlm-convert expand-state``; the logit change on MQAR text is reported),
 and continued with ``recipe=state_expansion``; the control continues the unexpanded model for the
@@ -98,16 +98,16 @@ def length_generalisation(out: str, families: list[str], base_steps: int, post_s
     return results
 
 
-def state_expansion(out: str, families: list[str], quick: bool) -> dict:
+def state_expansion(out: str, steps: dict[str, list[int]]) -> dict:
+    """Part B for every family of ``steps`` ({family: [base steps, continued-training steps]})."""
     from recurlm.train.convert import main as convert_main
     from recurlm.train.export import load_for_inference
 
     cfg = EvalConfig(tasks=["mqar"], mqar_pairs=MQAR_PAIRS, mqar_examples=MQAR_EXAMPLES,
                      mqar_value_digits=MQAR_VALUE_DIGITS, batch_size=8, plots=False)
     results = {}
-    for family in families:
-        overrides, base_steps, post_steps = MQAR_MODELS[family]
-        base_steps, post_steps = (2, 1) if quick else (base_steps, post_steps)
+    for family, (base_steps, post_steps) in steps.items():
+        overrides = MQAR_MODELS[family][0]
         data = [*MQAR_DATA, *overrides]
         root = os.path.join(out, family)
         base_dir, expanded = os.path.join(root, "base"), os.path.join(root, "x2-export")
@@ -257,8 +257,7 @@ def main() -> None:
         results["seconds"]["length_gen"] = round(time.perf_counter() - t0)
     if "state_expansion" in args.parts:
         t0 = time.perf_counter()
-        results["state_expansion"] = state_expansion(os.path.join(args.out, "state_expansion"),
-                                                     list(MQAR_MODELS), args.quick)
+        results["state_expansion"] = state_expansion(os.path.join(args.out, "state_expansion"), steps["mqar"])
         results["seconds"]["state_expansion"] = round(time.perf_counter() - t0)
     with open(path, "w") as f:
         json.dump(results, f, indent=1)

@@ -224,14 +224,15 @@ class ShardSet:
         corpus is hashed once, not at every job start. Without it every shard is read."""
         from tqdm import tqdm
 
-        stamps = {os.path.dirname(s.tokens_path): None for s in self.shards}
-        if reuse_stamps:
-            stamps = {directory: _read_stamps(directory) for directory in stamps}
-        updated = set()
-        for shard in tqdm(self.shards, desc="validate shards", disable=not progress):
-            if not reuse_stamps:
+        shards = tqdm(self.shards, desc="validate shards", disable=not progress)
+        if not reuse_stamps:
+            for shard in shards:
                 self._validate_shard(shard)
-                continue
+            return
+        directories = {os.path.dirname(shard.tokens_path) for shard in self.shards}
+        stamps = {directory: _read_stamps(directory) for directory in directories}
+        updated = set()
+        for shard in shards:
             directory, name = os.path.split(shard.tokens_path)
             stamp = _file_stamp(shard)
             if stamps[directory].get(name) != stamp:

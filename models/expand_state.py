@@ -79,16 +79,14 @@ def expanded_config(cfg: ModelConfig, factor: int) -> ModelConfig:
             raise ValueError(f"{family}: d_model={cfg.d_model} is not a multiple of {name}={value} x {factor}")
         return dataclasses.replace(cfg, **{name: value * factor}, size=size)
     if family in SUB_STATES:
-        # lru_heads None means n_heads; spelled out because the renamed size no longer names a preset
-        return dataclasses.replace(cfg, state_expansion=cfg.state_expansion * factor,
-                                   lru_heads=cfg.lru_heads or cfg.n_heads, size=size)
+        return dataclasses.replace(cfg, state_expansion=cfg.state_expansion * factor, size=size)
     if family in TITANS:
         if cfg.memory_depth == 2:
             return dataclasses.replace(cfg, memory_expansion=cfg.memory_expansion * factor, size=size)
         if cfg.memory_heads % factor:
             raise ValueError(f"{family}: memory_heads={cfg.memory_heads} is not divisible by factor {factor}")
         return dataclasses.replace(cfg, memory_heads=cfg.memory_heads // factor, size=size)
-    raise NotImplementedError(f"state expansion is implemented for {sorted(HEAD_MERGE | SUB_STATES | TITANS)}; "
+    raise NotImplementedError(f"state expansion is implemented for {sorted({*HEAD_MERGE, *SUB_STATES, *TITANS})}; "
                               f"not for {family!r}")
 
 
@@ -105,7 +103,7 @@ def _transfer(name: str, old: Optional[torch.Tensor], fresh: torch.Tensor, facto
     """The expanded model's tensor ``name`` from the trained ``old`` (None: a parameter the old
     model did not have) and a freshly initialised ``fresh``."""
     if old is None:
-        return fresh.clone()  # new parameters initialise to the identity (Griffin's mixing weights)
+        return fresh.clone()  # new parameters keep their fresh init (Griffin's one-hot state mix, new decays)
     old = old.float()
     if old.shape == fresh.shape:
         return old.clone()
@@ -118,7 +116,7 @@ def _transfer(name: str, old: Optional[torch.Tensor], fresh: torch.Tensor, facto
     # widening: the old tensor fills the leading slice of every grown dimension
     if any(o > f for o, f in zip(old.shape, fresh.shape)) or old.ndim != fresh.ndim:
         raise ValueError(f"cannot map {name} {tuple(old.shape)} -> {tuple(fresh.shape)}")
-    out = torch.zeros_like(fresh) if any(part in name for part in ZERO_NEW_PART) else fresh.clone()
+    out = torch.zeros_like(fresh) if name.endswith(ZERO_NEW_PART) else fresh.clone()
     out[tuple(slice(0, n) for n in old.shape)] = old
     return out
 

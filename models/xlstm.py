@@ -126,7 +126,7 @@ class XLSTMConfig(ModelConfig):
 
 
 def architecture(cfg: XLSTMConfig) -> str:
-    """The architecture ``cfg`` builds: its own, v1 when neither it nor its size preset names one."""
+    """The architecture ``cfg`` builds: its own (``apply_preset`` has filled in the size preset's), else v1."""
     return cfg.architecture or "v1"
 
 
