@@ -185,7 +185,7 @@ def _chunk_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Te
 
         (softmax(l) - onehot(y)) * valid * dl/dz,    l = cap tanh(z / cap),  dl/dz = 1 - tanh(z / cap)^2
 
-    (l = z and dl/dz = 1 without soft-cap). The soft-cap goes through the sigmoid, about 5x cheaper
+    (l = z and dl/dz = 1 without soft-cap). The soft-cap goes through the sigmoid, several times cheaper
     than tanh on CPU: cap tanh(z / cap) = 2 cap s - cap with s = sigmoid(2 z / cap), the constant
     -cap cancels in the softmax, and dl/dz = 4 s (1 - s). Every pass is in place on the two buffers."""
     gate, logits = gate[:x.shape[0]], logits[:x.shape[0]]
