@@ -56,13 +56,47 @@ def init_distributed() -> DistEnv:
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
-def all_reduce_max(value: float) -> float:
-    t = torch.tensor([value], dtype=torch.float64)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        if dist.get_backend() == "nccl":
-            t = t.cuda()
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+BACKEND_DEVICE_TYPES = {"nccl": "cuda", "gloo": "cpu", "mpi": "cpu", "ccl": "cpu", "xccl": "xpu"}
+"""The device type whose tensors a process-group backend's collectives take. NCCL rejects CPU
+tensors; gloo takes CPU tensors (and CUDA ones only through a copy)."""
+
+
+def collective_device(backend: str) -> torch.device:
+    """Where a tensor must live for a collective of ``backend`` (``dist.get_backend()``): the
+    current CUDA device for NCCL, the CPU for gloo / MPI / oneCCL."""
+    device_type = BACKEND_DEVICE_TYPES.get(str(backend).lower())
+    if device_type is None:
+        raise ValueError(f"unknown torch.distributed backend {backend!r}; known: {sorted(BACKEND_DEVICE_TYPES)}")
+    if device_type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(device_type)
+
+
+REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
+def all_reduce_scalar(value: float, op: str = "sum") -> float:
+    """``value`` reduced over every rank (``op``: sum, max or min), the one way every host-side
+    number in recurlm is reduced: the float64 tensor is placed on :func:`collective_device`, so
+    the same call works under gloo and NCCL. A world of one returns ``value`` unchanged."""
+    if op not in REDUCE_OPS:
+        raise ValueError(f"op must be one of {sorted(REDUCE_OPS)}, got {op!r}")
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return float(value)
+    t = torch.tensor([value], dtype=torch.float64, device=collective_device(dist.get_backend()))
+    dist.all_reduce(t, op=REDUCE_OPS[op])
     return float(t.item())
+
+
+def all_reduce_max(value: float) -> float:
+    """The largest ``value`` over the ranks (any rank's error or stop request reaches all)."""
+    return all_reduce_scalar(value, "max")
+
+
+def all_reduce_mean(value: float) -> float:
+    """The mean of ``value`` over the ranks (e.g. the step's loss)."""
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return all_reduce_scalar(value, "sum") / world
 
 
 def barrier() -> None:

@@ -30,7 +30,7 @@ from recurlm.data.config import DataConfig
 from recurlm.models import to_model_config
 from recurlm.train import checkpoint as ckpt
 from recurlm.train.config import LoopConfig, LoggerConfig, OptimConfig, ScheduleConfig
-from recurlm.train.distributed import DistEnv, all_reduce_max, barrier, init_distributed
+from recurlm.train.distributed import DistEnv, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from recurlm.train.engine import batch_geometry, build_engine, global_grad_norm, set_lr
 from recurlm.train.export import export_checkpoint
 from recurlm.train.monitor import Monitor, peak_flops
@@ -77,14 +77,6 @@ def _resume_path(resume: str, manager: ckpt.CheckpointManager) -> Optional[str]:
     if not ckpt.is_valid(resume):
         raise ckpt.CheckpointError(f"resume={resume!r} is not a recurlm checkpoint directory")
     return resume
-
-
-def _mean_over_ranks(value: float) -> float:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        t = torch.tensor([value], dtype=torch.float64)
-        dist.all_reduce(t)
-        return float(t.item()) / dist.get_world_size()
-    return value
 
 
 def _memory_gb() -> float:
@@ -271,7 +263,7 @@ class Trainer:
             loss_sum += loss.detach().float()
         applied = self.engine.skipped_steps == skipped_before
         # one host sync per step, not one per micro-batch
-        return _mean_over_ranks(loss_sum.item() / self.accumulation), applied
+        return all_reduce_mean(loss_sum.item() / self.accumulation), applied
 
     def run(self) -> TrainResult:
         loop, monitor = self.loop, self.monitor
