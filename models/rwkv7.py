@@ -170,7 +170,8 @@ class RWKV7TimeMix(nn.Module):
         r, k, v, a, g, w, kk = self._inputs(x, x_prev - x, first_value)
         r, k, v, a, w = (t.unflatten(-1, (self.n_heads, self.head_dim)) for t in (r, k, v, a, w))
         o, new_wkv = dplr_delta_rule(r, k, v, -kk, kk * a, w, scale=1.0, initial_state=wkv,
-                                     output_final_state=return_state, resets=resets, impl=self.impl)
+                                     output_final_state=return_state, resets=resets, impl=self.impl,
+                                     gk_lower_bound=-LOG_DECAY_LIMIT)
         return self._output(o, r, k, v, g), new_wkv, new_shift
 
     def step(self, x: torch.Tensor, wkv: torch.Tensor, shift: torch.Tensor, first_value: FirstLayerValue

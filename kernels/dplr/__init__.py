@@ -82,6 +82,7 @@ def dplr_delta_rule(
     resets: torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
     impl: str = "auto",
+    gk_lower_bound: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Generalized (diagonal-plus-low-rank) delta rule; math in the module docstring.
 
@@ -97,19 +98,30 @@ def dplr_delta_rule(
             (``resets[:, 0]`` discards ``initial_state``).
         cu_seqlens: [N + 1] int offsets of N sequences flattened into one row (B == 1).
         impl: "auto" | "naive" | "chunk" | "triton" (see ``recurlm.kernels.dispatch``).
+        gk_lower_bound: the caller's guarantee that ``gk_lower_bound <= gk < 0`` everywhere (RWKV-7:
+            -e^-0.5), or None. The Triton path hands it to fla (``lower_bound``, and ``safe_gate``
+            for bounds within fla's safe range [-5, 0)): fla's tensor-core scheme with chunks of 64
+            instead of 16. Checked on CPU tensors (ValueError); not on CUDA, where the check would
+            be a host sync per call.
 
     Returns:
         o: [B, T, H, V] in q's dtype.
         final_state: [N, H, K, V] (float32; float64 for float64 inputs) or None.
     """
     _check_inputs(q, k, v, a, b, gk, initial_state, resets, cu_seqlens)
+    if gk_lower_bound is not None:
+        if gk_lower_bound >= 0:
+            raise ValueError(f"gk_lower_bound must be negative (gk is a log decay), got {gk_lower_bound}")
+        if not gk.is_cuda and bool((gk < gk_lower_bound).any()):
+            raise ValueError(f"gk goes below gk_lower_bound={gk_lower_bound}: min {gk.min().item():.4g}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     impl = resolve_impl(impl, q)
     if impl == "triton":
         from recurlm.kernels.dplr.triton import dplr_triton  # imports triton and fla only when used
 
         return dplr_triton(q, k, v, a, b, gk, scale=scale, initial_state=initial_state,
-                           output_final_state=output_final_state, resets=resets, cu_seqlens=cu_seqlens)
+                           output_final_state=output_final_state, resets=resets, cu_seqlens=cu_seqlens,
+                           gk_lower_bound=gk_lower_bound)
     op = dplr_chunk if impl == "chunk" else dplr_naive
     if cu_seqlens is None:
         return op(q, k, v, a, b, gk, scale=scale, initial_state=initial_state,

@@ -6,6 +6,11 @@ S_{t-1} + k_t v_t^T, o_t = S_t^T (scale q_t), scale default K ** -0.5, varlen by
 so this is a thin call: :func:`recurlm.kernels.fla_adapter.run_fla_varlen` turns ``resets`` into
 segments of fla's varlen form.
 
+With a known bound on the log decay (``gk_lower_bound``; RWKV-7 guarantees gk > -e^-0.5, as fla's
+own RWKV-7 layer assumes) fla gets ``lower_bound`` and ``safe_gate=True``: its tensor-core
+scheme, chunks of 64 and far fewer autotune configurations. Without a bound fla falls back to
+chunks of 16 (its safe choice for arbitrary decays).
+
 Interpreter note (CPU tests): under plain ``TRITON_INTERPRET=1`` the fla kernels do not run
 (``RuntimeError: 0 active drivers`` from ``@triton.autotune`` benchmarking, then
 ``Did you forget to add @triton.jit`` from fla's ``gather = tl.gather`` alias, then
@@ -18,6 +23,9 @@ from __future__ import annotations
 import torch
 
 from recurlm.kernels.fla_adapter import run_fla_varlen
+
+FLA_SAFE_GATE_MIN = -5.0
+"""fla 0.6.0's ``safe_gate`` promises log decays in about [-5, 0) (``chunk_dplr_delta_rule``'s docstring)."""
 
 
 def dplr_triton(
@@ -33,6 +41,7 @@ def dplr_triton(
     output_final_state: bool,
     resets: torch.Tensor | None,
     cu_seqlens: torch.Tensor | None,
+    gk_lower_bound: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The op by fla's Triton kernels; arguments and results as
     :func:`recurlm.kernels.dplr.dplr_delta_rule` (final state float32)."""
@@ -41,7 +50,9 @@ def dplr_triton(
 
     if initial_state is not None:
         initial_state = initial_state.float()  # fla keeps its state in float32
+    bound = {} if gk_lower_bound is None else {"lower_bound": gk_lower_bound,
+                                               "safe_gate": gk_lower_bound >= FLA_SAFE_GATE_MIN}
     o, final_state = run_fla_varlen(chunk_dplr_delta_rule, (q, k, v, a, b, gk), resets=resets,
                                     cu_seqlens=cu_seqlens, initial_state=initial_state,
-                                    output_final_state=output_final_state, scale=scale)
+                                    output_final_state=output_final_state, scale=scale, **bound)
     return o, (None if final_state is None else final_state.float())

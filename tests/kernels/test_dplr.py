@@ -2,6 +2,8 @@
 strong decays, bf16, fla's torch reference, and fla's Triton kernels under the interpreter."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -212,6 +214,29 @@ def test_triton_matches_naive_under_interpreter(fla_interpreter):
     expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive"), inputs)
     actual = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="triton"), inputs)
     assert_all_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_triton_with_rwkv7_decay_bound_under_interpreter(fla_interpreter):
+    """RWKV-7's bound on gk sends fla down its safe-gate path (chunks of 64, exp(g_i - g_j) factored
+    around the middle of each chunk): equal to naive within ~1e-4 of each tensor's largest entry in
+    float32 (the unbounded path: ~1e-6 at these inputs), far inside bf16 training's precision."""
+    inputs = make_inputs(1, 70, 1, 16, 16, initial_state=True, requires_grad=True, seed=15)
+    inputs["resets"] = torch.zeros(1, 70, dtype=torch.bool)
+    inputs["resets"][0, 33] = True
+    bound = -math.exp(-0.5)
+    expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive"), inputs)
+    actual = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="triton",
+                                                        gk_lower_bound=bound), inputs)
+    for i, (x, y) in enumerate(zip(actual, expected)):
+        assert (x - y).abs().max() <= 5e-4 * y.abs().max(), f"tensor #{i} (o, state, grads...)"
+
+
+def test_decay_bound_is_checked_on_cpu():
+    inputs = make_inputs(1, 5, 1, 4, 4, log_decay_floor=-2.0, seed=16)
+    with pytest.raises(ValueError, match="gk goes below gk_lower_bound"):
+        dplr_delta_rule(**inputs, gk_lower_bound=-math.exp(-0.5))
+    with pytest.raises(ValueError, match="must be negative"):
+        dplr_delta_rule(**inputs, gk_lower_bound=0.5)
 
 
 def test_triton_cu_seqlens_under_interpreter(fla_interpreter):

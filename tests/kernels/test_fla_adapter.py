@@ -3,15 +3,19 @@ standing in for fla's CUDA kernels (they share fla's varlen calling convention).
 import pytest
 import torch
 
-from recurlm.kernels.fla_adapter import plan_segments, run_fla_varlen
+from recurlm.kernels import fla_adapter
+from recurlm.kernels.fla_adapter import plan_segments, run_fla_varlen, segment_plan
 from recurlm.kernels.gla import gla
 from recurlm.kernels.gla.testing import make_inputs, outputs_and_grads
 from recurlm.kernels.rwkv6 import rwkv6
 from recurlm.kernels.rwkv6.testing import make_inputs as make_rwkv6_inputs
 
 
-def naive_gla_varlen(q, k, v, g, *, scale, initial_state, output_final_state, cu_seqlens=None):
+def naive_gla_varlen(q, k, v, g, *, scale, initial_state, output_final_state, cu_seqlens=None,
+                     cu_seqlens_cpu=None):
     """Stands in for fla.ops.gla.chunk_gla: same arguments, recurlm's naive loop."""
+    if cu_seqlens is not None:
+        assert cu_seqlens_cpu.device.type == "cpu" and torch.equal(cu_seqlens_cpu, cu_seqlens.cpu())
     return gla(q, k, v, g, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                cu_seqlens=cu_seqlens, impl="naive")
 
@@ -70,7 +74,7 @@ def test_rwkv6_with_per_head_kwarg_and_cu_seqlens():
     resets[0, [4, 9, 17]] = True
     inputs["resets"] = resets
 
-    def naive_rwkv6_varlen(r, k, v, w, u, **kwargs):
+    def naive_rwkv6_varlen(r, k, v, w, u, cu_seqlens_cpu=None, **kwargs):
         return rwkv6(r, k, v, w, u, impl="naive", **kwargs)
 
     def adapted(r, k, v, w, u, initial_state, resets, output_final_state):
@@ -103,3 +107,29 @@ def test_without_resets_the_op_gets_the_inputs_unchanged():
 def test_token_shapes_must_match_resets():
     with pytest.raises(ValueError, match="every token input"):
         run_fla_varlen(naive_gla_varlen, (torch.randn(2, 5, 1, 3),), resets=torch.zeros(2, 6, dtype=torch.bool))
+
+
+def test_one_plan_per_resets_tensor_shared_by_every_layer(monkeypatch):
+    """Layers of one forward get the same resets object: one plan, one cu_seqlens object (fla's
+    identity-keyed caches hit) with its host copy; a new or modified resets tensor is planned anew."""
+    made = []
+    monkeypatch.setattr(fla_adapter, "plan_segments",
+                        lambda *args: made.append(args) or plan_segments(*args))
+    seen = []
+
+    def recording_op(*tokens, cu_seqlens, cu_seqlens_cpu, initial_state, output_final_state):
+        seen.append((cu_seqlens, cu_seqlens_cpu))
+        return tokens[0], None
+
+    resets = torch.zeros(2, 6, dtype=torch.bool)
+    resets[0, 3] = True
+    x = torch.randn(2, 6, 1, 2)
+    for _ in range(3):  # three layers
+        run_fla_varlen(recording_op, (x,), resets=resets)
+    assert len(made) == 1 and all(cu is seen[0][0] for cu, _ in seen)
+    assert seen[0][1].device.type == "cpu" and seen[0][1].tolist() == [0, 3, 6, 12]
+    assert segment_plan(resets) is segment_plan(resets)
+    resets[1, 2] = True  # in place: the old plan no longer holds
+    assert segment_plan(resets).cu_seqlens_cpu.tolist() == [0, 3, 6, 8, 12]
+    run_fla_varlen(recording_op, (x,), resets=resets.clone())
+    assert len(made) == 3
