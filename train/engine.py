@@ -28,8 +28,41 @@ def batch_geometry(global_batch_size: int, micro_batch_size: int, world_size: in
     return micro, per_rank // micro
 
 
+GPU_BUCKET_ELEMENTS = int(2e8)
+"""Elements per gradient reduce / all-gather bucket on GPUs (400 MB in bf16): large enough that
+NCCL runs near bandwidth, small enough to overlap with the backward pass of the next blocks."""
+
+
+def gpu_zero_settings(zero_stage: int) -> dict[str, Any]:
+    """ZeRO settings for NCCL on GPUs: gradient reduction overlapped with the backward pass
+    (``overlap_comm``), gradients copied into one contiguous buffer as they are produced
+    (``contiguous_gradients``, no fragmentation at large models), reduce-scatter instead of
+    all-reduce, and explicit bucket sizes. Not used on CPU (gloo), where overlap has no streams to
+    run on and the CPU tests check the plain configuration."""
+    if zero_stage == 0:
+        return {}
+    settings: dict[str, Any] = {"overlap_comm": True, "contiguous_gradients": True,
+                                "reduce_bucket_size": GPU_BUCKET_ELEMENTS}
+    if zero_stage in (1, 2):
+        settings.update(reduce_scatter=True, allgather_partitions=True, allgather_bucket_size=GPU_BUCKET_ELEMENTS)
+    else:
+        # parameters are gathered layer by layer ahead of use; small ones stay whole on every rank
+        settings.update(stage3_prefetch_bucket_size=GPU_BUCKET_ELEMENTS // 4,
+                        stage3_param_persistence_threshold=int(1e5),
+                        stage3_max_live_parameters=int(1e9), stage3_max_reuse_distance=int(1e9))
+    return settings
+
+
 def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, global_batch_size: int, micro: int,
-                     accumulation: int) -> dict[str, Any]:
+                     accumulation: int, device_type: str | None = None) -> dict[str, Any]:
+    """DeepSpeed's JSON config for the job. ``device_type`` ("cuda" or "cpu"; default: cuda when
+    available) adds the GPU communication settings of :func:`gpu_zero_settings`.
+
+    Precision: bf16 keeps float32 master weights and optimizer states in ZeRO's optimizer (stages
+    1-3) and reduces gradients in float32 (``communication_data_type``); at stage 1 gradients are
+    also accumulated over micro-batches in float32 (``data_types.grad_accum_dtype``: DeepSpeed's
+    BF16 optimizer; stages 2/3 accumulate into their bf16 partitions). bf16 without ZeRO would
+    update bf16 weights in place (DeepSpeed's plain bf16 data parallelism), so it is refused."""
     if ds.precision not in PRECISIONS:
         raise ValueError(f"deepspeed.precision must be one of {PRECISIONS}, got {ds.precision!r}")
     if ds.zero_stage not in (0, 1, 2, 3):
@@ -38,11 +71,17 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, global_batch_size:
         raise ValueError("deepspeed.offload_optimizer needs zero_stage 2 or 3")
     if ds.offload_param and ds.zero_stage != 3:
         raise ValueError("deepspeed.offload_param needs zero_stage 3")
+    if ds.precision == "bf16" and ds.zero_stage == 0:
+        raise ValueError("deepspeed.precision=bf16 needs zero_stage >= 1: without ZeRO, DeepSpeed's bf16 mode "
+                         "updates bf16 weights with no float32 master copy (use deepspeed=zero1 or gpu_zero2_bf16)")
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if device_type == "cuda":
+        zero.update(gpu_zero_settings(ds.zero_stage))
     if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device_type == "cuda"}
     if ds.offload_param:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        zero["offload_param"] = {"device": "cpu", "pin_memory": device_type == "cuda"}
     config: dict[str, Any] = {
         "train_batch_size": global_batch_size,
         "train_micro_batch_size_per_gpu": micro,
@@ -56,6 +95,10 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, global_batch_size:
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+    if ds.precision == "bf16":
+        config["communication_data_type"] = "fp32"
+        if ds.zero_stage == 1:
+            config["data_types"] = {"grad_accum_dtype": "fp32"}
     return _merged(config, ds.overrides)
 
 

@@ -254,9 +254,12 @@ class Trainer:
             # micro-batch i holds the same rows (lanes) at every step: the recipe keys states by i
             rows = slice(i * self.micro, (i + 1) * self.micro)
             state, resets = self.recipe.initial_state(i, batch.resets[rows])
-            loss, final = self.engine(batch.input_ids[rows].to(device), resets=resets.to(device),
+            # the loader pins its batches on GPU machines: these copies do not stall the host
+            loss, final = self.engine(batch.input_ids[rows].to(device, non_blocking=True),
+                                      resets=resets.to(device, non_blocking=True),
                                       state=None if state is None else state.to(device),
-                                      return_state=self.recipe.wants_final_state, labels=batch.labels[rows].to(device))
+                                      return_state=self.recipe.wants_final_state,
+                                      labels=batch.labels[rows].to(device, non_blocking=True))
             self.engine.backward(loss)
             self.engine.step()
             self.recipe.observe(i, final)
