@@ -90,7 +90,8 @@ class TitansConfig(ModelConfig):
     """Mini-batch size of the memory's inner gradient descent (gradients at the mini-batch's
     starting weights); part of the model, not only a speed knob. 1 = exact per-token descent."""
     memory_depth: int = 2
-    """Layers of the memory MLP: 1 = linear memory (M(x) = x W), 2 = act(x W1) W2 (the paper's deep memory)."""
+    """Layers of the memory MLP: 1 = linear memory (M(x) = x W), 2 = act(x W1) W2 (the paper's deep memory).
+    Only depth 1 has a Triton kernel: on CUDA, depth 2 runs the PyTorch chunk path (``titans_memory``)."""
     memory_expansion: int = 2
     """Hidden width of the depth-2 memory MLP in units of the memory head width."""
     memory_activation: str = "gelu"
@@ -166,47 +167,78 @@ def document_slots(valid: torch.Tensor, pos: torch.Tensor, seg_len: int) -> tupl
     return torch.where(valid, slot, L), L
 
 
+@dataclass
+class SegmentLayout:
+    """Where the tokens of one call (buffered ones first) sit on the segment grid; it depends only on
+    the tokens' positions, so every Titans layer of a forward shares one (``TitansLM.block_extras``)
+    and the one host sync that sizes the grid (``L``) happens once per forward, not once per layer."""
+
+    valid: torch.Tensor
+    """[B, C - 1 + T] bool: buffered tokens of the current segment, then every new token."""
+    slot: torch.Tensor
+    """[B, C - 1 + T] int64: each element's slot on the aligned grid (invalid ones: ``L``)."""
+    L: int
+    """Aligned length, a multiple of C."""
+    doc_starts: torch.Tensor
+    """[B, L + 1] bool: slots that start a document."""
+    current: torch.Tensor
+    """[B] int64: the segment the next token falls in."""
+
+
+def segment_layout(positions: torch.Tensor, seg_len: int) -> SegmentLayout:
+    """The :class:`SegmentLayout` of tokens at ``positions`` [B, T] (see :func:`scan_segments`)."""
+    C = seg_len
+    pos0 = positions[:, 0]
+    buffered = torch.where(pos0 > 0, pos0 % C, 0)  # tokens of the current segment seen before
+    j = torch.arange(C - 1, device=positions.device)
+    valid = torch.cat([j < buffered[:, None], torch.ones_like(positions, dtype=torch.bool)], 1)
+    pos = torch.cat([pos0[:, None] - buffered[:, None] + j, positions], 1)
+    slot, L = document_slots(valid, pos, C)
+    doc_starts = torch.zeros(positions.shape[0], L + 1, dtype=torch.bool, device=positions.device).scatter(
+        1, slot, valid & (pos == 0))
+    last = slot.masked_fill(~valid, -1).max(1).values
+    return SegmentLayout(valid, slot, L, doc_starts, (last + 1) // C)
+
+
 def scan_segments(x: torch.Tensor, positions: torch.Tensor, state: Optional[LayerState], seg_len: int,
                   fresh: Carry, step: Callable[[torch.Tensor, Carry], tuple[torch.Tensor, Carry]],
-                  return_state: bool) -> tuple[torch.Tensor, Optional[LayerState]]:
+                  return_state: bool, layout: Optional[SegmentLayout] = None
+                  ) -> tuple[torch.Tensor, Optional[LayerState]]:
     """Run ``step`` over the segments of every document, exactly resumable mid-segment.
 
     x [B, T, D]; positions [B, T] inside the documents (0 = document start; token 0 continues the
     previous call's document when its position is > 0); state: the carry at the start of the
     current segment plus ``buffer`` [B, seg_len - 1, D] (that segment's inputs so far); fresh: the
     carry at a document start (broadcastable to batch B). ``step(x_seg [B, C, D], carry) ->
-    (y_seg [B, C, Dy], carry)`` processes one whole segment. Returns y [B, T, Dy] and the new
-    state (carry + buffer) if ``return_state``."""
+    (y_seg [B, C, Dy], carry)`` processes one whole segment; ``layout``: ``segment_layout(positions,
+    seg_len)`` if already made. Returns y [B, T, Dy] and the new state (carry + buffer) if
+    ``return_state``."""
     B, T, D = x.shape
     C = seg_len
+    layout = layout or segment_layout(positions, C)
+    L = layout.L
     carry = {key: value.expand(B, *value.shape[1:]) for key, value in fresh.items()}
     buffer = x.new_zeros(B, C - 1, D)
     if state is not None:
         carry, buffer = {key: state[key] for key in fresh}, state["buffer"].to(x.dtype)
-    pos0 = positions[:, 0]
-    buffered = torch.where(pos0 > 0, pos0 % C, 0)  # tokens of the current segment seen before
-    j = torch.arange(C - 1, device=x.device)
-    valid = torch.cat([j < buffered[:, None], torch.ones_like(positions, dtype=torch.bool)], 1)
-    pos = torch.cat([pos0[:, None] - buffered[:, None] + j, positions], 1)
-    slot, L = document_slots(valid, pos, C)
-    index = slot[..., None].expand(-1, -1, D)
+    index = layout.slot[..., None].expand(-1, -1, D)
     aligned = x.new_zeros(B, L + C, D).scatter(1, index, torch.cat([buffer, x], 1))
-    doc_starts = torch.zeros(B, L + 1, dtype=torch.bool, device=x.device).scatter(1, slot, valid & (pos == 0))
-    last = slot.masked_fill(~valid, -1).max(1).values
-    current = (last + 1) // C  # the segment the next token falls in
     outputs, snapshot = [], None
     for n in range(L // C):
-        carry = _where_rows(doc_starts[:, n * C], {k: v.expand_as(carry[k]) for k, v in fresh.items()}, carry)
+        carry = _where_rows(layout.doc_starts[:, n * C], {k: v.expand_as(carry[k]) for k, v in fresh.items()},
+                            carry)
         if return_state:
-            snapshot = carry if snapshot is None else _where_rows(current == n, carry, snapshot)
+            snapshot = carry if snapshot is None else _where_rows(layout.current == n, carry, snapshot)
         y, carry = step(aligned[:, n * C:(n + 1) * C], carry)
         outputs.append(y)
     y_aligned = torch.cat(outputs + [y.new_zeros(B, 1, *y.shape[2:])], 1).flatten(2)
-    y = y_aligned.gather(1, slot[..., None].expand(-1, -1, y_aligned.shape[-1]))[:, C - 1:].unflatten(2, y.shape[2:])
+    y = y_aligned.gather(1, layout.slot[..., None].expand(-1, -1, y_aligned.shape[-1]))[:, C - 1:].unflatten(
+        2, y.shape[2:])
     if not return_state:
         return y, None
-    snapshot = _where_rows(current == L // C, carry, snapshot)
-    rest = (current[:, None] * C + j)[..., None].expand(-1, -1, D)
+    snapshot = _where_rows(layout.current == L // C, carry, snapshot)
+    j = torch.arange(C - 1, device=x.device)
+    rest = (layout.current[:, None] * C + j)[..., None].expand(-1, -1, D)
     return y, {**snapshot, "buffer": aligned.gather(1, rest)}
 
 
@@ -312,14 +344,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Ten
     """Softmax attention over masked keys plus always-visible persistent keys.
 
     q [N, T, H, Dh]; k, v [N, S, H, Dh]; allowed [N, T, S] bool; sink_k, sink_v [P, H, Dh]
-    -> [N, T, H, Dh]: o_t = sum over {persistent} u {s : allowed[t, s]} of softmax(scale q_t . k) v."""
-    scores = torch.einsum("nthd,nshd->nhts", q, k) * scale
-    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
-    sink_scores = torch.einsum("nthd,phd->nhtp", q, sink_k) * scale
-    probs = torch.cat([sink_scores, scores], -1).float().softmax(-1).to(q.dtype)
-    P = sink_k.shape[0]
-    return (torch.einsum("nhtp,phd->nthd", probs[..., :P], sink_v)
-            + torch.einsum("nhts,nshd->nthd", probs[..., P:], v))
+    -> [N, T, H, Dh]: o_t = sum over {persistent} u {s : allowed[t, s]} of softmax(scale q_t . k) v.
+    Runs through ``F.scaled_dot_product_attention`` (a fused kernel on GPU: the [T, S] scores are
+    never stored for backward), the persistent tokens prepended to the keys."""
+    N, T, P = q.shape[0], q.shape[1], sink_k.shape[0]
+    keys = torch.cat([sink_k.to(k.dtype).expand(N, -1, -1, -1), k], 1)
+    values = torch.cat([sink_v.to(v.dtype).expand(N, -1, -1, -1), v], 1)
+    mask = torch.cat([allowed.new_ones(N, T, P), allowed], -1)[:, None]       # [N, 1, T, P + S]
+    o = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2),
+                                       attn_mask=mask, scale=scale)
+    return o.transpose(1, 2)
 
 
 class PersistentAttention(nn.Module):
@@ -425,21 +459,26 @@ class TitansBlock(Block):
         raise NotImplementedError
 
     def scan(self, x: torch.Tensor, positions: torch.Tensor, state: Optional[LayerState],
-             return_state: bool) -> tuple[torch.Tensor, Optional[LayerState]]:
+             return_state: bool, layout: SegmentLayout) -> tuple[torch.Tensor, Optional[LayerState]]:
         return scan_segments(x, positions, state, self.seg_len, self.fresh(x.dtype, x.device), self.segment,
-                             return_state)
+                             return_state, layout)
 
     def mix(self, x: torch.Tensor, positions: torch.Tensor, state: Optional[LayerState],
-            return_state: bool) -> tuple[torch.Tensor, LayerState]:
+            return_state: bool, layout: SegmentLayout) -> tuple[torch.Tensor, LayerState]:
         """The residual updates of the token mixer(s): x [B, T, d] (un-normed) -> (x, state entries)."""
-        h, mem_state = self.scan(self.mix_norm(x), positions, state, return_state)
+        h, mem_state = self.scan(self.mix_norm(x), positions, state, return_state, layout)
         return x + h, mem_state or {}
 
-    def forward(self, x, resets, state, return_state):
+    def forward(self, x, resets, state, return_state, layouts: Optional[dict[int, SegmentLayout]] = None):
+        """``layouts``: the segment layouts already made in this forward, by segment length (every
+        layer of a forward sees the same positions: its state's ``_pos`` equals every other layer's)."""
         B, T, _ = x.shape
         offset = 0 if state is None else state["_pos"]
         positions = positions_from_resets(resets, B, T, offset, device=x.device)
-        x, new_state = self.mix(x, positions, state, return_state)
+        layouts = {} if layouts is None else layouts
+        if self.seg_len not in layouts:
+            layouts[self.seg_len] = segment_layout(positions, self.seg_len)
+        x, new_state = self.mix(x, positions, state, return_state, layouts[self.seg_len])
         x = x + self.mlp(self.mlp_norm(x))
         return x, ({**new_state, "_pos": positions[:, -1] + 1} if return_state else None)
 
@@ -500,10 +539,10 @@ class MAGBlock(TitansBlock):
         m, carry = self.memory.write_read(x, carry)
         return self.memory.output(m), carry
 
-    def mix(self, x, positions, state, return_state):
+    def mix(self, x, positions, state, return_state, layout):
         xn = self.mix_norm(x)
         attn, attn_state = self.attn(xn, positions == 0, positions, state, return_state)
-        m, mem_state = self.scan(xn, positions, state, return_state)
+        m, mem_state = self.scan(xn, positions, state, return_state, layout)
         h = self.o_proj(self.attn_norm(attn) * torch.sigmoid(m))
         return x + h, {**(mem_state or {}), **attn_state}
 
@@ -520,8 +559,8 @@ class MALBlock(MAGBlock):
     """Memory as layer: x + memory(RMSNorm(x)), then x + W_out SWA(RMSNorm(x)) (``attn_norm`` is
     the attention sublayer's pre-norm here)."""
 
-    def mix(self, x, positions, state, return_state):
-        x, mem_state = TitansBlock.mix(self, x, positions, state, return_state)
+    def mix(self, x, positions, state, return_state, layout):
+        x, mem_state = TitansBlock.mix(self, x, positions, state, return_state, layout)
         attn, attn_state = self.attn(self.attn_norm(x), positions == 0, positions, state, return_state)
         return x + self.o_proj(attn), {**mem_state, **attn_state}
 
@@ -532,6 +571,10 @@ class TitansLM(RecurrentLM):
     def __init__(self, cfg: TitansConfig):
         block = self.BLOCKS[cfg.family]
         super().__init__(cfg, [block(cfg) for _ in range(cfg.n_layers)], RMSNorm(cfg.d_model, cfg.norm_eps))
+
+    def block_extras(self):
+        layouts: dict[int, SegmentLayout] = {}  # fresh per call: made by the first block, shared by all
+        return [{"layouts": layouts} for _ in self.blocks]
 
 
 CONFIGS = {"titans_mac": TitansMACConfig, "titans_mag": TitansMAGConfig, "titans_mal": TitansMALConfig}

@@ -41,6 +41,9 @@ Example (two documents packed in one row, then the same as varlen)::
 """
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 
 from recurlm.kernels.dispatch import autocast_off, resolve_impl
@@ -49,6 +52,13 @@ from recurlm.kernels.titans_memory.common import TitansMemoryState, Weights, val
 from recurlm.kernels.titans_memory.naive import naive_titans_memory
 
 __all__ = ["titans_memory", "TitansMemoryState"]
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_depth2_on_cuda() -> None:
+    warnings.warn("titans_memory impl='auto': no Triton kernel for the depth-2 (MLP) memory; running the "
+                  "PyTorch chunk path on CUDA (set model.memory_depth=1 for the Triton kernel)", RuntimeWarning,
+                  stacklevel=3)
 
 
 @autocast_off
@@ -69,7 +79,12 @@ def titans_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torc
         output_final_state: return the final TitansMemoryState (float32; float64 for float64 inputs).
         resets: [B, T] bool, True where a document starts (memory <- init_weights, momentum <- 0).
         cu_seqlens: [N + 1] sequence boundaries of a flattened row (B == 1).
-        impl: "auto" | "naive" | "chunk" | "triton" (triton: depth 1 only; auto falls back to chunk).
+        impl: "auto" | "naive" | "chunk" | "triton". The Triton kernel covers the linear (depth 1)
+            memory only; ``impl="triton"`` with depth 2 raises. ``"auto"`` picks, explicitly: Triton
+            for depth 1 on CUDA; the PyTorch chunk path for depth 2 on every device (Titans'
+            default ``memory_depth=2``: a GPU then runs chunk-sized batched matmuls, launch-bound
+            at small heads; see docs/performance.md), announced once per process by a
+            ``RuntimeWarning``; chunk on CPU (naive for one token).
         chunk_size: mini-batch size C of the gradient descent (part of the math).
         activation: hidden activation of the depth-2 memory, "gelu" (exact) or "silu".
     Returns:
@@ -81,6 +96,7 @@ def titans_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torc
     if name == "triton" and depth != 1:
         if impl == "triton":
             raise NotImplementedError("the Triton titans_memory kernel covers the linear (depth 1) memory only")
+        _warn_depth2_on_cuda()
         name = "chunk"
     if name == "triton":
         # imported here so that @triton.jit decorates only when the kernel is used (and after tests

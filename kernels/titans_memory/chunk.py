@@ -207,8 +207,9 @@ def chunk_titans_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta
     if c.fresh is None:
         reset_chunks = [False] * N
     else:
-        # one host sync: only chunks that contain a reset pay for the terms of the initial memory
-        reset_chunks = c.fresh.any(dim=-1).any(dim=0)[0].tolist()
+        # on CPU one host sync lets only the chunks that contain a reset pay for the terms of the
+        # initial memory; on CUDA every chunk pays (no sync: it would stall the kernel queue per layer)
+        reset_chunks = [True] * N if c.fresh.is_cuda else c.fresh.any(dim=-1).any(dim=0)[0].tolist()
         init = [w.to(dtype).expand(B, *w.shape).reshape(BH, *w.shape[1:]) for w in init_weights]
         fresh = per_chunk(c.fresh.expand(B, H, N, C)[..., None])
         read_init = per_chunk(c.read_init[..., None])

@@ -151,3 +151,39 @@ def test_presets_build(family):
             assert model.num_params() < 1_000_000
         if size in PAPER_SIZES:
             assert abs(model.num_params() / PAPER_SIZES[size] - 1) < 0.03, (size, model.num_params())
+
+
+def test_segment_layout_made_once_per_forward(monkeypatch):
+    """Every Titans layer of a forward shares one segment layout (its grid size is the one host
+    sync of the memory path), in training mode and in step mode."""
+    from recurlm.models import titans
+
+    calls = []
+    real = titans.segment_layout
+    monkeypatch.setattr(titans, "segment_layout", lambda *a: calls.append(a) or real(*a))
+    model = build_model(TitansMAGConfig(size="tiny", vocab_size=97, n_layers=3)).double()
+    ids = torch.randint(0, 97, (2, 9))
+    resets = torch.zeros(2, 9, dtype=torch.bool)
+    resets[0, 4] = True
+    model(ids, resets=resets)
+    assert len(calls) == 1
+    model.step(ids[:, 0], model.init_state(2))
+    assert len(calls) == 2
+
+
+def test_attend_is_softmax_over_sinks_and_allowed_keys():
+    """The SDPA path equals the explicit softmax over [persistent keys, allowed keys]."""
+    from recurlm.models.titans import attend
+
+    g = torch.Generator().manual_seed(0)
+    N, T, S, H, D, P = 2, 5, 7, 2, 4, 2
+    q, k, v = (torch.randn(N, n, H, D, generator=g, dtype=torch.float64) for n in (T, S, S))
+    sink_k, sink_v = (torch.randn(P, H, D, generator=g, dtype=torch.float64) for _ in range(2))
+    allowed = torch.rand(N, T, S, generator=g) < 0.5
+    allowed[:, :, 0] = False  # a query may see no sequence key at all: the persistent ones remain
+    scores = torch.cat([torch.einsum("nthd,phd->nhtp", q, sink_k),
+                        torch.einsum("nthd,nshd->nhts", q, k).masked_fill(~allowed[:, None], float("-inf"))], -1)
+    probs = (scores * 0.3).softmax(-1)
+    expected = torch.einsum("nhtp,phd->nthd", probs[..., :P], sink_v) + torch.einsum("nhts,nshd->nthd",
+                                                                                    probs[..., P:], v)
+    torch.testing.assert_close(attend(q, k, v, allowed, sink_k, sink_v, 0.3), expected, rtol=1e-12, atol=1e-12)
