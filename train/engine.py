@@ -6,6 +6,8 @@ vectors and tagged parameters, and per-group ``lr_scale`` multipliers that ``set
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -191,6 +193,52 @@ def set_lr(engine, peak_lr: float, multiplier: float) -> float:
     return peak_lr * multiplier
 
 
+def warm_up_prefix(model_cfg) -> int:
+    """Layers of the shortest prefix of the model that holds every kind of block it has (Griffin's
+    recurrent and attention blocks, xLSTM's mLSTM and sLSTM blocks): those run every kernel shape
+    the whole model runs. Found on the meta device (no memory)."""
+    with torch.device("meta"):
+        blocks = build_model(model_cfg).blocks
+    first_of_kind: dict[str, int] = {}
+    for i, block in enumerate(blocks):
+        kind = type(block).__name__ + "/" + "/".join(type(m).__name__ for m in block.children())
+        first_of_kind.setdefault(kind, i)
+    return max(first_of_kind.values()) + 1
+
+
+def warm_kernels_once_per_node(model_cfg, micro: int, seq_len: int, precision: str, local_rank: int) -> float:
+    """Compile and autotune the model's Triton kernels on local rank 0 only, then let every rank go.
+
+    flash-linear-attention autotunes 272-461 configurations per op at its first call; with
+    ``FLA_CACHE_RESULTS=1`` (fla's default) Triton stores the chosen configurations, and the
+    compiled kernels, under ``TRITON_CACHE_DIR``. With that directory on node-local disk and
+    shared by the node's ranks (docs/training.md, "GPU clusters"), one warm-up per node, on a
+    model with only :func:`warm_up_prefix` layers at the training micro-batch shape (with a
+    document boundary, so the varlen kernels are built too), fills it; the other ranks' first
+    step then reads it instead of compiling the same kernels in parallel. Returns the seconds
+    this rank spent (warming or waiting)."""
+    import dataclasses
+
+    import torch.distributed as dist
+
+    start = time.perf_counter()
+    if local_rank == 0:
+        cfg = dataclasses.replace(model_cfg, n_layers=warm_up_prefix(model_cfg))
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+        model = build_model(cfg).to(device=torch.device("cuda", torch.cuda.current_device()), dtype=dtype)
+        ids = torch.randint(0, cfg.vocab_size, (micro, seq_len), device=model.embed.weight.device)
+        resets = torch.zeros_like(ids, dtype=torch.bool)
+        resets[:, 0] = True
+        resets[:, seq_len // 2] = True
+        loss, _ = model(ids, resets=resets, labels=ids)
+        loss.backward()
+        del model, loss
+        torch.cuda.synchronize()
+    if dist.is_initialized():
+        dist.barrier()
+    return time.perf_counter() - start
+
+
 def build_engine(job: JobConfig, model_cfg, global_batch_size: int, micro: int, accumulation: int,
                  load_universal: bool = False):
     """(engine, model) with the model built under ZeRO-3's zero.Init when asked. ``load_universal``
@@ -198,6 +246,9 @@ def build_engine(job: JobConfig, model_cfg, global_batch_size: int, micro: int, 
     import deepspeed
 
     ds_config = deepspeed_config(job.deepspeed, job.optim, global_batch_size, micro, accumulation)
+    if torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        warm_kernels_once_per_node(model_cfg, micro, job.train.seq_len, job.deepspeed.precision,
+                                   int(os.environ.get("LOCAL_RANK", "0")))
     if load_universal:
         ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
     partition = job.deepspeed.zero_stage == 3 and job.deepspeed.zero_init

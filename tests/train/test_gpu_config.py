@@ -45,3 +45,16 @@ def test_gpu_presets(stage):
 def test_gpu_preset_and_bf16_zero1_train_on_cpu(tiny_job, tmp_path, overrides):
     result = train(tiny_job("train.steps=2", *overrides, run_dir=str(tmp_path / "run")))
     assert result.step == 2 and result.last_val_loss < result.first_val_loss
+
+
+@pytest.mark.parametrize("family, overrides, expected", [
+    ("hgrn2", {}, 1),
+    ("griffin", {}, 3),                                           # recurrent, recurrent, attention
+    ("xlstm", {"slstm_at": [4], "block_types": ["mlstm"]}, 5),  # the sLSTM block comes fifth
+])
+def test_warm_up_prefix_holds_every_kind_of_block(family, overrides, expected):
+    from recurlm.models import to_model_config
+    from recurlm.train.engine import warm_up_prefix
+
+    cfg = to_model_config({"family": family, "size": "tiny", "vocab_size": 64, "n_layers": 6, **overrides})
+    assert warm_up_prefix(cfg) == expected
