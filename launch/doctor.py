@@ -7,7 +7,9 @@
 1. versions: Python, torch (+ CUDA and driver), Triton, DeepSpeed, flash-linear-attention, recurlm;
 2. kernels: each recurrence the model uses (``recurlm/kernels/<op>``) at small shapes on this
    node's device, with document resets and an initial state: ``impl="chunk"`` (and on CUDA
-   ``impl="triton"``) against the sequential ``impl="naive"`` reference, outputs and final states;
+   ``impl="triton"``) against the sequential ``impl="naive"`` reference, outputs, final states and
+   the gradients of every input, in float32; on CUDA also ``impl="triton"`` in bfloat16
+   (tolerances in ``TOLERANCES``);
 3. collective: when started under torchrun / srun (WORLD_SIZE > 1), one all_reduce over every rank
    (gloo on CPU, nccl on GPU) whose result must be sum(rank + 1), within ``--timeout`` seconds.
 
@@ -128,34 +130,82 @@ class Check:
     detail: str
 
 
+TOLERANCES = {("cpu", torch.float32): 1e-3, ("cuda", torch.float32): 5e-3, ("cpu", torch.bfloat16): 5e-2,
+              ("cuda", torch.bfloat16): 5e-2}
+"""Largest |a - b| / (1 + |b|) allowed against the float32 naive reference, outputs and gradients.
+CUDA float32 is looser than CPU: the Triton kernels' float32 ``tl.dot`` runs in TF32 (10-bit
+mantissa) on Ampere and Hopper. bfloat16: inputs rounded to bf16 (the reference sees the same
+rounded values in float32), 8-bit mantissa outputs."""
+
+
+def _floating_inputs(inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The top-level floating-point tensors of an op's inputs (states excepted: they stay float32)."""
+    return {k: v for k, v in inputs.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and "state" not in k}
+
+
+def _run(case: KernelCase, device: torch.device, impl: str, dtype: torch.dtype, backward: bool) -> list[torch.Tensor]:
+    """Outputs and final states of one call (inputs rounded to ``dtype``, computed in ``dtype`` for
+    ``impl`` and in float32 for the naive reference) and, with ``backward``, the gradients of a fixed
+    random projection of them w.r.t. every floating input."""
+    inputs = case.inputs(device)
+    leaves = _floating_inputs(inputs)
+    for key, x in leaves.items():
+        rounded = x.detach().to(dtype)
+        inputs[key] = (rounded if impl != "naive" else rounded.float()).requires_grad_(backward)
+    result = _tensors(case.op(**inputs, output_final_state=True, impl=impl))
+    if not backward:
+        return result
+    generator = torch.Generator().manual_seed(0)
+    projection = sum((t.float() * torch.randn(t.shape, generator=generator).to(t.device)).sum()
+                     for t in result if t.is_floating_point() and t.requires_grad)
+    grads = torch.autograd.grad(projection, [inputs[k] for k in leaves], allow_unused=True)
+    return result + [torch.zeros_like(inputs[k]) if g is None else g for k, g in zip(leaves, grads)]
+
+
 def check_kernel(name: str, case: KernelCase, device: torch.device, impls: Sequence[str],
-                 tolerance: float = 1e-3) -> list[Check]:
-    """``impls`` of one op against ``impl="naive"`` at small float32 shapes on ``device``."""
+                 tolerance: float | None = None, dtype: torch.dtype = torch.float32,
+                 backward: bool = False) -> list[Check]:
+    """``impls`` of one op against ``impl="naive"`` (float32) at small shapes on ``device``: outputs
+    and final states, and with ``backward`` the gradients of every floating input; inputs in
+    ``dtype`` (float32 or bfloat16); ``tolerance`` defaults to :data:`TOLERANCES`."""
+    tolerance = TOLERANCES[(device.type, dtype)] if tolerance is None else tolerance
+    what = ("fwd+bwd" if backward else "fwd") + ("" if dtype == torch.float32 else f" {str(dtype)[6:]}")
     checks = []
     try:
-        reference = case.op(**case.inputs(device), output_final_state=True, impl="naive")
+        reference = _run(case, device, "naive", dtype, backward)
     except Exception as err:  # a broken reference is a failed check, reported with its cause
         return [Check(f"kernel {name} naive", False, f"{type(err).__name__}: {err}")]
     for impl in impls:
         start = time.perf_counter()
         try:
-            result = case.op(**case.inputs(device), output_final_state=True, impl=impl)
+            result = _run(case, device, impl, dtype, backward)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             err = max_error(result, reference)
             ok = err <= tolerance
-            detail = f"max rel. error {err:.2e} vs naive (tolerance {tolerance:g}), {time.perf_counter() - start:.2f} s"
+            detail = (f"max rel. error {err:.2e} vs naive (tolerance {tolerance:g}), "
+                      f"{time.perf_counter() - start:.2f} s")
         except Exception as exc:  # report, do not crash: the point is a readable diagnosis
             ok, detail = False, f"{type(exc).__name__}: {exc}"
-        checks.append(Check(f"kernel {name} {impl} [{device.type}]", ok, detail))
+        checks.append(Check(f"kernel {name} {impl} {what} [{device.type}]", ok, detail))
     return checks
 
 
 def check_kernels(family: Optional[str], device: torch.device) -> list[Check]:
+    """Every op of ``family`` (all ops without one): chunk (and on CUDA Triton) against naive,
+    forward and backward in float32; on CUDA also the Triton path in bfloat16."""
     cases = _cases()
     if family is not None and family not in FAMILY_KERNELS:
         return [Check("kernels", False, f"unknown model family {family!r}; known: {sorted(FAMILY_KERNELS)}")]
     names = FAMILY_KERNELS[family] if family else sorted(cases)
-    impls = ["chunk"] + (["triton"] if device.type == "cuda" else [])
-    return [c for name in names for c in check_kernel(name, cases[name], device, impls)]
+    checks = []
+    for name in names:
+        checks += check_kernel(name, cases[name], device, ["chunk"] + (["triton"] if device.type == "cuda" else []),
+                               backward=True)
+        if device.type == "cuda":
+            checks += check_kernel(name, cases[name], device, ["triton"], dtype=torch.bfloat16, backward=True)
+    return checks
 
 
 def _version(module: str) -> str:

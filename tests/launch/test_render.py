@@ -178,7 +178,7 @@ def test_doctor_passes_on_this_machine(capsys):
     assert doctor.main(["--family", "griffin"]) == 0
     out = capsys.readouterr().out
     assert "torch" in out and "deepspeed" in out and "flash-linear-attention" in out
-    assert "ok   kernel linear_scan chunk [cpu]" in out and "ok   kernel local_attention chunk [cpu]" in out
+    assert "ok   kernel linear_scan chunk fwd+bwd [cpu]" in out and "ok   kernel local_attention chunk fwd+bwd [cpu]" in out
 
 
 def test_doctor_detects_a_wrong_kernel():
@@ -192,6 +192,35 @@ def test_doctor_detects_a_wrong_kernel():
     checks = doctor.check_kernel("gla", doctor.KernelCase(off_by_a_bit, good.inputs), doctor.torch.device("cpu"),
                                  ["chunk"])
     assert len(checks) == 1 and not checks[0].ok and "max rel. error" in checks[0].detail
+
+
+def test_doctor_compares_gradients_and_bf16():
+    """A kernel whose forward is right but whose backward is not fails the fwd+bwd check; the bf16
+    check compares bf16 inputs against the float32 reference on the same rounded values."""
+    cases = doctor._cases()
+    good = cases["linear_scan"]
+
+    class WrongGrad(doctor.torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return 2 * g
+
+    def wrong_backward(**kwargs):
+        out, state = good.op(**kwargs)
+        return (WrongGrad.apply(out) if kwargs["impl"] == "chunk" else out), state
+
+    cpu = doctor.torch.device("cpu")
+    forward_only = doctor.check_kernel("linear_scan", doctor.KernelCase(wrong_backward, good.inputs), cpu, ["chunk"])
+    assert forward_only[0].ok
+    with_grads = doctor.check_kernel("linear_scan", doctor.KernelCase(wrong_backward, good.inputs), cpu, ["chunk"],
+                                     backward=True)
+    assert not with_grads[0].ok and "fwd+bwd" in with_grads[0].name
+    bf16 = doctor.check_kernel("linear_scan", good, cpu, ["chunk"], dtype=doctor.torch.bfloat16, backward=True)
+    assert bf16[0].ok and "fwd+bwd bfloat16 [cpu]" in bf16[0].name, bf16[0].detail
 
 
 def test_doctor_knows_the_kernels_of_every_family():
