@@ -26,7 +26,11 @@ mantissa inputs and outputs (states and accumulation stay float32)."""
 
 def op_shape(op: str, size: str) -> dict[str, int]:
     """The op's head shape at preset ``size`` of its family (keyword arguments of its make_inputs)."""
-    p = preset_table(OP_FAMILY[op])[size]
+    return op_shape_of(op, preset_table(OP_FAMILY[op])[size])
+
+
+def op_shape_of(op: str, p: dict[str, Any]) -> dict[str, int]:
+    """The op's head shape in a model whose size fields are ``p`` (a preset, or a config as a dict)."""
     d = p["d_model"]
     if op == "gla":
         return {"heads": d // p["expand_ratio"], "head_dim": p["expand_ratio"]}
@@ -39,12 +43,16 @@ def op_shape(op: str, size: str) -> dict[str, int]:
     if op == "local_attention":
         return {"heads": p["n_heads"], "kv_heads": 1, "head_dim": d // p["n_heads"],
                 "window": p["attention_window"]}
-    if op == "mlstm":  # the v1 mLSTM runs on the up-projected width 2 d
-        return {"heads": p["n_heads"], "dk": 2 * d // p["n_heads"]}
+    if op == "mlstm":
+        if p.get("architecture") == "xlstm7b":  # post-up projection: q, k at qk_dim_factor d, v at v_dim_factor d
+            heads = p["n_heads"]
+            return {"heads": heads, "dk": int(p.get("qk_dim_factor", 0.5) * d) // heads,
+                    "dv": int(p.get("v_dim_factor", 1.0) * d) // heads}
+        return {"heads": p["n_heads"], "dk": 2 * d // p["n_heads"]}  # v1: the up-projected width 2 d
     if op == "slstm":
         return {"heads": p["n_heads"], "dim": d // p["n_heads"]}
     if op == "titans_memory":  # the Triton kernel covers the linear (depth 1) memory
-        return {"H": p["memory_heads"], "D": d // p["memory_heads"], "depth": 1}
+        return {"H": p["memory_heads"], "D": d // p["memory_heads"], "depth": p.get("depth", 1)}
     raise ValueError(f"unknown op {op!r}")
 
 
