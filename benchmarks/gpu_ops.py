@@ -85,13 +85,19 @@ def op_call(op: str, size: str, batch: int, seq_len: int) -> OpCall:
             resets = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
             resets[:, seq_len // 3] = True
             return {**inputs, "resets": resets}
-        return testing.make_inputs(batch=batch, seq_len=seq_len, dtype=dtype, device=device, seed=0,
-                                   reset_prob=4.0 / seq_len, initial_state=True, **shape)
+        inputs = testing.make_inputs(batch=batch, seq_len=seq_len, dtype=torch.float32, device=device, seed=0,
+                                     reset_prob=4.0 / seq_len, initial_state=True, **shape)
+        # states stay float32; RWKV-7 computes its log decay in float32 (models/rwkv7.py)
+        keep = ("initial_state",) + (("gk",) if op == "dplr" else ())
+        return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() and k not in keep else v
+                for k, v in inputs.items()}
 
     flop_args = {k: v for k, v in shape.items() if k not in ("kv_heads", "depth")}
     flops = float(testing.flops(batch, seq_len, **flop_args))
-    return OpCall(op, size, shape, make, lambda inputs, impl: fn(**inputs, output_final_state=True, impl=impl),
-                  flops)
+    # RWKV-7's call: its decay bound (make_inputs draws gk above it) selects fla's chunk-64 path
+    extra = {"gk_lower_bound": testing.RWKV7_LOG_DECAY_FLOOR} if op == "dplr" else {}
+    return OpCall(op, size, shape, make,
+                  lambda inputs, impl: fn(**inputs, output_final_state=True, impl=impl, **extra), flops)
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -197,7 +203,8 @@ def reference_runner(call: OpCall, inputs: dict[str, Any], dry_run: bool) -> tup
     if call.op == "dplr":
         from fla.ops.generalized_delta_rule.dplr import chunk_dplr_delta_rule
         return "fla chunk_dplr_delta_rule", lambda: chunk_dplr_delta_rule(
-            x["q"], x["k"], x["v"], x["a"], x["b"], x["gk"], safe_gate=True, lower_bound=-0.6065306597126334)[0]
+            x["q"], x["k"], x["v"], x["a"], x["b"], x["gk"], safe_gate=True,
+            lower_bound=-0.6065306597126334)[0]  # fla's RWKV-7 layer's arguments
     if call.op == "linear_scan":
         from fla.ops.hgrn import chunk_hgrn
         # HGRN's recurrence h_t = g_t h_{t-1} + x_t with log gate g: [B, T, D], as linear_scan
