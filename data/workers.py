@@ -54,11 +54,14 @@ def call_in_subprocess(fn: Callable[..., Any], *args: Any, what: str) -> Any:
     proc.start()
     sender.close()
     try:
-        while not receiver.poll(_POLL_S):
-            if not proc.is_alive() and not receiver.poll(0):
-                raise WorkerError(f"{what}: worker process {proc.pid} died with exit code {proc.exitcode} "
-                                  "without a result (out of memory?)")
-        ok, value = receiver.recv()
+        while not receiver.poll(_POLL_S) and proc.is_alive():
+            pass
+        try:
+            ok, value = receiver.recv()  # poll is also true at end of file: the child died
+        except EOFError:
+            proc.join(_POLL_S)
+            raise WorkerError(f"{what}: worker process {proc.pid} died with exit code {proc.exitcode} "
+                              "without a result (out of memory?)") from None
     finally:
         receiver.close()
         stop_process(proc)
