@@ -115,6 +115,7 @@ def run_two_ranks(out_dir: str, dry_run: bool) -> dict:
     on CPU in a dry run."""
     if not dry_run and torch.cuda.device_count() < 2:
         return {"ok": True, "skipped": f"{torch.cuda.device_count()} GPU(s): needs 2"}
+    out_dir = os.path.abspath(out_dir)
     size = ["model.size=tiny"] if dry_run else ["model.size=small", "model.kernel_impl=triton"]
     overrides = ["model=hgrn2", *size, "deepspeed=gpu_zero3_bf16", "train.steps=2", "train.seq_len=64",
                  "train.global_batch_size=4", "train.eval_batches=1", "logger.progress=false",
@@ -126,8 +127,9 @@ def run_two_ranks(out_dir: str, dry_run: bool) -> dict:
                                                              "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "recurlm.train", *overrides], capture_output=True, text=True,
-                          timeout=900, env=env)
+    # -P and a neutral cwd: the repository root must never be on sys.path (its folders shadow packages)
+    proc = subprocess.run([sys.executable, "-P", "-m", "recurlm.train", *overrides], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=out_dir)
     losses = []
     metrics = os.path.join(out_dir, "two-ranks", "metrics.jsonl")
     if os.path.exists(metrics):

@@ -73,9 +73,9 @@ dist.destroy_process_group()
 def test_reductions_at_two_ranks_use_the_backends_device(tmp_path, subprocess_env):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
+    proc = subprocess.run([sys.executable, "-P", "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
                            str(script), str(tmp_path)], capture_output=True, text=True, timeout=120,
-                          env=subprocess_env)
+                          env=subprocess_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         result = json.loads((tmp_path / f"{rank}.json").read_text())
