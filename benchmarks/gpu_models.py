@@ -94,7 +94,8 @@ def count_syncs(model: nn.Module, device: torch.device) -> Iterator[Counter]:
     (``model.blocks``) running at the time, forward and backward ("outside blocks" otherwise).
 
     On CUDA: ``torch.cuda.set_sync_debug_mode("warn")`` warns at every synchronising CUDA call;
-    the warnings are caught and attributed. On CPU (dry run): calls of :data:`HOST_READS` on
+    the warnings are caught and attributed (warnings raised on autograd's device threads are
+    replayed by PyTorch after backward returns, so those land in "outside blocks"). On CPU (dry run): calls of :data:`HOST_READS` on
     tensors are counted instead (the plumbing is the same)."""
     counts: Counter = Counter()
     stack: list[str] = []

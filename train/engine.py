@@ -6,6 +6,7 @@ vectors and tagged parameters, and per-group ``lr_scale`` multipliers that ``set
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -151,8 +152,8 @@ class SkipNonFinite(torch.optim.Optimizer):
     def step(self, closure=None):
         params = [p for g in self.inner.param_groups for p in g["params"] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm if self.max_norm > 0 else float("inf"))
-        self.grad_norm = float(norm)
-        self.overflow = not torch.isfinite(norm).item()
+        self.grad_norm = float(norm)  # the step's one host sync
+        self.overflow = not math.isfinite(self.grad_norm)
         if self.overflow:
             self.inner.zero_grad(set_to_none=True)
             return None
