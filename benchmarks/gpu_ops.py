@@ -19,7 +19,7 @@ OP_FAMILY = {"linear_scan": "hawk", "gla": "hgrn2", "rwkv6": "rwkv6", "dplr": "r
 """The family whose presets give each op's shapes."""
 
 TOLERANCE = {torch.float32: 5e-3, torch.bfloat16: 5e-2}
-"""max |fast - naive| / max |naive| per tensor, against naive in float64 on the same inputs.
+"""max |fast - naive| / max |naive| per tensor (``relative_error``), against naive in float64 on the same inputs.
 float32 allows for TF32 ``tl.dot`` on Ampere/Hopper (10-bit mantissa); bfloat16 for 8-bit
 mantissa inputs and outputs (states and accumulation stay float32)."""
 
@@ -124,7 +124,9 @@ def outputs_and_grads(call: OpCall, inputs: dict[str, Any], impl: str) -> list[t
 
 
 def relative_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
-    """The largest over tensors of max |a - b| / max |b| (non-finite: inf)."""
+    """The largest over tensors of max |a - b| / max(max |b|, 0.01) (non-finite: inf); the floor
+    keeps a gradient that is exactly zero in the reference (e.g. a decay whose every effect a reset
+    cuts) from turning rounding noise into an infinite relative error."""
     worst = 0.0
     for a, b in zip(got, want):
         if a.dtype == torch.bool:
@@ -133,7 +135,7 @@ def relative_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
         a, b = a.double(), b.double()
         if not torch.isfinite(a).all():
             return float("inf")
-        worst = max(worst, float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)))
+        worst = max(worst, float((a - b).abs().max() / b.abs().max().clamp_min(1e-2)))
     return worst
 
 
