@@ -64,7 +64,7 @@ def train_family(family: str, overrides: dict[str, Any], steps: int, micro: int,
         loss, _ = engine(inputs, resets=resets, labels=labels)
         engine.backward(loss)
         engine.step()
-X
+        losses.append(float(loss.detach()))  # one sync per step (as the trainer's loss log)
         _sync(device)
         times.append(time.perf_counter() - start)
     steady = sorted(times[1:])[len(times[1:]) // 2] if len(times) > 1 else times[0]
