@@ -182,3 +182,14 @@ def test_bad_loader_arguments(make_shards):
         PackedLoader(shards, 10_000, 1)
     with pytest.raises(ValueError, match="mixture_weights"):
         PackedLoader({"a": shards}, 4, 1, mixture_weights={"b": 1.0})
+
+
+def test_batches_are_pinned_on_gpu_machines(make_shards, monkeypatch):
+    """With CUDA present every batch comes in page-locked memory (the trainer's host-to-device
+    copies are non-blocking); pinning needs a GPU, so it is recorded here instead of performed."""
+    shards = make_shards(n_docs=10, max_len=60)
+    pinned = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self)
+    batch = next(PackedLoader(shards, seq_len=8, global_batch_size=2, seed=0))
+    assert pinned == [batch.input_ids.shape, batch.labels.shape, batch.resets.shape]
