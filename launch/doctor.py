@@ -8,8 +8,8 @@
 2. kernels: each recurrence the model uses (``recurlm/kernels/<op>``) at small shapes on this
    node's device, with document resets and an initial state: ``impl="chunk"`` (and on CUDA
    ``impl="triton"``) against the sequential ``impl="naive"`` reference, outputs, final states and
-   the gradients of every input, in float32; on CUDA also ``impl="triton"`` in bfloat16
-   (tolerances in ``TOLERANCES``);
+   the gradients of every input, in float32; on CUDA also ``impl="triton"`` in bfloat16 and at
+   head dim 64 (tolerances in ``TOLERANCES``);
 3. collective: when started under torchrun / srun (WORLD_SIZE > 1), one all_reduce over every rank
    (gloo on CPU, nccl on GPU) whose result must be sum(rank + 1), within ``--timeout`` seconds.
 
@@ -53,8 +53,10 @@ class KernelCase:
     inputs: Callable[[torch.device], dict[str, Any]]
 
 
-def _cases() -> dict[str, KernelCase]:
-    """Small inputs with resets and an initial state, built by each op's ``testing.make_inputs``."""
+def _cases(head_dim: int | None = None) -> dict[str, KernelCase]:
+    """Small inputs with resets and an initial state, built by each op's ``testing.make_inputs``:
+    head dims 8-16 (scan width 32), or ``head_dim`` for every op (scan width 2 x ``head_dim``)."""
+    hd, small = head_dim or 16, head_dim or 8
     from recurlm import kernels
     from recurlm.kernels.dplr import testing as dplr_t
     from recurlm.kernels.gla import testing as gla_t
@@ -72,22 +74,22 @@ def _cases() -> dict[str, KernelCase]:
         return make
 
     return {
-        "gla": KernelCase(kernels.gla, seeded(gla_t.make_inputs, batch=2, seq_len=40, heads=2, head_dim=16,
+        "gla": KernelCase(kernels.gla, seeded(gla_t.make_inputs, batch=2, seq_len=40, heads=2, head_dim=hd,
                                               reset_prob=0.05, initial_state=True)),
-        "rwkv6": KernelCase(kernels.rwkv6, seeded(rwkv6_t.make_inputs, batch=2, seq_len=40, heads=2, head_dim=16,
+        "rwkv6": KernelCase(kernels.rwkv6, seeded(rwkv6_t.make_inputs, batch=2, seq_len=40, heads=2, head_dim=hd,
                                                   reset_prob=0.05, initial_state=True)),
-        "dplr": KernelCase(kernels.dplr_delta_rule, seeded(dplr_t.make_inputs, batch=2, seq_len=40, heads=2, dk=16,
-                                                           dv=16, reset_prob=0.05, initial_state=True)),
-        "linear_scan": KernelCase(kernels.linear_scan, seeded(scan_t.make_inputs, batch=2, seq_len=40, dim=32,
+        "dplr": KernelCase(kernels.dplr_delta_rule, seeded(dplr_t.make_inputs, batch=2, seq_len=40, heads=2, dk=hd,
+                                                           dv=hd, reset_prob=0.05, initial_state=True)),
+        "linear_scan": KernelCase(kernels.linear_scan, seeded(scan_t.make_inputs, batch=2, seq_len=40, dim=2 * hd,
                                                               reset_prob=0.05, initial_state=True)),
         "local_attention": KernelCase(kernels.local_attention,
                                       seeded(attn_t.make_inputs, batch=2, seq_len=40, heads=2, kv_heads=1,
-                                             head_dim=16, window=8, reset_prob=0.05, initial_state=True)),
-        "mlstm": KernelCase(kernels.mlstm, seeded(mlstm_t.make_inputs, batch=2, seq_len=40, heads=2, dk=16,
+                                             head_dim=hd, window=8, reset_prob=0.05, initial_state=True)),
+        "mlstm": KernelCase(kernels.mlstm, seeded(mlstm_t.make_inputs, batch=2, seq_len=40, heads=2, dk=hd,
                                                   reset_prob=0.05, initial_state=True)),
-        "slstm": KernelCase(kernels.slstm, seeded(slstm_t.make_inputs, batch=2, seq_len=24, heads=2, dim=8,
+        "slstm": KernelCase(kernels.slstm, seeded(slstm_t.make_inputs, batch=2, seq_len=24, heads=2, dim=small,
                                                   reset_prob=0.05, initial_state=True)),
-        "titans_memory": KernelCase(kernels.titans_memory, seeded(titans_t.make_inputs, B=1, T=32, H=2, D=8)),
+        "titans_memory": KernelCase(kernels.titans_memory, seeded(titans_t.make_inputs, B=1, T=32, H=2, D=small)),
     }
 
 
@@ -192,19 +194,28 @@ def check_kernel(name: str, case: KernelCase, device: torch.device, impls: Seque
     return checks
 
 
+PRESET_HEAD_DIM = 64
+"""Head dim of the extra CUDA check (RWKV's and most presets' head size): the small test shapes
+alone would not exercise the block sizes real models launch."""
+
+
 def check_kernels(family: Optional[str], device: torch.device) -> list[Check]:
     """Every op of ``family`` (all ops without one): chunk (and on CUDA Triton) against naive,
-    forward and backward in float32; on CUDA also the Triton path in bfloat16."""
+    forward and backward in float32; on CUDA also the Triton path in bfloat16 and in float32 at
+    head dim ``PRESET_HEAD_DIM``."""
     cases = _cases()
     if family is not None and family not in FAMILY_KERNELS:
         return [Check("kernels", False, f"unknown model family {family!r}; known: {sorted(FAMILY_KERNELS)}")]
     names = FAMILY_KERNELS[family] if family else sorted(cases)
     checks = []
+    preset_sized = _cases(head_dim=PRESET_HEAD_DIM) if device.type == "cuda" else {}
     for name in names:
         checks += check_kernel(name, cases[name], device, ["chunk"] + (["triton"] if device.type == "cuda" else []),
                                backward=True)
         if device.type == "cuda":
             checks += check_kernel(name, cases[name], device, ["triton"], dtype=torch.bfloat16, backward=True)
+            checks += check_kernel(f"{name} head_dim {PRESET_HEAD_DIM}", preset_sized[name], device, ["triton"],
+                                   backward=True)
     return checks
 
 

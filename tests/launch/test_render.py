@@ -262,3 +262,11 @@ def test_slurm_up_script_is_executable():
     assert os.access(script, os.X_OK)
     assert subprocess.run(["bash", "-n", script]).returncode == 0
     assert shutil.which("bash")
+
+
+def test_doctor_cases_at_a_preset_head_dim():
+    """The CUDA-only round at head dim 64 builds valid inputs for every op (run here with chunk)."""
+    cpu = doctor.torch.device("cpu")
+    for name, case in doctor._cases(head_dim=doctor.PRESET_HEAD_DIM).items():
+        checks = doctor.check_kernel(f"{name} head_dim 64", case, cpu, ["chunk"])
+        assert checks[0].ok, (name, checks[0].detail)
