@@ -247,6 +247,8 @@ def time_ops(ops: list[str], sizes: tuple[str, str], impl: str, device: torch.de
                     row.update(reference=name, reference_seconds=theirs, reference_over_ours=theirs / ours)
                 except LookupError as missing:
                     row["reference"] = str(missing)
+                except Exception as err:  # the reference's own failure is reported, not ours
+                    row["reference"] = f"reference failed: {type(err).__name__}: {str(err)[:200]}"
                 row["ok"] = True
             except Exception as err:
                 row.update(ok=False, failure=f"{type(err).__name__}: {str(err)[:300]}")
