@@ -83,7 +83,7 @@ def settings(dry_run: bool) -> Settings:
 
     families = tuple(TRAIN_PRESETS)
     if dry_run:
-        return Settings(True, "cpu", "chunk", ("tiny", "small"), 1, 24, 32, 1, 3, 2, 16, 256, 8, (1, 4), families)
+        return Settings(True, "cpu", "chunk", ("tiny", "small"), 1, 24, 32, 1, 2, 2, 16, 256, 8, (1, 4), families)
     return Settings(False, "cuda", "triton", None, 2, 256, 4096, 10, 30, 8, 2048, 32768, 256, (1, 64), families)
 
 
