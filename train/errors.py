@@ -1,0 +1,58 @@
+"""Failures a user can act on, and how ``recurlm-train`` reports them.
+
+A known failure (a bad config key, a damaged shard or checkpoint, a run directory held by another
+trainer, a stopped run) prints one block: what failed, naming the file or key, and what to do. Its
+traceback goes to ``<run_dir>/error.log`` for whoever needs it. Anything else is a bug and keeps
+its traceback on the console.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from typing import Optional
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or resumed from (damaged, missing files, another model
+    or tokenizer); the message names the checkpoint and the file."""
+
+
+class RunLockedError(RuntimeError):
+    """Another trainer is writing the same run directory."""
+
+
+ERROR_LOG = "error.log"
+"""Beside ``config.yaml``: tracebacks of the known failures whose console report leaves them out."""
+
+EXIT_FAILED = 1
+"""Exit code of a known failure (a stopped run, see ``TrainingAborted``, exits with 3)."""
+
+
+def known_failures() -> tuple[type[BaseException], ...]:
+    """The exception types reported without a traceback (imported late: data and configs are heavy)."""
+    from recurlm.configs import ConfigError
+    from recurlm.data.shards import ShardError
+    from recurlm.data.tokenizer import TokenizerError
+
+    return ConfigError, ShardError, TokenizerError, CheckpointError, RunLockedError
+
+
+def report_failure(err: BaseException, run_dir: Optional[str], title: str = "stopped") -> None:
+    """Print ``err`` as one block on stderr (rank 0; other ranks print one line) and append its
+    traceback to ``<run_dir>/error.log`` when the run directory exists."""
+    log = os.path.join(run_dir, ERROR_LOG) if run_dir and os.path.isdir(run_dir) else None
+    if log is not None:
+        try:
+            with open(log, "a") as f:
+                f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()} rank "
+                        f"{os.environ.get('RANK', '0')}\n")
+                traceback.print_exception(err, file=f)
+        except OSError:  # a full disk must not hide the report itself
+            log = None
+    if os.environ.get("RANK", "0") != "0":
+        print(f"recurlm-train (rank {os.environ['RANK']}): {type(err).__name__}, see rank 0", file=sys.stderr)
+        return
+    where = f"\n(traceback in {log})" if log else ""
+    print(f"recurlm-train: {title}: {type(err).__name__}\n{err}{where}", file=sys.stderr, flush=True)
