@@ -73,13 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recurlm-train: launch.mode must be none, local or slurm, got {mode!r}", file=sys.stderr)
         return 2
 
+    from recurlm.train.errors import EXIT_FAILED, known_failures, report_failure
     from recurlm.train.trainer import TrainingAborted, train
 
     try:
         result = train(job)
     except TrainingAborted as err:
-        print(f"recurlm-train: {err}", file=sys.stderr)
+        report_failure(err, job.run_dir)
         return 3
+    except known_failures() as err:  # anything else is a bug: its traceback stays on the console
+        report_failure(err, job.run_dir)
+        return EXIT_FAILED
     return result.exit_code
 
 

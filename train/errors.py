@@ -39,6 +39,18 @@ def known_failures() -> tuple[type[BaseException], ...]:
     return ConfigError, ShardError, TokenizerError, CheckpointError, RunLockedError
 
 
+WHAT_TO_DO = {
+    "ConfigError": "Fix the key named above (`recurlm-train --cfg job [overrides]` prints the composed config).",
+    "ShardError": "Remove the split directory named above: the next run tokenizes it again.",
+    "TokenizerError": "Change the data.tokenizer setting named above.",
+    "CheckpointError": "resume=auto skips damaged checkpoints, resume=<checkpoint dir> picks one, "
+                       "resume=none starts over (in a new run_dir, to keep this run's records).",
+    "RunLockedError": "Only one trainer may write a run directory.",
+    "TrainingAborted": "Lower the learning rate or inspect the data around that step; "
+                       "train.rollback_on_nonfinite=true skips the offending batches.",
+}
+
+
 def report_failure(err: BaseException, run_dir: Optional[str], title: str = "stopped") -> None:
     """Print ``err`` as one block on stderr (rank 0; other ranks print one line) and append its
     traceback to ``<run_dir>/error.log`` when the run directory exists."""
@@ -54,5 +66,7 @@ def report_failure(err: BaseException, run_dir: Optional[str], title: str = "sto
     if os.environ.get("RANK", "0") != "0":
         print(f"recurlm-train (rank {os.environ['RANK']}): {type(err).__name__}, see rank 0", file=sys.stderr)
         return
-    where = f"\n(traceback in {log})" if log else ""
-    print(f"recurlm-train: {title}: {type(err).__name__}\n{err}{where}", file=sys.stderr, flush=True)
+    hint = WHAT_TO_DO.get(type(err).__name__)
+    lines = [f"recurlm-train: {title}: {type(err).__name__}", str(err), *([hint] if hint else []),
+             *([f"(traceback in {log})"] if log else [])]
+    print("\n".join(lines), file=sys.stderr, flush=True)
