@@ -7,11 +7,12 @@ its traceback on the console.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 import traceback
-from typing import Optional
+from typing import Iterator, Optional
 
 
 class CheckpointError(RuntimeError):
@@ -21,6 +22,23 @@ class CheckpointError(RuntimeError):
 
 class RunLockedError(RuntimeError):
     """Another trainer is writing the same run directory."""
+
+
+class DataError(RuntimeError):
+    """Preparing the data failed: a missing source file, an empty corpus, a bad ``data.*`` value."""
+
+
+@contextlib.contextmanager
+def data_errors() -> Iterator[None]:
+    """Turn the errors ``recurlm.data.prepare`` raises for bad input (whose messages name the
+    source, file or ``data.*`` key) into :class:`DataError`; the original stays chained."""
+    try:
+        yield
+    except known_failures():  # already reported as what they are (ShardError is a ValueError)
+        raise
+    except (ValueError, KeyError, OSError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise DataError(f"preparing the data failed: {message}") from err
 
 
 ERROR_LOG = "error.log"
@@ -36,13 +54,14 @@ def known_failures() -> tuple[type[BaseException], ...]:
     from recurlm.data.shards import ShardError
     from recurlm.data.tokenizer import TokenizerError
 
-    return ConfigError, ShardError, TokenizerError, CheckpointError, RunLockedError
+    return ConfigError, ShardError, TokenizerError, DataError, CheckpointError, RunLockedError
 
 
 WHAT_TO_DO = {
     "ConfigError": "Fix the key named above (`recurlm-train --cfg job [overrides]` prints the composed config).",
     "ShardError": "Remove the split directory named above: the next run tokenizes it again.",
     "TokenizerError": "Change the data.tokenizer setting named above.",
+    "DataError": "Fix the data source or data.* setting named above.",
     "CheckpointError": "resume=auto skips damaged checkpoints, resume=<checkpoint dir> picks one, "
                        "resume=none starts over (in a new run_dir, to keep this run's records).",
     "RunLockedError": "Only one trainer may write a run directory.",

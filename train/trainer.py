@@ -33,7 +33,7 @@ from recurlm.train import run_records
 from recurlm.train.config import LoopConfig, LoggerConfig, OptimConfig, ScheduleConfig
 from recurlm.train.distributed import DistEnv, all_reduce_max, barrier, init_distributed
 from recurlm.train.engine import batch_geometry, build_engine, global_grad_norm, set_lr
-from recurlm.train.errors import EXIT_FAILED, RunLockedError
+from recurlm.train.errors import EXIT_FAILED, RunLockedError, data_errors
 from recurlm.train.export import export_checkpoint
 from recurlm.train.monitor import Monitor, peak_flops
 from recurlm.train.recipe import RecipeConfig, build_recipe, read_initial_weights
@@ -141,11 +141,12 @@ class Trainer:
 
     def _build(self, job: DictConfig) -> None:
         data_cfg: DataConfig = as_dataclass(job.data, DataConfig)
-        if self.env.is_main:
-            self.data = prepare(data_cfg, progress=self.logger_cfg.progress)
-        barrier()
-        if not self.env.is_main:
-            self.data = prepare(data_cfg, progress=False)
+        with data_errors():
+            if self.env.is_main:
+                self.data = prepare(data_cfg, progress=self.logger_cfg.progress)
+            barrier()
+            if not self.env.is_main:
+                self.data = prepare(data_cfg, progress=False)
         self.recipe_cfg: RecipeConfig = as_dataclass(job.recipe, RecipeConfig)
         self.recipe = build_recipe(self.recipe_cfg, data_cfg.loader_mode, self.env.rank)
         init_weights = None

@@ -21,6 +21,16 @@ def test_a_known_failure_prints_one_block_and_logs_the_traceback(tiny_overrides,
     assert "Traceback (most recent call last)" in (run_dir / "error.log").read_text()
 
 
+def test_a_missing_data_file_is_one_block_naming_it(tiny_overrides, tmp_path, capsys):
+    missing = tmp_path / "corpus" / "*.txt"
+    code = main([*tiny_overrides, f"data.cache_dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}",
+                 "data.sources.0.kind=text", f"data.sources.0.paths=[{missing}]", "logger.wandb.mode=disabled"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert f"DataError\npreparing the data failed: source 'stdlib': '{missing}' matches no file" in err
+    assert "Fix the data source" in err
+
+
 def test_an_unexpected_failure_keeps_its_traceback(tiny_overrides, monkeypatch):
     import recurlm.train.trainer as trainer_module
 
