@@ -202,7 +202,10 @@ class CheckpointManager:
                                   f"and {kept}")
         if self.rank == 0:
             self._point_latest(step)
-            self._apply_retention(step)
+            try:
+                self._apply_retention(step)
+            except OSError as err:  # the new checkpoint is published: a failed deletion is only a note
+                self.log(f"retention after saving step {step} failed ({err}); older checkpoints stay")
         barrier()
         _VERIFIED.add(os.path.realpath(final))
         return final
@@ -267,9 +270,13 @@ class CheckpointManager:
             stale = (name.startswith((TMP_PREFIX, TRASH_PREFIX, f"{LATEST}.tmp-"))
                      or (name.isdigit() and os.path.isdir(path) and not os.path.isfile(os.path.join(path, MANIFEST))
                          and not _has_checkpoint_files(path)))
-            if stale:
-                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _remove_file(path)
-                removed.append(path)
+            if not stale:
+                continue
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _remove_file(path)
+            removed.append(path)
         return removed
 
     def published_steps(self) -> list[int]:

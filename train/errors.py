@@ -70,7 +70,7 @@ WHAT_TO_DO = {
 }
 
 
-def report_failure(err: BaseException, run_dir: Optional[str], title: str = "stopped") -> None:
+def report_failure(err: BaseException, run_dir: Optional[str]) -> None:
     """Print ``err`` as one block on stderr (rank 0; other ranks print one line) and append its
     traceback to ``<run_dir>/error.log`` when the run directory exists."""
     log = os.path.join(run_dir, ERROR_LOG) if run_dir and os.path.isdir(run_dir) else None
@@ -86,6 +86,6 @@ def report_failure(err: BaseException, run_dir: Optional[str], title: str = "sto
         print(f"recurlm-train (rank {os.environ['RANK']}): {type(err).__name__}, see rank 0", file=sys.stderr)
         return
     hint = WHAT_TO_DO.get(type(err).__name__)
-    lines = [f"recurlm-train: {title}: {type(err).__name__}", str(err), *([hint] if hint else []),
+    lines = [f"recurlm-train: stopped: {type(err).__name__}", str(err), *([hint] if hint else []),
              *([f"(traceback in {log})"] if log else [])]
     print("\n".join(lines), file=sys.stderr, flush=True)

@@ -352,6 +352,7 @@ class Trainer:
             self.first_val_loss = self._validate_and_log()
             monitor.write(f"step 0: val_loss {self.first_val_loss:.4f}")
         consecutive_bad, rollbacks, steps_this_process, exit_code = 0, 0, 0, 0
+        saved, attempted_step = False, None  # the last save attempt: succeeded?, at which step
         window_start, window_tokens, window_losses = time.perf_counter(), 0, []
         while self.step < loop.steps:
             lr = set_lr(self.engine, self.optim.lr, lr_multiplier(self.schedule, self.step, self.tokens,
@@ -409,17 +410,21 @@ class Trainer:
 
             stop = all_reduce_max(float(self.stop.requested))
             out_of_budget = loop.exit_after_steps and steps_this_process >= loop.exit_after_steps
+            saved = False
             if (loop.checkpoint_every and self.step % loop.checkpoint_every == 0) or stop or out_of_budget:
+                attempted_step = self.step
                 if consecutive_bad:  # a checkpoint from inside the streak is what a rollback must not land on
                     monitor.event("checkpoint_skipped", f"not saving step {self.step}: {consecutive_bad} non-finite "
                                                         "step(s) in a row", self.step)
-                elif self.save() is None and (stop or out_of_budget):
-                    exit_code = EXIT_FAILED
+                else:
+                    saved = self.save() is not None
+                    if not saved and (stop or out_of_budget):
+                        exit_code = EXIT_FAILED
             if stop:
-                monitor.event("preempted", f"signal {self.stop.signal_name or 'on another rank'}: "
-                                           + ("saved, exiting" if exit_code == 0 else "not saved, exiting")
-                                           + f" with {exit_code or EXIT_REQUEUE}", self.step, alert=False)
                 exit_code = exit_code or EXIT_REQUEUE
+                monitor.event("preempted", f"signal {self.stop.signal_name or 'on another rank'}: "
+                                           f"{'saved' if saved else 'not saved'}, exiting with {exit_code}",
+                              self.step, alert=False)
                 break
             if out_of_budget:
                 break
@@ -430,7 +435,9 @@ class Trainer:
                 self._abort(f"the run ended with non-finite {'loss' if consecutive_bad else 'weights'} "
                             f"(val_loss {val_loss})")
             if self.last_checkpoint is None or not self.last_checkpoint.endswith(f"/{self.step}"):
-                if self.save() is None:
+                if attempted_step != self.step:  # not tried at this step yet (a failed save is not retried)
+                    saved = self.save() is not None
+                if not saved:
                     exit_code = EXIT_FAILED
             if self.job.eval.tasks:
                 self.evaluate_tasks()
