@@ -36,6 +36,7 @@ import torch.distributed as dist
 
 from recurlm.train import safe_load
 from recurlm.train.distributed import all_reduce_max, barrier
+from recurlm.train.durable import fsync_tree, publish, remove_file, tree_bytes, write_atomic
 from recurlm.train.errors import CheckpointError
 from recurlm.train.manifest import MANIFEST, manifest_problem, write_manifest
 
@@ -79,58 +80,6 @@ def _universal_info() -> dict[str, Any]:
                                                 UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
     return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file; the temporary is removed on failure."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_file(tmp)
-        raise
-
-
-def _remove_file(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(directory: str) -> None:
-    """fsync every file and directory under ``directory`` (data before the rename that publishes it)."""
-    for parent, _, files in os.walk(directory, topdown=False):
-        for name in files:
-            _fsync_path(os.path.join(parent, name))
-        _fsync_path(parent)
-
-
-def _publish(tmp: str, final: str, trash: str) -> None:
-    """Rename ``tmp`` to ``final`` (replacing an older ``final``, e.g. a step saved again after a
-    rollback, through ``trash``) and make the renames durable."""
-    if os.path.exists(final):
-        os.replace(final, trash)
-    os.replace(tmp, final)
-    _fsync_path(os.path.dirname(final))
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _tree_bytes(directory: str) -> int:
-    return sum(os.path.getsize(os.path.join(parent, name)) for parent, _, files in os.walk(directory)
-               for name in files)
 
 
 def _broadcast(value: Any) -> Any:
@@ -179,15 +128,15 @@ class CheckpointManager:
                     os.makedirs(os.path.join(tmp, "recipe"), exist_ok=True)
                     torch.save(recipe_state, os.path.join(tmp, "recipe", f"rank{self.rank}.pt"))
                 if self.rank == 0:
-                    _write_atomic(os.path.join(tmp, STATE_FILE), json.dumps(trainer_state, indent=1))
-                    _write_atomic(os.path.join(tmp, "config.yaml"), config_yaml)
+                    write_atomic(os.path.join(tmp, STATE_FILE), json.dumps(trainer_state, indent=1))
+                    write_atomic(os.path.join(tmp, "config.yaml"), config_yaml)
             except Exception as err:  # a full disk (torch: RuntimeError), an I/O error, DeepSpeed's own
                 error = err
         if not all_reduce_max(float(error is not None)) and self.rank == 0:
             try:  # every rank's files are written: make them durable, list them, publish
-                _fsync_tree(tmp)
+                fsync_tree(tmp)
                 write_manifest(tmp)
-                _publish(tmp, final, os.path.join(self.root, f"{TRASH_PREFIX}{step}"))
+                publish(tmp, final, os.path.join(self.root, f"{TRASH_PREFIX}{step}"))
             except Exception as err:
                 error = err
         if all_reduce_max(float(error is not None)):
@@ -215,9 +164,9 @@ class CheckpointManager:
         the newest published step, which is this one."""
         pointer = os.path.join(self.root, LATEST)
         try:
-            _write_atomic(pointer, str(step))
+            write_atomic(pointer, str(step))
         except OSError as err:
-            _remove_file(pointer)
+            remove_file(pointer)
             self.log(f"could not update {pointer} ({err}); removed it, so resume=auto takes the newest "
                      f"published checkpoint, step {step}")
 
@@ -227,7 +176,7 @@ class CheckpointManager:
         steps = self.published_steps()
         if not steps:
             return
-        need = _tree_bytes(self.path(steps[-1])) * ROOM_MARGIN
+        need = tree_bytes(self.path(steps[-1])) * ROOM_MARGIN
         free = shutil.disk_usage(self.root).free
         if free >= need:
             return
@@ -275,7 +224,7 @@ class CheckpointManager:
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
             else:
-                _remove_file(path)
+                remove_file(path)
             removed.append(path)
         return removed
 

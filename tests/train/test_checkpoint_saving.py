@@ -39,10 +39,10 @@ def raiser(exc):
 STAGES = {  # where a save can fail, and how to make it fail there
     "engine": lambda mp, engine, exc: mp.setattr(engine, "save_checkpoint", raiser(exc)),
     "rng": lambda mp, engine, exc: mp.setattr(ckpt.torch, "save", raiser(exc)),
-    "trainer_state": lambda mp, engine, exc: mp.setattr(ckpt, "_write_atomic", raiser(exc)),
-    "fsync": lambda mp, engine, exc: mp.setattr(ckpt, "_fsync_tree", raiser(exc)),
+    "trainer_state": lambda mp, engine, exc: mp.setattr(ckpt, "write_atomic", raiser(exc)),
+    "fsync": lambda mp, engine, exc: mp.setattr(ckpt, "fsync_tree", raiser(exc)),
     "manifest": lambda mp, engine, exc: mp.setattr(ckpt, "write_manifest", raiser(exc)),
-    "publish": lambda mp, engine, exc: mp.setattr(ckpt, "_publish", raiser(exc)),
+    "publish": lambda mp, engine, exc: mp.setattr(ckpt, "publish", raiser(exc)),
 }
 
 

@@ -28,9 +28,10 @@ def test_a_finished_run_with_another_config_is_refused_listing_the_keys(tiny_job
     train(tiny_job("train.steps=2", *QUIET, run_dir=run_dir))
     config = open(os.path.join(run_dir, "config.yaml")).read()
     with pytest.raises(ckpt.CheckpointError, match=r"finished run .*\n  optim.lr: 0.003 -> 0.001\n") as err:
-        Trainer(tiny_job("train.steps=2", "optim.lr=1e-3", *QUIET, run_dir=run_dir))
+        Trainer(tiny_job("train.steps=2", "optim.lr=1e-3", "eval.tasks=[]", run_dir=run_dir))  # W&B offline
     assert "new run_dir" in str(err.value)
     assert open(os.path.join(run_dir, "config.yaml")).read() == config
+    assert not os.path.exists(os.path.join(run_dir, "wandb"))  # no W&B run (or config) for a refused run
     again = train(tiny_job("train.steps=2", *QUIET, run_dir=run_dir))  # the same config: nothing to do, fine
     assert again.exit_code == 0 and again.step == 2
     longer = train(tiny_job("train.steps=3", "optim.lr=1e-3", *QUIET, run_dir=run_dir))  # a continuation
