@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from recurlm.train.errors import CheckpointError
 
-IGNORED_KEYS = ("run_dir", "resume", "launch", "logger.progress")
-"""Keys that say where and how a run is started, not what it trains."""
+IGNORED_KEYS = ("run_dir", "resume", "launch", "logger")
+"""Keys that say where, how and with which logging a run is started, not what it trains."""
 
 
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
