@@ -412,12 +412,11 @@ class Trainer:
             out_of_budget = loop.exit_after_steps and steps_this_process >= loop.exit_after_steps
             saved = False
             if (loop.checkpoint_every and self.step % loop.checkpoint_every == 0) or stop or out_of_budget:
-                attempted_step = self.step
                 if consecutive_bad:  # a checkpoint from inside the streak is what a rollback must not land on
                     monitor.event("checkpoint_skipped", f"not saving step {self.step}: {consecutive_bad} non-finite "
                                                         "step(s) in a row", self.step)
                 else:
-                    saved = self.save() is not None
+                    attempted_step, saved = self.step, self.save() is not None
                     if not saved and (stop or out_of_budget):
                         exit_code = EXIT_FAILED
             if stop:
@@ -431,9 +430,12 @@ class Trainer:
 
         if self.step >= loop.steps:
             val_loss = self._validate_and_log()
-            if consecutive_bad or not math.isfinite(val_loss) or not self._weights_finite():
-                self._abort(f"the run ended with non-finite {'loss' if consecutive_bad else 'weights'} "
-                            f"(val_loss {val_loss})")
+            # a last step skipped for its gradient alone (e.g. fp16 loss scaling) left finite weights
+            problems = ([f"training loss {loss}"] if steps_this_process and not math.isfinite(loss) else []) \
+                + ([f"validation loss {val_loss}"] if not math.isfinite(val_loss) else []) \
+                + (["weights"] if not self._weights_finite() else [])
+            if problems:
+                self._abort(f"the run ended with non-finite {', '.join(problems)}")
             if self.last_checkpoint is None or not self.last_checkpoint.endswith(f"/{self.step}"):
                 if attempted_step != self.step:  # not tried at this step yet (a failed save is not retried)
                     saved = self.save() is not None
