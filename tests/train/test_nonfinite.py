@@ -70,3 +70,14 @@ def test_messages_tell_a_non_finite_gradient_from_a_non_finite_loss(tiny_job, tm
         trainer.run()
     messages = [e["message"] for e in events(trainer.run_dir, "nonfinite")]
     assert messages and all(m.startswith("gradient is non-finite (loss ") for m in messages)
+
+
+def test_gradient_only_skips_at_the_end_are_no_failure(tiny_job, tmp_path):
+    """fp16 dynamic loss scaling skips its first steps (the gradient overflows at scale 2^16): a
+    run ending there has finite loss and weights, ends normally and saves them."""
+    from recurlm.train.trainer import train
+
+    result = train(tiny_job("train.steps=2", "deepspeed.precision=fp16", "logger.wandb.mode=disabled", "eval.tasks=[]",
+                            run_dir=str(tmp_path / "fp16")))
+    assert result.exit_code == 0 and result.checkpoint.endswith("/2")
+    assert events(result.run_dir, "nonfinite")  # the skips did happen
