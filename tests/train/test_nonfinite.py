@@ -77,7 +77,7 @@ def test_gradient_only_skips_at_the_end_are_no_failure(tiny_job, tmp_path):
     run ending there has finite loss and weights, ends normally and saves them."""
     from recurlm.train.trainer import train
 
-    result = train(tiny_job("train.steps=2", "deepspeed.precision=fp16", "logger.wandb.mode=disabled", "eval.tasks=[]",
+    result = train(tiny_job("train.steps=2", "deepspeed=zero2", "deepspeed.precision=fp16", "logger.wandb.mode=disabled", "eval.tasks=[]",
                             run_dir=str(tmp_path / "fp16")))
     assert result.exit_code == 0 and result.checkpoint.endswith("/2")
     assert events(result.run_dir, "nonfinite")  # the skips did happen
