@@ -304,7 +304,8 @@ def verify(path: str) -> None:
         return
     reason = _broadcast(problem(path) if not dist.is_initialized() or dist.get_rank() == 0 else None)
     if reason is not None:
-        raise CheckpointError(f"refusing checkpoint {path}: {reason}")
+        raise CheckpointError(f"refusing checkpoint {path}: {reason}. resume=auto takes the newest checkpoint "
+                              "that verifies; resume=none starts over (in a new run_dir, to keep this one's records)")
     _VERIFIED.add(key)
 
 

@@ -57,14 +57,11 @@ def known_failures() -> tuple[type[BaseException], ...]:
     return ConfigError, ShardError, TokenizerError, DataError, CheckpointError, RunLockedError
 
 
-WHAT_TO_DO = {
+WHAT_TO_DO = {  # for the types whose messages do not say it themselves
     "ConfigError": "Fix the key named above (`recurlm-train --cfg job [overrides]` prints the composed config).",
     "ShardError": "Remove the split directory named above: the next run tokenizes it again.",
     "TokenizerError": "Change the data.tokenizer setting named above.",
     "DataError": "Fix the data source or data.* setting named above.",
-    "CheckpointError": "resume=auto skips damaged checkpoints, resume=<checkpoint dir> picks one, "
-                       "resume=none starts over (in a new run_dir, to keep this run's records).",
-    "RunLockedError": "Only one trainer may write a run directory.",
     "TrainingAborted": "Lower the learning rate or inspect the data around that step; "
                        "train.rollback_on_nonfinite=true skips the offending batches.",
 }
@@ -73,7 +70,9 @@ WHAT_TO_DO = {
 def report_failure(err: BaseException, run_dir: Optional[str]) -> None:
     """Print ``err`` as one block on stderr (rank 0; other ranks print one line) and append its
     traceback to ``<run_dir>/error.log`` when the run directory exists."""
-    log = os.path.join(run_dir, ERROR_LOG) if run_dir and os.path.isdir(run_dir) else None
+    # a locked run_dir belongs to another trainer: nothing is written into it
+    log = os.path.join(run_dir, ERROR_LOG) if run_dir and os.path.isdir(run_dir) \
+        and not isinstance(err, RunLockedError) else None
     if log is not None:
         try:
             with open(log, "a") as f:

@@ -16,7 +16,7 @@ def test_a_known_failure_prints_one_block_and_logs_the_traceback(tiny_overrides,
     assert code == 1
     assert "Traceback" not in err and "[rank0]" not in err
     assert f"refusing checkpoint {missing}: {missing} is not a directory" in err
-    assert "resume=auto skips damaged checkpoints" in err  # what to do
+    assert "resume=auto takes the newest checkpoint that verifies" in err  # what to do
     assert f"(traceback in {run_dir}/error.log)" in err
     assert "Traceback (most recent call last)" in (run_dir / "error.log").read_text()
 

@@ -51,3 +51,19 @@ def test_second_trainer_on_a_run_dir_fails_before_writing(tiny_job, tmp_path):
     first.run()
     holder = json.loads(open(os.path.join(run_dir, LOCK_FILE)).read() or "{}")
     assert holder == {}  # released at the end of the run
+
+
+def test_recurlm_train_on_a_locked_run_dir_exits_at_once_naming_the_holder(tiny_overrides, data_cache, tmp_path,
+                                                                           capsys):
+    from recurlm.train.cli import main
+
+    run_dir = tmp_path / "held"
+    lock = RunLock(str(run_dir))
+    try:
+        code = main([*tiny_overrides, f"data.cache_dir={data_cache}", f"run_dir={run_dir}"])
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert f"is in use by another trainer: pid {os.getpid()} on {socket.gethostname()}" in err
+    assert sorted(os.listdir(run_dir)) == [LOCK_FILE]  # nothing written into the holder's run
