@@ -10,12 +10,16 @@ A split directory (``.../<source>/train``) holds:
   token counts, the source's input files, and per shard file its counts and sha256.
 
 The manifest is written last, so its presence means the split is complete. Files are read through
-``numpy.memmap``, never loaded whole. Opening checks sizes and the index (cheap, O(docs));
-:meth:`ShardSet.validate` also verifies checksums and token ranges (O(tokens)), and can record
+``numpy.memmap``, never loaded whole. Opening checks sizes and the index (cheap, O(docs)) and the
+sha256 of a sample of each file's bytes (:func:`sample_sha256`: all of a file up to 1 MiB, else 16
+blocks of 64 KiB from head to tail), so bit rot or an overwrite is caught even when it kept the
+files' size and mtime; every document read checks its token ids against the vocabulary.
+:meth:`ShardSet.validate` verifies full checksums and token ranges (O(tokens)), and can record
 what passed in ``verified.json`` so unchanged shards are not read again.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -34,6 +38,26 @@ VERIFIED = "verified.json"
 
 class ShardError(ValueError):
     """A shard file or manifest is missing, truncated, corrupted or inconsistent."""
+
+
+SAMPLE_BLOCKS = 16
+SAMPLE_BLOCK_BYTES = 1 << 16
+
+
+def sample_sha256(path: str) -> str:
+    """sha256 of ``SAMPLE_BLOCKS`` blocks of ``SAMPLE_BLOCK_BYTES`` spread evenly over the file,
+    the first and the last (the tail, written last) included; of the whole file if it is smaller."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= SAMPLE_BLOCKS * SAMPLE_BLOCK_BYTES:
+            digest.update(f.read())
+        else:
+            last = size - SAMPLE_BLOCK_BYTES
+            for i in range(SAMPLE_BLOCKS):
+                f.seek(last * i // (SAMPLE_BLOCKS - 1))
+                digest.update(f.read(SAMPLE_BLOCK_BYTES))
+    return digest.hexdigest()
 
 
 def shard_stem(index: int) -> str:
@@ -82,7 +106,8 @@ class ShardWriter:
         os.replace(base + ".idx.tmp", base + ".idx")
         return {"tokens": self.stem + ".bin", "index": self.stem + ".idx", "num_docs": self.num_docs,
                 "num_tokens": self.num_tokens, "tokens_sha256": file_sha256(base + ".bin"),
-                "index_sha256": file_sha256(base + ".idx")}
+                "index_sha256": file_sha256(base + ".idx"), "tokens_sample_sha256": sample_sha256(base + ".bin"),
+                "index_sample_sha256": sample_sha256(base + ".idx")}
 
 
 def write_manifest(directory: str, shards: list[dict], tokenizer: Tokenizer, source: str,
@@ -137,6 +162,10 @@ class Shard:
             bad = int(np.argmax(np.diff(offsets) <= 0))
             raise ShardError(f"{index_path}: document {bad} has offsets {int(offsets[bad])}..{int(offsets[bad + 1])} "
                              "(index not strictly increasing: corrupted or empty document)")
+        for path, key in ((tokens_path, "tokens_sample_sha256"), (index_path, "index_sample_sha256")):
+            if key in entry and sample_sha256(path) != entry[key]:  # manifests before this check have no sample
+                raise ShardError(f"{path}: its content differs from the manifest in a sampled block (bit rot, "
+                                 "or the file was overwritten): remove this split directory so it is built again")
         return cls(tokens_path, index_path, tokens, offsets, entry)
 
 
@@ -212,7 +241,13 @@ class ShardSet:
     def document(self, doc: int) -> np.ndarray:
         """Tokens of document ``doc`` (BOS ... EOS) as a read-only memmap view."""
         shard, start, end = self.locate(doc)
-        return shard.tokens[start:end]
+        tokens = shard.tokens[start:end]
+        if tokens.size and int(tokens.max()) >= self.vocab_size:
+            bad = int(np.argmax(tokens >= self.vocab_size))
+            raise ShardError(f"{shard.tokens_path}: token id {int(tokens[bad])} at token offset {start + bad} "
+                             f"(document {doc}) is out of range for vocab size {self.vocab_size}: the shard is "
+                             "corrupted; remove its split directory so it is built again")
+        return tokens
 
     def validate(self, progress: bool = False, reuse_stamps: bool = False) -> None:
         """Full check: checksums of every file and every token id below the vocab size.
@@ -250,10 +285,11 @@ class ShardSet:
                                  f"manifest says {shard.entry[key][:16]}...)")
         step = 1 << 24
         for start in range(0, shard.tokens.shape[0], step):
-            top = int(shard.tokens[start:start + step].max())
-            if top >= self.vocab_size:
-                raise ShardError(f"{shard.tokens_path}: token id {top} out of range "
-                                 f"(vocab size {self.vocab_size}) near token {start}")
+            block = shard.tokens[start:start + step]
+            if int(block.max()) >= self.vocab_size:
+                bad = int(np.argmax(block >= self.vocab_size))
+                raise ShardError(f"{shard.tokens_path}: token id {int(block[bad])} out of range "
+                                 f"(vocab size {self.vocab_size}) at token offset {start + bad}")
 
     def __repr__(self) -> str:
         dirs = [m["directory"] for m in self.manifests]

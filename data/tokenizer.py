@@ -30,6 +30,10 @@ def file_sha256(path: str, chunk_bytes: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+class TokenizerError(ValueError):
+    """Training a tokenizer failed for a reason in its config or corpus; the message names the key."""
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """Smallest unsigned dtype holding every id of a vocabulary (uint16 up to 65536 pieces)."""
     if vocab_size <= 1 << 16:
@@ -172,7 +176,11 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, out_path: str) -
             num_threads=cfg.num_threads, minloglevel=2,
             hard_vocab_limit=True)
     except RuntimeError as e:
-        raise ValueError(f"SentencePiece training for {out_path} failed after {n_sentences} sentences: {e}") from e
+        if "Vocabulary size too high" in str(e) or "Vocabulary size is smaller than required_chars" in str(e):
+            raise TokenizerError(f"data.tokenizer.vocab_size={cfg.vocab_size} does not fit this corpus "
+                                 f"({n_sentences} sentences; SentencePiece: {e}). Lower data.tokenizer.vocab_size "
+                                 "to the size SentencePiece names, or add text to the corpus.") from e
+        raise TokenizerError(f"SentencePiece training for {out_path} failed after {n_sentences} sentences: {e}") from e
     with open(out_path + ".tmp", "wb") as f:
         f.write(model.getvalue())
     os.replace(out_path + ".tmp", out_path)

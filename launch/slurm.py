@@ -4,7 +4,10 @@ One run (``recurlm-train launch=slurm ...`` / ``recurlm-launch submit ...``) bec
 ``<run_dir>/slurm/train.sbatch``; a sweep (``recurlm-launch sweep ...``) becomes one job array
 ``<sweep_dir>/slurm/train.sbatch`` whose element ``i`` trains in ``<sweep_dir>/<i>/``. Each script:
 
-1. runs the configured set-up lines and exports the configured environment;
+1. runs the configured set-up lines and exports the configured environment; values of
+   ``launch.slurm.env`` keys that look like secrets (``*_KEY``, ``*_TOKEN``, ``*_SECRET``,
+   ``*_PASSWORD``, e.g. ``WANDB_API_KEY``) are never written into the script: they go to
+   ``slurm/secrets.env`` (mode 0600), which the script sources;
 2. takes the rendezvous host from ``scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1`` and
    a port derived from the job id and restart count;
 3. runs ``recurlm-doctor`` on every rank (kernels vs references, one all_reduce), then training:
@@ -36,6 +39,9 @@ from recurlm.configs import as_dataclass
 from recurlm.launch.config import LaunchConfig
 
 SLURM_DIR = "slurm"
+SECRETS_FILE = "secrets.env"
+"""Beside the scripts, mode 0600: the secret-looking ``launch.slurm.env`` values the scripts source."""
+_SECRET_NAME = re.compile(r"(^|_)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
 JOBS_FILE = "jobs.jsonl"
 TRAIN_SCRIPT = "train.sbatch"
 EVAL_SCRIPT = "eval.sbatch"
@@ -71,6 +77,8 @@ class Rendered:
     text: str
     path: str
     elements: list[Element] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)
+    """Environment values the script sources from ``secrets.env`` instead of holding them."""
 
 
 def worker_overrides(overrides: Sequence[str]) -> list[str]:
@@ -125,9 +133,15 @@ def _sbatch_header(launch: LaunchConfig, name: str, output: str, nodes: int, tim
     return [f"#SBATCH {line}" for line in lines]
 
 
-def _environment(launch: LaunchConfig) -> list[str]:
+def _secrets(launch: LaunchConfig) -> dict[str, str]:
+    """The ``launch.slurm.env`` entries whose names look like secrets."""
+    return {key: str(value) for key, value in launch.slurm.env.items() if _SECRET_NAME.search(key)}
+
+
+def _environment(launch: LaunchConfig, script_dir: str) -> list[str]:
     s = launch.slurm
-    env = dict(s.env)
+    secrets = _secrets(launch)
+    env = {key: value for key, value in s.env.items() if key not in secrets}
     if s.socket_ifname:
         env.setdefault("NCCL_SOCKET_IFNAME", s.socket_ifname)
         env.setdefault("GLOO_SOCKET_IFNAME", s.socket_ifname)
@@ -138,6 +152,9 @@ def _environment(launch: LaunchConfig) -> list[str]:
     lines = ["export PYTHONSAFEPATH=1"]
     lines += ["# environment set-up (launch.slurm.setup, launch.slurm.env)"] + list(s.setup)
     lines += [f"export {key}={shlex.quote(str(value))}" for key, value in env.items()]
+    if secrets:
+        lines += [f"# {', '.join(sorted(secrets))}: from a file only its owner reads, never from this script",
+                  f"set -a; . {shlex.quote(os.path.join(script_dir, SECRETS_FILE))}; set +a"]
     return lines
 
 
@@ -224,7 +241,7 @@ def render_train(job: DictConfig, elements: list[Element], script_dir: str, name
         *header,
         "",
         "set -uo pipefail",
-        *_environment(launch),
+        *_environment(launch, script_dir),
         "",
         *_element_block(elements, array),
         f"REQUEUE_ON_SIGNAL={requeue}",
@@ -290,7 +307,7 @@ def render_train(job: DictConfig, elements: list[Element], script_dir: str, name
         "exit $RC",
         "",
     ]
-    return Rendered("\n".join(body), os.path.join(script_dir, TRAIN_SCRIPT), elements)
+    return Rendered("\n".join(body), os.path.join(script_dir, TRAIN_SCRIPT), elements, _secrets(launch))
 
 
 def render_eval(job: DictConfig, elements: list[Element], script_dir: str, name: str) -> Optional[Rendered]:
@@ -313,14 +330,14 @@ def render_eval(job: DictConfig, elements: list[Element], script_dir: str, name:
         *header,
         "",
         "set -euo pipefail",
-        *_environment(launch),
+        *_environment(launch, script_dir),
         *_element_block(elements, array),
         f'export PATH={shlex.quote(os.path.dirname(_python(launch)))}:"$PATH"',
         'echo "[recurlm eval job $SLURM_JOB_ID] $RUN_DIR"',
         command,
         "",
     ]
-    return Rendered("\n".join(body), os.path.join(script_dir, EVAL_SCRIPT), elements)
+    return Rendered("\n".join(body), os.path.join(script_dir, EVAL_SCRIPT), elements, _secrets(launch))
 
 
 # -- submission -----------------------------------------------------------------------------------
@@ -351,6 +368,12 @@ def _write(rendered: Rendered) -> None:
     with open(rendered.path, "w") as f:
         f.write(rendered.text)
     os.chmod(rendered.path, 0o755)
+    if rendered.secrets:
+        path = os.path.join(os.path.dirname(rendered.path), SECRETS_FILE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(f"{key}={shlex.quote(value)}\n" for key, value in rendered.secrets.items()))
 
 
 @dataclass
@@ -522,7 +545,7 @@ def status_lines(run_dir: str) -> list[str]:
             last = [json.loads(x) for x in f if x.strip()]
         steps = [m for m in last if "loss" in m]
         if steps:
-            lines.append(f"  last logged step {steps[-1].get('step')}: loss {steps[-1]['loss']:.4f}")
+            lines.append(f"  last logged step {steps[-1].get('step')}: loss {float(steps[-1]['loss']):.4f}")
     logs = os.path.join(run_dir, SLURM_DIR, "logs")
     if os.path.isdir(logs):
         lines.append(f"  logs: {logs}/ ({', '.join(sorted(os.listdir(logs))) or 'empty'})")

@@ -1,4 +1,4 @@
-"""Atomic checkpoints of the DeepSpeed engine plus everything needed to resume exactly.
+"""Atomic, verified checkpoints of the DeepSpeed engine plus everything needed to resume exactly.
 
 Layout under ``<run_dir>/checkpoints/``::
 
@@ -8,11 +8,18 @@ Layout under ``<run_dir>/checkpoints/``::
         recipe/rank<r>.pt    every rank's recipe state (e.g. state passing's carried recurrent
                              states), when the recipe carries one
         config.yaml          the resolved job config
+        manifest.json        every file above with its size and sha256 (``manifest.py``)
     latest                   a text file naming the newest published step
 
-A save writes into ``.tmp-<step>/`` and publishes it with one rename after every rank is done;
-``latest`` is replaced atomically last. A crash or a full disk during a save therefore leaves
-the previous checkpoint intact, and ``latest`` never names a partial one.
+A save writes into ``.tmp-<step>/``; once every rank is done, rank 0 fsyncs the files and
+directories, writes the manifest and publishes the directory with one rename, then replaces
+``latest``. Any exception on the way (a full disk reported by torch as ``RuntimeError``, an
+``OSError``, DeepSpeed's own) removes the partial write and raises :class:`CheckpointError`
+saying which checkpoint is still the newest; published checkpoints are never touched by a failed
+save. Before writing, a save whose predecessor would not fit in the free space applies retention
+first (never removing the newest published checkpoint). Retention renames a checkpoint out of the
+way before deleting it, so a kill mid-deletion leaves no half-deleted ``<step>/``;
+:meth:`CheckpointManager.remove_debris` clears what interrupted saves and deletions leave.
 """
 from __future__ import annotations
 
@@ -20,32 +27,48 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from recurlm.train import safe_load
 from recurlm.train.distributed import all_reduce_max, barrier
+from recurlm.train.durable import fsync_tree, publish, remove_file, tree_bytes, write_atomic
+from recurlm.train.errors import CheckpointError
+from recurlm.train.manifest import MANIFEST, manifest_problem, write_manifest
 
 STATE_FILE = "trainer_state.json"
 LATEST = "latest"
+TMP_PREFIX = ".tmp-"
+"""A save in progress (or interrupted): ``.tmp-<step>/``."""
+TRASH_PREFIX = ".trash-"
+"""A checkpoint being deleted or replaced: ``.trash-<step>/``."""
+ROOM_MARGIN = 1.05
+"""A save needs the previous checkpoint's size times this in free space before retention is applied early."""
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed from (missing files, another model or tokenizer)."""
+__all__ = ["CheckpointError", "CheckpointManager", "STATE_FILE", "LATEST"]
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG state as tensors and plain values, so that ``torch.load(weights_only=True)`` reads it."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -59,13 +82,13 @@ def _universal_info() -> dict[str, Any]:
     return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _broadcast(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return value
 
 
 @dataclass
@@ -75,6 +98,8 @@ class CheckpointManager:
     rank: int = 0
     keep_last: int = 3
     keep_every: int = 0
+    log: Callable[[str], None] = field(default=lambda message: None)
+    """Receives notes that do not stop the run (retention applied early, a stale ``latest``)."""
 
     def path(self, step: int) -> str:
         return os.path.join(self.root, str(step))
@@ -82,76 +107,216 @@ class CheckpointManager:
     def save(self, engine, step: int, trainer_state: dict[str, Any], config_yaml: str,
              recipe_state: Optional[dict[str, Any]] = None) -> str:
         """Save collectively (every rank calls it), with this rank's ``recipe_state``
-        (``Recipe.state_dict()``) if not empty. Returns the published directory."""
-        tmp = os.path.join(self.root, f".tmp-{step}")
+        (``Recipe.state_dict()``) if not empty. Returns the published directory; raises
+        :class:`CheckpointError` (on every rank) if any rank failed, after removing the partial write."""
+        tmp = os.path.join(self.root, f"{TMP_PREFIX}{step}")
         final = self.path(step)
-        if self.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
-        barrier()
         error: Optional[BaseException] = None
         try:
-            engine.save_checkpoint(os.path.join(tmp, "ds"), tag="state", save_latest=False,
-                                   client_state=_universal_info())
-            torch.save(rng_state(), os.path.join(tmp, "rng", f"rank{self.rank}.pt"))
-            if recipe_state:
-                os.makedirs(os.path.join(tmp, "recipe"), exist_ok=True)
-                torch.save(recipe_state, os.path.join(tmp, "recipe", f"rank{self.rank}.pt"))
             if self.rank == 0:
-                _write_atomic(os.path.join(tmp, STATE_FILE), json.dumps(trainer_state, indent=1))
-                _write_atomic(os.path.join(tmp, "config.yaml"), config_yaml)
-        except OSError as err:  # disk full, quota, I/O error: keep the previous checkpoint
+                shutil.rmtree(tmp, ignore_errors=True)
+                os.makedirs(os.path.join(tmp, "rng"), exist_ok=True)
+                self._make_room(step)
+        except Exception as err:
             error = err
+        if not all_reduce_max(float(error is not None)):
+            try:
+                engine.save_checkpoint(os.path.join(tmp, "ds"), tag="state", save_latest=False,
+                                       client_state=_universal_info())
+                torch.save(rng_state(), os.path.join(tmp, "rng", f"rank{self.rank}.pt"))
+                if recipe_state:
+                    os.makedirs(os.path.join(tmp, "recipe"), exist_ok=True)
+                    torch.save(recipe_state, os.path.join(tmp, "recipe", f"rank{self.rank}.pt"))
+                if self.rank == 0:
+                    write_atomic(os.path.join(tmp, STATE_FILE), json.dumps(trainer_state, indent=1))
+                    write_atomic(os.path.join(tmp, "config.yaml"), config_yaml)
+            except Exception as err:  # a full disk (torch: RuntimeError), an I/O error, DeepSpeed's own
+                error = err
+        if not all_reduce_max(float(error is not None)) and self.rank == 0:
+            try:  # every rank's files are written: make them durable, list them, publish
+                fsync_tree(tmp)
+                write_manifest(tmp)
+                publish(tmp, final, os.path.join(self.root, f"{TRASH_PREFIX}{step}"))
+            except Exception as err:
+                error = err
         if all_reduce_max(float(error is not None)):
             if self.rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
             barrier()
-            raise CheckpointError(f"saving step {step} failed ({error or 'on another rank'}); "
-                                  f"the previous checkpoint is intact")
+            newest = self.latest()
+            kept = (f"the newest checkpoint is still {newest} (step {os.path.basename(newest)})" if newest
+                    else "no checkpoint of this run exists")
+            cause = f"{type(error).__name__}: {error}" if error is not None else "it failed on another rank"
+            raise CheckpointError(f"saving step {step} failed ({cause}); the partial write {tmp} was removed "
+                                  f"and {kept}")
         if self.rank == 0:
-            if os.path.exists(final):  # re-saving a step (e.g. after a rollback): replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _write_atomic(os.path.join(self.root, LATEST), str(step))
-            self._apply_retention(step)
+            self._point_latest(step)
+            try:
+                self._apply_retention(step)
+            except OSError as err:  # the new checkpoint is published: a failed deletion is only a note
+                self.log(f"retention after saving step {step} failed ({err}); older checkpoints stay")
         barrier()
+        _VERIFIED.add(os.path.realpath(final))
         return final
 
-    def _apply_retention(self, newest: int) -> None:
-        steps = sorted(self.published_steps())
-        keep = set(steps[-self.keep_last:]) if self.keep_last > 0 else set(steps)
-        keep.add(newest)
+    def _point_latest(self, step: int) -> None:
+        """Make ``latest`` name ``step``. If that write fails, remove ``latest``: resuming then takes
+        the newest published step, which is this one."""
+        pointer = os.path.join(self.root, LATEST)
+        try:
+            write_atomic(pointer, str(step))
+        except OSError as err:
+            remove_file(pointer)
+            self.log(f"could not update {pointer} ({err}); removed it, so resume=auto takes the newest "
+                     f"published checkpoint, step {step}")
+
+    def _make_room(self, step: int) -> None:
+        """If the newest published checkpoint would not fit in the free space again, apply the
+        retention the save of ``step`` would apply afterwards now (keeping the newest published)."""
+        steps = self.published_steps()
+        if not steps:
+            return
+        need = tree_bytes(self.path(steps[-1])) * ROOM_MARGIN
+        free = shutil.disk_usage(self.root).free
+        if free >= need:
+            return
+        removed = self._apply_retention(step, protect=steps[-1])
+        free = shutil.disk_usage(self.root).free
+        self.log(f"{free / 2**20:.1f} MiB free, the last checkpoint took {need / ROOM_MARGIN / 2**20:.1f} MiB: "
+                 f"applied retention before saving step {step} (removed steps {removed or 'none'})"
+                 + ("" if free >= need else "; the save may still not fit"))
+
+    def _apply_retention(self, newest: int, protect: Optional[int] = None) -> list[int]:
+        """Delete published checkpoints outside keep-last / keep-every, counting ``newest`` (saved
+        or about to be) as one of them; returns the deleted steps."""
+        steps = self.published_steps()
+        candidates = sorted(set(steps) | {newest})
+        keep = set(candidates[-self.keep_last:]) if self.keep_last > 0 else set(candidates)
+        keep |= {newest, protect}
         if self.keep_every > 0:
             keep |= {s for s in steps if s % self.keep_every == 0}
-        for s in steps:
-            if s not in keep:
-                shutil.rmtree(self.path(s), ignore_errors=True)
+        removed = [s for s in steps if s not in keep]
+        for s in removed:
+            self._delete(s)
+        return removed
+
+    def _delete(self, step: int) -> None:
+        """Unpublish ``step`` with one rename, then delete it (a kill in between leaves only debris)."""
+        trash = os.path.join(self.root, f"{TRASH_PREFIX}{step}")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(self.path(step), trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def remove_debris(self) -> list[str]:
+        """Delete what interrupted saves and deletions left (``.tmp-*``, ``.trash-*``,
+        ``latest.tmp-*``, step directories with neither a manifest nor the files of a checkpoint);
+        returns the removed paths. Rank 0 only, while holding the run's lock."""
+        if not os.path.isdir(self.root):
+            return []
+        removed = []
+        for name in sorted(os.listdir(self.root)):
+            path = os.path.join(self.root, name)
+            stale = (name.startswith((TMP_PREFIX, TRASH_PREFIX, f"{LATEST}.tmp-"))
+                     or (name.isdigit() and os.path.isdir(path) and not os.path.isfile(os.path.join(path, MANIFEST))
+                         and not _has_checkpoint_files(path)))
+            if not stale:
+                continue
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                remove_file(path)
+            removed.append(path)
+        return removed
 
     def published_steps(self) -> list[int]:
+        """Steps whose directory holds a manifest (files are not checked: see :func:`problem`)."""
         if not os.path.isdir(self.root):
             return []
         return sorted(int(n) for n in os.listdir(self.root) if n.isdigit() and is_valid(self.path(int(n))))
 
-    def latest(self) -> Optional[str]:
-        """The newest valid checkpoint: the one ``latest`` names, else the highest valid step."""
+    def _candidates(self) -> list[int]:
+        """Published steps, the one ``latest`` names first, then the others newest first."""
+        steps = self.published_steps()[::-1]
         pointer = os.path.join(self.root, LATEST)
-        if os.path.isfile(pointer):
-            step = open(pointer).read().strip()
-            if step.isdigit() and is_valid(self.path(int(step))):
-                return self.path(int(step))
-        steps = self.published_steps()
-        return self.path(steps[-1]) if steps else None
+        named = open(pointer).read().strip() if os.path.isfile(pointer) else ""
+        if named.isdigit() and int(named) in steps:
+            steps.remove(int(named))
+            steps.insert(0, int(named))
+        return steps
+
+    def latest(self) -> Optional[str]:
+        """The newest published checkpoint (the one ``latest`` names, else the highest step), unverified."""
+        steps = self._candidates()
+        return self.path(steps[0]) if steps else None
+
+    def newest_intact(self) -> tuple[Optional[str], list[str]]:
+        """(the newest checkpoint that verifies, or None; what was skipped and why). Rank 0 checks,
+        every rank gets its answer."""
+        found, skipped = None, []
+        if self.rank == 0:
+            for step in self._candidates():
+                reason = problem(self.path(step))
+                if reason is None:
+                    found = self.path(step)
+                    break
+                skipped.append(f"skipped {self.path(step)}: {reason}")
+        found, skipped = _broadcast((found, skipped))
+        if found is not None:
+            _VERIFIED.add(os.path.realpath(found))
+        return found, skipped
+
+
+def _has_checkpoint_files(path: str) -> bool:
+    """Has the files of a checkpoint written before manifests existed (kept: the user may want it)."""
+    return os.path.isfile(os.path.join(path, STATE_FILE)) and os.path.isdir(os.path.join(path, "ds", "state"))
 
 
 def is_valid(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, STATE_FILE)) and os.path.isdir(os.path.join(path, "ds", "state"))
+    """A published checkpoint directory: it has a manifest and a trainer state (cheap, unverified)."""
+    return os.path.isfile(os.path.join(path, MANIFEST)) and os.path.isfile(os.path.join(path, STATE_FILE))
+
+
+def problem(path: str) -> Optional[str]:
+    """None if ``path`` is a complete, undamaged checkpoint that loads without running code: its
+    files match the manifest (sizes, sha256), its trainer state parses, every ``.pt`` file loads
+    weights-only. Else what is wrong, naming the file."""
+    if not os.path.isdir(path):
+        return f"{path} is not a directory"
+    reason = manifest_problem(path)
+    if reason is None:
+        try:
+            with open(os.path.join(path, STATE_FILE)) as f:
+                json.load(f)
+        except (OSError, ValueError) as err:
+            reason = f"{os.path.join(path, STATE_FILE)} is unreadable ({err})"
+    return reason or safe_load.unsafe_file(path)
+
+
+_VERIFIED: set[str] = set()
+"""Checkpoints this process wrote or verified: not hashed again (a rollback, a resume after the search)."""
+
+
+def verify(path: str) -> None:
+    """Raise :class:`CheckpointError` naming the file if ``path`` fails :func:`problem`
+    (rank 0 checks, every rank raises). DeepSpeed's loaders run only after this passed."""
+    key = os.path.realpath(path)
+    if key in _VERIFIED:
+        return
+    reason = _broadcast(problem(path) if not dist.is_initialized() or dist.get_rank() == 0 else None)
+    if reason is not None:
+        raise CheckpointError(f"refusing checkpoint {path}: {reason}. resume=auto takes the newest checkpoint "
+                              "that verifies; resume=none starts over (in a new run_dir, to keep this one's records)")
+    _VERIFIED.add(key)
 
 
 def read_state(path: str) -> dict[str, Any]:
     if not is_valid(path):
-        raise CheckpointError(f"{path} is not a complete recurlm checkpoint (need {STATE_FILE} and ds/state/)")
-    with open(os.path.join(path, STATE_FILE)) as f:
-        return json.load(f)
+        raise CheckpointError(f"{path} is not a published recurlm checkpoint (need {MANIFEST} and {STATE_FILE})")
+    try:
+        with open(os.path.join(path, STATE_FILE)) as f:
+            return json.load(f)
+    except ValueError as err:
+        raise CheckpointError(f"{os.path.join(path, STATE_FILE)} is unreadable ({err})") from None
 
 
 def check_compatible(saved: dict[str, Any], model_identity: dict[str, Any], tokenizer_sha256: str, path: str) -> None:
@@ -177,7 +342,8 @@ def needs_universal(path: str, world_size: int, zero_stage: int) -> bool:
 
 
 def make_universal(path: str, rank: int) -> None:
-    """Convert ``<path>/ds/state`` to ``<path>/ds/state_universal`` once (rank 0; others wait)."""
+    """Convert ``<path>/ds/state`` (verified) to ``<path>/ds/state_universal`` once (rank 0; others
+    wait). The converted files are not in the manifest: they are checked to load weights-only."""
     import subprocess
     import sys
 
@@ -192,11 +358,15 @@ def make_universal(path: str, rank: int) -> None:
         if result.returncode != 0:
             raise CheckpointError(f"converting {path} to a universal checkpoint failed:\n{result.stderr[-2000:]}")
         os.replace(tmp, target)
-    barrier()
+    reason = _broadcast(safe_load.unsafe_file(target) if rank == 0 else None)
+    if reason is not None:
+        raise CheckpointError(f"refusing the universal conversion of {path}: {reason}")
 
 
 def load(engine, path: str, rank: int, load_optimizer: bool = True, universal: bool = False) -> dict[str, Any]:
-    """Load model (+ optimizer) states and this rank's RNG; returns the trainer state."""
+    """Load model (+ optimizer) states and this rank's RNG from a checkpoint that verifies;
+    returns the trainer state."""
+    verify(path)
     state = read_state(path)
     load_path, _ = engine.load_checkpoint(os.path.join(path, "ds"), tag=UNIVERSAL_TAG if universal else "state",
                                           load_optimizer_states=load_optimizer,
@@ -206,7 +376,7 @@ def load(engine, path: str, rank: int, load_optimizer: bool = True, universal: b
         raise CheckpointError(f"DeepSpeed could not load {path}/ds/state")
     rng_file = os.path.join(path, "rng", f"rank{rank}.pt")
     if load_optimizer and os.path.isfile(rng_file) and not universal:
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(safe_load.load(rng_file))
     return state
 
 
@@ -216,4 +386,4 @@ def load_recipe_state(path: str, rank: int, world_size: int) -> dict[str, Any]:
     recipe_file = os.path.join(path, "recipe", f"rank{rank}.pt")
     if not os.path.isfile(recipe_file) or read_state(path).get("world_size", world_size) != world_size:
         return {}
-    return torch.load(recipe_file, map_location="cpu", weights_only=True)
+    return safe_load.load(recipe_file)

@@ -99,18 +99,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recurlm-train: launch.mode must be none, local or slurm, got {mode!r}", file=sys.stderr)
         return 2
 
+    from recurlm.train.errors import EXIT_FAILED, known_failures, report_failure
     from recurlm.train.signals import EXIT_REQUEUE, Preempted
     from recurlm.train.trainer import TrainingAborted, train
 
     try:
         result = train(job)
     except TrainingAborted as err:
-        print(f"recurlm-train: {err}", file=sys.stderr)
+        report_failure(err, job.run_dir)
         return 3
     except Preempted as stop:  # during start-up: nothing trained in this process, so nothing to save
         print(f"recurlm-train: stopped by {stop.signal_name} while {stop.phase}; no checkpoint saved (nothing "
               f"was trained in this process); exiting with {EXIT_REQUEUE} for requeue", file=sys.stderr, flush=True)
         return EXIT_REQUEUE
+    except known_failures() as err:  # anything else is a bug: its traceback stays on the console
+        report_failure(err, job.run_dir)
+        return EXIT_FAILED
     return result.exit_code
 
 

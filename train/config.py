@@ -116,7 +116,11 @@ class LoopConfig:
     max_nonfinite_steps: int = 5
     """Stop after this many consecutive steps with a non-finite loss or gradient (each is skipped)."""
     rollback_on_nonfinite: bool = False
-    """On that stop, reload the last good checkpoint and skip past the offending data instead."""
+    """On that stop, reload the last good checkpoint and skip past the offending data instead.
+    No checkpoint is saved while non-finite steps are in a row, so a rollback lands before them."""
+    max_rollbacks: int = 3
+    """With ``rollback_on_nonfinite``: stop (exit 3) instead of rolling back a further time once
+    this many rollbacks happened in this process (the instability is not in the data)."""
     peak_flops: float = 0.0
     """Peak FLOP/s per device for MFU; 0 = measure a float32 matmul on CPU / use a table on GPU."""
     exit_after_steps: int = 0

@@ -3,6 +3,9 @@
 ``recurlm-convert export <checkpoint or run dir> [out_dir]`` consolidates the weights with
 DeepSpeed's zero_to_fp32 (or reads the full module state without ZeRO) and writes
 ``recurlm.models.pretrained`` files, so evaluation and generation run without DeepSpeed.
+
+Nothing here unpickles code: a checkpoint must verify against its manifest and every ``.pt`` file
+must load weights-only (``checkpoint.verify``) before DeepSpeed's consolidation reads it.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 
 from recurlm.models.pretrained import is_export, save_pretrained
 from recurlm.train import checkpoint as ckpt
+from recurlm.train import safe_load
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -29,6 +33,7 @@ def resolve_checkpoint(path: str) -> str:
 
 def consolidated_state_dict(checkpoint_dir: str) -> dict[str, torch.Tensor]:
     """Full float32 weights from ``<checkpoint>/ds/state`` whatever ZeRO stage wrote them."""
+    ckpt.verify(checkpoint_dir)
     ds_dir = os.path.join(checkpoint_dir, "ds")
     state_dir = os.path.join(ds_dir, "state")
     if glob.glob(os.path.join(state_dir, "*optim_states.pt")) and glob.glob(os.path.join(state_dir, "zero_pp_rank_*")):
@@ -38,7 +43,7 @@ def consolidated_state_dict(checkpoint_dir: str) -> dict[str, torch.Tensor]:
     files = sorted(glob.glob(os.path.join(state_dir, "mp_rank_*_model_states.pt")))
     if not files:
         raise ckpt.CheckpointError(f"{state_dir} holds no DeepSpeed model states")
-    return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    return safe_load.load(files[0])["module"]
 
 
 def export_checkpoint(path: str, out_dir: Optional[str] = None) -> str:

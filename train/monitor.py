@@ -1,4 +1,5 @@
-"""Where metrics go: ``<run_dir>/metrics.jsonl``, Weights & Biases and a progress bar (rank 0).
+"""Where metrics go: ``<run_dir>/metrics.jsonl`` (strict JSON, one record a line), Weights & Biases
+and a progress bar (rank 0).
 
 Also the loss-spike detector (z-score over a window) and MFU against a peak FLOP/s that is
 measured on CPU (a float32 matmul) or looked up for known GPUs.
@@ -41,6 +42,14 @@ def peak_flops(configured: float) -> float:
                 return value
         return 0.0
     return measure_cpu_peak_flops()
+
+
+def strict_json_value(value: Any) -> Any:
+    """``value`` as strict JSON can hold it: a non-finite float becomes the string ``"nan"``,
+    ``"inf"`` or ``"-inf"`` (``json.dumps`` would write ``NaN``, which strict parsers reject)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 class SpikeDetector:
@@ -109,9 +118,9 @@ class Monitor:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if not self.is_main:
             return
-        record = {"step": step, **metrics}
+        record = {"step": step, **{key: strict_json_value(value) for key, value in metrics.items()}}
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         self._wandb("log", lambda run: run.log(metrics, step=step))
 
     def event(self, kind: str, message: str, step: int, alert: bool = True) -> None:

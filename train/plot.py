@@ -14,8 +14,9 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
 
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
-    train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
-    valid = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
+    # float(): metrics.jsonl writes non-finite values as the strings "nan" / "inf"
+    train = [(r["tokens"], float(r["loss"])) for r in records if "loss" in r]
+    valid = [(r["tokens"], float(r["val_loss"])) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
         ax.plot(*zip(*train), label="train loss", alpha=0.6)

@@ -29,19 +29,23 @@ from recurlm.data import prepare
 from recurlm.data.config import DataConfig
 from recurlm.models import to_model_config
 from recurlm.train import checkpoint as ckpt
+from recurlm.train import run_records
 from recurlm.train.config import LoopConfig, LoggerConfig, OptimConfig, ScheduleConfig
 from recurlm.train.distributed import DistEnv, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from recurlm.train.engine import batch_geometry, build_engine, global_grad_norm, set_lr
+from recurlm.train.errors import EXIT_FAILED, RunLockedError, data_errors
 from recurlm.train.export import export_checkpoint
 from recurlm.train.monitor import Monitor, peak_flops
 from recurlm.train.recipe import RecipeConfig, build_recipe, read_initial_weights
 from recurlm.train.run_dir import default_run_dir, snapshot_code
+from recurlm.train.run_lock import RunLock
 from recurlm.train.schedule import lr_multiplier
 from recurlm.train.signals import EXIT_REQUEUE, Preempted, StopRequest
 
 
 class TrainingAborted(RuntimeError):
-    """Training stopped on purpose (e.g. too many consecutive non-finite steps)."""
+    """Training stopped on purpose (too many consecutive non-finite steps or rollbacks, or a run
+    that ended with non-finite weights or loss)."""
 
 
 @dataclass
@@ -52,6 +56,8 @@ class TrainResult:
     first_val_loss: Optional[float]
     last_val_loss: Optional[float]
     exit_code: int = 0
+    last_val_step: Optional[int] = None
+    """The step ``last_val_loss`` was measured at."""
 
 
 def seed_everything(seed: int) -> None:
@@ -69,14 +75,29 @@ def _agree_on_run_dir(job: DictConfig, env: DistEnv) -> str:
     return os.path.abspath(run_dir)
 
 
-def _resume_path(resume: str, manager: ckpt.CheckpointManager) -> Optional[str]:
+def _lock_run_dir(run_dir: str, env: DistEnv) -> Optional[RunLock]:
+    """Rank 0 locks ``run_dir`` (the job's other ranks share its lock); every rank raises
+    :class:`RunLockedError` if that failed."""
+    lock, error = None, None
+    if env.is_main:
+        try:
+            lock = RunLock(run_dir)
+        except RunLockedError as err:
+            error = err
+    if all_reduce_max(float(error is not None)):
+        raise error or RunLockedError(f"rank 0 could not lock {run_dir}")
+    return lock
+
+
+def _resume_path(resume: str, manager: ckpt.CheckpointManager) -> tuple[Optional[str], list[str]]:
+    """(checkpoint to resume from or None, notes on checkpoints skipped). ``auto`` takes the newest
+    checkpoint that verifies; an explicit path must verify."""
     if resume == "none":
-        return None
+        return None, []
     if resume == "auto":
-        return manager.latest()
-    if not ckpt.is_valid(resume):
-        raise ckpt.CheckpointError(f"resume={resume!r} is not a recurlm checkpoint directory")
-    return resume
+        return manager.newest_intact()
+    ckpt.verify(resume)
+    return resume, []
 
 
 def _memory_gb() -> float:
@@ -98,15 +119,28 @@ class Trainer:
             torch.set_num_threads(self.loop.cpu_threads)
         seed_everything(job.seed)
         self.run_dir = _agree_on_run_dir(job, self.env)
+        self.lock = _lock_run_dir(self.run_dir, self.env)  # before anything is written into run_dir
+        try:
+            self._build(job)
+        except BaseException:
+            self.close()
+            raise
 
+    def close(self) -> None:
+        """Release the run directory (the process ending releases it too)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def _build(self, job: DictConfig) -> None:
         data_cfg: DataConfig = as_dataclass(job.data, DataConfig)
-        with self.stop.interruptible("preparing data"):
+        with data_errors():
             if self.env.is_main:
-                self.data = prepare(data_cfg, progress=self.logger_cfg.progress, on_stage=self.stop.set_phase)
-        barrier()
-        if not self.env.is_main:
-            with self.stop.interruptible("preparing data"):
-                self.data = prepare(data_cfg, progress=False, on_stage=self.stop.set_phase)
+                with self.stop.interruptible("preparing data"):
+                    self.data = prepare(data_cfg, progress=self.logger_cfg.progress, on_stage=self.stop.set_phase)
+            barrier()
+            if not self.env.is_main:
+                with self.stop.interruptible("preparing data"):
+                    self.data = prepare(data_cfg, progress=False, on_stage=self.stop.set_phase)
         self.recipe_cfg: RecipeConfig = as_dataclass(job.recipe, RecipeConfig)
         self.recipe = build_recipe(self.recipe_cfg, data_cfg.loader_mode, self.env.rank)
         init_weights = None
@@ -128,18 +162,23 @@ class Trainer:
         OmegaConf.set_struct(job, True)
         self.config_yaml = to_yaml(job)
 
-        if self.env.is_main:
-            os.makedirs(self.run_dir, exist_ok=True)
-            with open(os.path.join(self.run_dir, "config.yaml"), "w") as f:
-                f.write(self.config_yaml)
-            snapshot_code(self.run_dir)
-        barrier()
-
         self.micro, self.accumulation = batch_geometry(self.loop.global_batch_size, self.loop.micro_batch_size,
                                                        self.env.world_size)
         self.checkpoints = ckpt.CheckpointManager(os.path.join(self.run_dir, "checkpoints"), self.env.rank,
-                                                  self.loop.keep_last, self.loop.keep_every)
-        resume = _resume_path(job.resume, self.checkpoints)
+                                                  self.loop.keep_last, self.loop.keep_every,
+                                                  log=lambda note: self.monitor.event("checkpoint", note, self.step,
+                                                                                      alert=False))
+        notes = [f"removed debris of an interrupted save or deletion: {path}"
+                 for path in (self.checkpoints.remove_debris() if self.env.is_main else [])]
+        if self.lock is not None and self.lock.previous:
+            notes.append(f"took over the lock of {self.run_dir} left by {self.lock.previous}, no longer running")
+        barrier()
+        resume, skipped = _resume_path(job.resume, self.checkpoints)
+        notes += skipped
+        if resume is not None:
+            saved = ckpt.read_state(resume)
+            ckpt.check_compatible(saved, self._identity(), self.data.tokenizer.sha256, resume)
+            run_records.refuse_changed_finished_run(resume, saved["step"], self.loop.steps, self.config_yaml)
         universal = resume is not None and ckpt.needs_universal(resume, self.env.world_size,
                                                                  job.deepspeed.zero_stage)
         if universal:
@@ -157,6 +196,10 @@ class Trainer:
         if resume is not None:
             with self.stop.interruptible(f"loading checkpoint {resume}"):
                 self._restore(resume, universal=universal)
+        if self.env.is_main:  # the run proceeds: now its records may be written
+            run_records.write_config(self.run_dir, self.config_yaml)
+            snapshot_code(self.run_dir)
+        barrier()
         self.tokens_per_step = self.loop.global_batch_size * self.loop.seq_len
         self.flops_per_token = 3 * self.model.flops_per_token(self.loop.seq_len)
         self.peak = peak_flops(self.loop.peak_flops) * self.env.world_size
@@ -164,6 +207,10 @@ class Trainer:
             self.monitor = Monitor(self.logger_cfg, self.run_dir, self.env.is_main, self.loop.steps, self.step,
                                    self.wandb_id, OmegaConf.to_container(job, resolve=True))
         self.wandb_id = self.monitor.wandb_id or self.wandb_id
+        for note in notes:
+            self.monitor.event("checkpoint", note, self.step, alert=False)
+        if resume is not None:
+            self.monitor.event("resumed", f"resumed from {resume} (step {self.step})", self.step, alert=False)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _identity(self) -> dict[str, Any]:
@@ -171,9 +218,7 @@ class Trainer:
                 "n_layers": self.model_cfg.n_layers, "vocab_size": self.model_cfg.vocab_size}
 
     def _restore(self, path: str, keep_loader_position: bool = False, universal: bool = False) -> None:
-        state = ckpt.read_state(path)
-        ckpt.check_compatible(state, self._identity(), self.data.tokenizer.sha256, path)
-        ckpt.load(self.engine, path, self.env.rank, universal=universal)
+        state = ckpt.load(self.engine, path, self.env.rank, universal=universal)
         # a rollback skips data, so carried states would continue the wrong text (and may be non-finite)
         self.recipe.load_state_dict({} if keep_loader_position else
                                     ckpt.load_recipe_state(path, self.env.rank, self.env.world_size))
@@ -205,6 +250,10 @@ class Trainer:
                  "model_config": OmegaConf.to_container(OmegaConf.structured(self.model_cfg)),
                  "tokenizer_sha256": self.data.tokenizer.sha256, "tokenizer_path": self.data.tokenizer.path,
                  "first_val_loss": self.first_val_loss, "world_size": self.env.world_size}
+        if not self._weights_finite():
+            self.monitor.event("checkpoint_skipped", f"not saving step {self.step}: the weights are non-finite",
+                               self.step)
+            return None
         try:
             self.last_checkpoint = self.checkpoints.save(self.engine, self.step, state, self.config_yaml,
                                                          self.recipe.state_dict())
@@ -212,6 +261,11 @@ class Trainer:
             self.monitor.event("checkpoint_failed", str(err), self.step)
             return None
         return self.last_checkpoint
+
+    def _weights_finite(self) -> bool:
+        """Every rank's parameters (its ZeRO-3 partition) are finite."""
+        bad = any(not torch.isfinite(getattr(p, "ds_tensor", p)).all() for p in self.model.parameters())
+        return not all_reduce_max(float(bad))
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -288,30 +342,55 @@ class Trainer:
             return self._run()
         except Preempted as stop:  # a signal during evaluation: save the steps trained so far, then stop
             return self._stop_after_signal(stop.signal_name, stop.phase)
+        finally:
+            self.close()
 
     def _stop_after_signal(self, signal_name: str, phase: str) -> TrainResult:
-        """Save (unless the newest checkpoint already holds this step), say so, exit EXIT_REQUEUE."""
+        """Save this step (unless it is saved already, or a non-finite streak is open), say what was
+        saved, and return with EXIT_REQUEUE (EXIT_FAILED when the save failed)."""
+        exit_code, note = EXIT_REQUEUE, None
         if self.step > 0 and not (self.last_checkpoint or "").endswith(f"/{self.step}"):
-            self.save()
-        saved = (f"checkpoint saved: {self.last_checkpoint}" if self.last_checkpoint
-                 else "no checkpoint saved (nothing trained yet)")
-        self.monitor.event("preempted", f"{signal_name} while {phase}; {saved}; exiting with {EXIT_REQUEUE} "
-                                        "for requeue", self.step, alert=False)
-        self.monitor.close({"preempted": True, "step": self.step})
-        result = TrainResult(self.run_dir, self.step, self.last_checkpoint, self.first_val_loss, None, EXIT_REQUEUE)
+            if self.nonfinite_streak:  # a checkpoint from inside the streak is what a rollback must not land on
+                note = f"step {self.step} not saved: {self.nonfinite_streak} non-finite step(s) in a row"
+            elif self.save() is None:
+                exit_code, note = EXIT_FAILED, f"saving step {self.step} failed"
+            else:
+                note = f"checkpoint saved: {self.last_checkpoint}"
+        newest = self.checkpoints.latest() if self.env.is_main else self.last_checkpoint
+        if note is None or not note.startswith("checkpoint saved"):
+            note = "; ".join(filter(None, [note, f"newest checkpoint: {newest}" if newest
+                                           else "no checkpoint saved (nothing trained yet)"]))
+        self.monitor.event("preempted", f"{signal_name} while {phase}; {note}; exiting with {exit_code}",
+                           self.step, alert=False)
+        val_loss, val_step = self.last_val or (None, None)
+        self.monitor.close({"preempted": True, "step": self.step, "val_loss": val_loss, "val_step": val_step})
+        result = TrainResult(self.run_dir, self.step, newest, self.first_val_loss, val_loss, exit_code, val_step)
         if self.env.is_main:
             self._report(result)
         return result
 
+    def _validate_and_log(self) -> float:
+        val_loss = self.validate()
+        self.monitor.log({"val_loss": val_loss, "tokens": self.tokens}, self.step)
+        self.last_val = (val_loss, self.step)
+        return val_loss
+
+    def _abort(self, message: str) -> None:
+        self.monitor.event("abort", message, self.step)
+        self.monitor.close({"aborted": True})
+        raise TrainingAborted(f"stopped at step {self.step}: {message} (see {self.run_dir}/metrics.jsonl; the newest "
+                              f"checkpoint is {self.checkpoints.latest() or 'none: no checkpoint of this run exists'})")
+
     def _run(self) -> TrainResult:
         loop, monitor = self.loop, self.monitor
+        self.last_val: Optional[tuple[float, int]] = None
+        self.nonfinite_streak = 0
         if self.step == 0:
-            self.first_val_loss = self.validate()
-            monitor.log({"val_loss": self.first_val_loss, "tokens": 0}, 0)
+            self.first_val_loss = self._validate_and_log()
             monitor.write(f"step 0: val_loss {self.first_val_loss:.4f}")
-        consecutive_bad, steps_this_process = 0, 0
+        consecutive_bad, rollbacks, steps_this_process, exit_code = 0, 0, 0, 0
+        saved, attempted_step = False, None  # the last save attempt: succeeded?, at which step
         window_start, window_tokens, window_losses = time.perf_counter(), 0, []
-        val_loss = self.first_val_loss if self.step == 0 else None
         while self.step < loop.steps:
             lr = set_lr(self.engine, self.optim.lr, lr_multiplier(self.schedule, self.step, self.tokens,
                                                                    loop.steps, self.tokens_per_step))
@@ -322,23 +401,27 @@ class Trainer:
             window_tokens += self.tokens_per_step
 
             finite = math.isfinite(loss) and applied
+            consecutive_bad = 0 if finite else consecutive_bad + 1
+            self.nonfinite_streak = consecutive_bad  # read by a stop during evaluation
             if not finite:
-                consecutive_bad += 1
-                monitor.event("nonfinite", f"loss {loss}; update skipped ({consecutive_bad} in a row)", self.step)
+                what = (f"loss is {loss} (so is the gradient)" if not math.isfinite(loss)
+                        else f"gradient is non-finite (loss {loss:.4f} is finite)")
+                monitor.event("nonfinite", f"{what}; update skipped ({consecutive_bad} in a row)", self.step)
                 if consecutive_bad >= loop.max_nonfinite_steps:
                     if loop.rollback_on_nonfinite and self.last_checkpoint is not None:
-                        monitor.event("rollback", f"reloading {self.last_checkpoint}, skipping the offending data",
-                                      self.step)
+                        if rollbacks >= loop.max_rollbacks:
+                            self._abort(f"{consecutive_bad} consecutive non-finite steps after {rollbacks} rollbacks "
+                                        f"(train.max_rollbacks={loop.max_rollbacks})")
+                        rollbacks += 1
+                        monitor.event("rollback", f"reloading {self.last_checkpoint}, skipping the offending data "
+                                                  f"(rollback {rollbacks} of at most {loop.max_rollbacks})", self.step)
                         self._restore(self.last_checkpoint, keep_loader_position=True,
                                       universal=self.engine.load_universal_checkpoint())
                         consecutive_bad = 0
                         continue
-                    monitor.event("abort", f"{consecutive_bad} consecutive non-finite steps", self.step)
-                    monitor.close({"aborted": True})
-                    raise TrainingAborted(f"stopped at step {self.step}: {consecutive_bad} consecutive steps had a "
-                                          f"non-finite loss or gradient (see {self.run_dir}/metrics.jsonl)")
+                    self._abort(f"{consecutive_bad} consecutive steps had a non-finite loss or gradient "
+                                f"(the last: {what})")
             else:
-                consecutive_bad = 0
                 window_losses.append(loss)
                 z = monitor.spikes.update(loss)
                 if z is not None:
@@ -358,8 +441,7 @@ class Trainer:
                 window_start, window_tokens, window_losses = time.perf_counter(), 0, []
 
             if loop.eval_every and self.step % loop.eval_every == 0 and self.step < loop.steps:
-                val_loss = self.validate()
-                monitor.log({"val_loss": val_loss, "tokens": self.tokens}, self.step)
+                self._validate_and_log()
             if self.job.eval.every and self.step % self.job.eval.every == 0 and self.step < loop.steps:
                 self.evaluate_tasks()
 
@@ -368,26 +450,45 @@ class Trainer:
             if stop:
                 return self._stop_after_signal(self.stop.signal_name or "a signal on another rank",
                                                f"training (after step {self.step})")
+            saved = False
             if (loop.checkpoint_every and self.step % loop.checkpoint_every == 0) or out_of_budget:
-                self.save()
+                if consecutive_bad:  # a checkpoint from inside the streak is what a rollback must not land on
+                    monitor.event("checkpoint_skipped", f"not saving step {self.step}: {consecutive_bad} non-finite "
+                                                        "step(s) in a row", self.step)
+                else:
+                    attempted_step, saved = self.step, self.save() is not None
+                    if not saved and out_of_budget:
+                        exit_code = EXIT_FAILED
             if out_of_budget:
                 break
 
         if self.step >= loop.steps:
-            val_loss = self.validate()
-            monitor.log({"val_loss": val_loss, "tokens": self.tokens}, self.step)
+            val_loss = self._validate_and_log()
+            # a last step skipped for its gradient alone (e.g. fp16 loss scaling) left finite weights
+            problems = ([f"training loss {loss}"] if steps_this_process and not math.isfinite(loss) else []) \
+                + ([f"validation loss {val_loss}"] if not math.isfinite(val_loss) else []) \
+                + (["weights"] if not self._weights_finite() else [])
+            if problems:
+                self._abort(f"the run ended with non-finite {', '.join(problems)}")
             if self.last_checkpoint is None or not self.last_checkpoint.endswith(f"/{self.step}"):
-                self.save()
+                if attempted_step != self.step:  # not tried at this step yet (a failed save is not retried)
+                    saved = self.save() is not None
+                if not saved:
+                    exit_code = EXIT_FAILED
             if self.job.eval.tasks:
                 self.evaluate_tasks()
-            if self.logger_cfg.wandb.log_artifacts and self.last_checkpoint:
+            if self.logger_cfg.wandb.log_artifacts and self.last_checkpoint and exit_code == 0:
                 barrier()
                 if self.env.is_main:
                     export = export_checkpoint(self.last_checkpoint)
                     monitor.log_artifact(export, f"{self.model_cfg.family}-{self.model_cfg.size}",
                                          {"step": self.step, "val_loss": val_loss})
-        monitor.close({"val_loss": val_loss, "first_val_loss": self.first_val_loss, "step": self.step})
-        result = TrainResult(self.run_dir, self.step, self.last_checkpoint, self.first_val_loss, val_loss)
+        val_loss, val_step = self.last_val or (None, None)
+        monitor.close({"val_loss": val_loss, "val_step": val_step, "first_val_loss": self.first_val_loss,
+                       "step": self.step})
+        # the checkpoint reported is the newest one on disk: it says so when a save failed
+        checkpoint = self.checkpoints.latest() if self.env.is_main else self.last_checkpoint
+        result = TrainResult(self.run_dir, self.step, checkpoint, self.first_val_loss, val_loss, exit_code, val_step)
         if self.env.is_main:
             self._report(result)
         return result
@@ -396,12 +497,23 @@ class Trainer:
         lines = [f"run_dir:     {result.run_dir}",
                  f"config:      {os.path.join(result.run_dir, 'config.yaml')}",
                  f"metrics:     {os.path.join(result.run_dir, 'metrics.jsonl')}",
-                 f"checkpoint:  {result.checkpoint}",
+                 f"checkpoint:  {self._describe_checkpoint(result)}",
                  f"wandb:       {self.monitor.wandb_dir or 'disabled'} ({self.logger_cfg.wandb.mode})"]
-        if result.first_val_loss is not None and result.last_val_loss is not None:
+        if result.first_val_loss is not None and result.last_val_step:
             lines.append(f"val_loss:    {result.first_val_loss:.4f} (step 0) -> {result.last_val_loss:.4f} "
-                         f"(step {result.step})")
-        print("\n".join(lines), file=sys.stdout, flush=True)
+                         f"(step {result.last_val_step})")
+        elif result.first_val_loss is not None:
+            lines.append(f"val_loss:    {result.first_val_loss:.4f} (step 0; none measured since)")
+        print("\n".join(lines), file=sys.stdout if result.exit_code in (0, EXIT_REQUEUE) else sys.stderr,
+              flush=True)
+
+    def _describe_checkpoint(self, result: TrainResult) -> str:
+        if result.checkpoint is None:
+            return "none: no checkpoint of this run exists" + (" (saving failed)" if result.exit_code else "")
+        saved_step = int(os.path.basename(result.checkpoint))
+        if saved_step == result.step:
+            return result.checkpoint
+        return f"{result.checkpoint} (step {saved_step}; step {result.step} was not saved)"
 
 
 def train(job: DictConfig) -> TrainResult:

@@ -1,6 +1,7 @@
 """Run by ``test_build_stress.py`` in its own process: cold shard builds with 2 workers, again and
 again, in a process that already has what a trainer has when it builds data (an initialized gloo
-process group with its threads, and busy threads of its own). Each build runs under a watchdog
+process group with its threads, busy threads of its own, and the trainer's SIGTERM/SIGUSR1
+handlers). Each build runs under a watchdog
 (faulthandler) that dumps every thread's stack and exits 3 if the build hangs.
 
     python -P build_in_threaded_process.py <work dir> <corpus dir> <tokenizer.model> <builds> <seconds per build>
@@ -36,11 +37,13 @@ def main() -> int:
     from recurlm.data.build import build_shards
     from recurlm.data.config import SourceConfig
     from recurlm.data.tokenizer import Tokenizer
+    from recurlm.train.signals import StopRequest
 
     dist.init_process_group("gloo", init_method=f"file://{os.path.join(work, 'pg-store')}", rank=0, world_size=1)
     dist.barrier()
     stop = threading.Event()
     busy_threads(stop)
+    StopRequest()  # as the trainer: its handlers are installed before the data build
     with open("/proc/self/status") as f:  # native threads: gloo's and torch's besides Python's own
         native = next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
     print(f"process group initialized: {dist.is_initialized()}; native threads: {native}", flush=True)

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from recurlm.data.shards import ShardError, ShardSet, check_tokenizer
+from recurlm.data.shards import ShardError, ShardSet, check_tokenizer, sample_sha256
 from recurlm.data.tokenizer import Tokenizer, file_sha256, token_dtype, train_tokenizer
 
 DOCS = [[5, 6, 7], [8] * 10, [9, 10], [11] * 4, [12]]
@@ -51,11 +51,47 @@ def test_truncated_shard(shards_from_docs):
         ShardSet.open(d)
 
 
-def test_corrupted_tokens_fail_the_checksum(shards_from_docs):
+def flip_bit_keeping_mtime(path, offset):
+    """Bit rot: one flipped bit, with the file's size and modification time unchanged."""
+    stat = os.stat(path)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0x04]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_bit_rot_with_the_mtime_kept_is_caught_on_open(shards_from_docs):
     d = shards_from_docs("corrupt", DOCS).manifests[0]["directory"]
-    with open(os.path.join(d, "shard_00000.bin"), "r+b") as f:
+    ShardSet.open(d).validate(reuse_stamps=True)  # passed once: size and mtime are recorded
+    flip_bit_keeping_mtime(os.path.join(d, "shard_00000.bin"), 4)
+    with pytest.raises(ShardError, match=r"shard_00000\.bin: its content differs from the manifest in a sampled"):
+        ShardSet.open(d)
+
+
+def test_sampled_checksum_covers_head_and_tail_of_a_large_file(tmp_path):
+    path = str(tmp_path / "big.bin")
+    with open(path, "wb") as f:
+        f.write(bytes(range(256)) * 20_000)  # 5 MB: sampled, not read whole
+    clean = sample_sha256(path)
+    for offset in (0, os.path.getsize(path) - 1):  # the head and the tail (written last)
+        flip_bit_keeping_mtime(path, offset)
+        assert sample_sha256(path) != clean
+        flip_bit_keeping_mtime(path, offset)
+    assert sample_sha256(path) == clean
+
+
+def test_corrupted_tokens_fail_the_full_checksum(shards_from_docs):
+    d = shards_from_docs("corrupt-full", DOCS).manifests[0]["directory"]
+    path = os.path.join(d, "shard_00000.bin")
+    with open(path, "r+b") as f:
         f.seek(4)
         f.write(b"\x07\x00")
+    m = _manifest(d)
+    del m["shards"][0]["tokens_sample_sha256"]  # a manifest written before sampled checksums
+    with open(os.path.join(d, "manifest.json"), "w") as f:
+        json.dump(m, f)
     shards = ShardSet.open(d)  # sizes still agree: only the full validation sees it
     with pytest.raises(ShardError, match=r"shard_00000\.bin: checksum mismatch"):
         shards.validate()
@@ -84,10 +120,14 @@ def test_token_id_out_of_vocabulary(shards_from_docs):
     tokens.tofile(path)
     m = _manifest(d)
     m["shards"][0]["tokens_sha256"] = file_sha256(path)  # a consistent file with a bad id
+    m["shards"][0]["tokens_sample_sha256"] = sample_sha256(path)
     with open(os.path.join(d, "manifest.json"), "w") as f:
         json.dump(m, f)
-    with pytest.raises(ShardError, match=r"token id 60000 out of range \(vocab size 400\)"):
+    with pytest.raises(ShardError, match=r"token id 60000 out of range \(vocab size 400\) at token offset 3"):
         ShardSet.open(d).validate()
+    # reading the document names the shard and the offset (an embedding lookup would only say IndexError)
+    with pytest.raises(ShardError, match=r"shard_00000\.bin: token id 60000 at token offset 3 \(document 0\)"):
+        ShardSet.open(d).document(0)
 
 
 def test_missing_or_broken_manifest(tmp_path, shards_from_docs):
@@ -149,6 +189,10 @@ def test_validation_stamps_skip_unchanged_shards_only(shards_from_docs, monkeypa
     with open(path, "r+b") as f:
         f.write(b"\x07\x00")
     os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 1_000_000))
+    entry = next(e for e in _manifest(directory)["shards"] if e["tokens"] == os.path.basename(path))
+    entry["tokens_sample_sha256"] = sample_sha256(path)  # past the sampled check: the stamps must catch it
+    _rewrite_manifest(directory, shards=[entry if e["tokens"] == entry["tokens"] else e
+                                         for e in _manifest(directory)["shards"]])
     with pytest.raises(ShardError, match="checksum mismatch"):
         ShardSet.open(directory).validate(reuse_stamps=True)
     assert hashed == [path]
