@@ -21,11 +21,15 @@
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import json
+import os
+from typing import Any, Callable, Optional
 
 import torch
 
 from recurlm.models.convert.common import conv_from_torch
+from recurlm.models.convert.formats import Entry, Format, hf_meta_shapes, pairs_to_entries
+from recurlm.models.convert.io import ConversionError
 from recurlm.models.xlstm import XLSTMConfig, XLSTMLM
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -154,3 +158,119 @@ def from_xlstm_v1(reference: torch.nn.Module) -> XLSTMLM:
     cfg = config_from_xlstm_v1(reference.config)
     kinds = ["mlstm" if k == 0 else "slstm" for k in reference.config.block_map]
     return _load(cfg, reference, key_map_xlstm_v1(cfg, kinds))
+
+
+# ---------------------------------------------------------------------------------------------------
+# formats (recurlm.models.convert.formats)
+
+_XLSTM_LARGE_FIELDS = ("embedding_dim", "num_heads", "num_blocks", "vocab_size", "use_bias", "norm_eps", "add_out_norm",
+                       "qk_dim_factor", "v_dim_factor", "eps", "ffn_proj_factor", "ffn_round_up_to_multiple_of",
+                       "gate_soft_cap", "output_logit_soft_cap", "weight_mode")
+"""The architecture fields of ``xLSTMLargeConfig`` (the rest choose kernels, which the loader picks)."""
+
+
+def _large_fields(cfg: XLSTMConfig) -> dict[str, Any]:
+    if cfg.architecture != "xlstm7b":
+        raise ValueError(f"only architecture='xlstm7b' has a shared format (got {cfg.architecture!r}; the v1 "
+                         "mLSTM/sLSTM model is recurlm-only)")
+    return dict(embedding_dim=cfg.d_model, num_heads=cfg.n_heads, num_blocks=cfg.n_layers, vocab_size=cfg.vocab_size,
+                use_bias=False, norm_eps=cfg.norm_eps, add_out_norm=True, qk_dim_factor=cfg.qk_dim_factor,
+                v_dim_factor=cfg.v_dim_factor, eps=cfg.mlstm_eps, ffn_proj_factor=cfg.ffn_factor,
+                ffn_round_up_to_multiple_of=cfg.round_to, gate_soft_cap=cfg.gate_soft_cap or None,
+                output_logit_soft_cap=cfg.logit_softcap or None, weight_mode="single")
+
+
+class _XLSTMFormat(Format):
+    families = ("xlstm",)
+    embedding_key = ""
+
+    def _pairs(self, cfg: XLSTMConfig) -> list:
+        return [(ours, theirs, _same, _same) for ours, theirs, _ in key_map_xlstm_large(cfg, self.embedding_key)]
+
+    def import_entries(self, cfg, keys):
+        return pairs_to_entries(self._pairs(cfg), to_recurlm=True)
+
+    def export_entries(self, cfg):
+        return pairs_to_entries(self._pairs(cfg), to_recurlm=False)
+
+    def _config(self, build: Callable[[dict], Any], config: Optional[dict], where: str) -> XLSTMConfig:
+        if config is None:
+            raise ConversionError(f"{where}: missing (an xLSTM checkpoint needs its config.json)")
+        try:
+            return config_from_xlstm_large(build(config))
+        except (ValueError, TypeError, KeyError) as err:
+            raise ConversionError(f"{where}: {err}") from err
+
+
+class HFXLSTM(_XLSTMFormat):
+    """transformers' ``xLSTMForCausalLM`` directory (``model_type`` xlstm; NX-AI/xLSTM-7b)."""
+
+    name, embedding_key = "hf-xlstm", "backbone.embeddings.weight"
+    loader = "transformers.AutoModelForCausalLM.from_pretrained(dir)"
+
+    def detect(self, config, keys):
+        return (config or {}).get("model_type") == "xlstm"
+
+    def recurlm_config(self, config, shapes, where):
+        import transformers
+
+        return self._config(transformers.xLSTMConfig.from_dict, config, where)
+
+    def ignored_keys(self, cfg, keys):
+        return {"lm_head.weight"} if cfg.tie_embeddings else set()
+
+    def write_config(self, cfg, out_dir):
+        import transformers
+
+        from recurlm.models.convert.recurrentgemma import SPECIAL_TOKEN_IDS
+
+        fields = _large_fields(cfg)
+        transformers.xLSTMConfig(
+            hidden_size=fields.pop("embedding_dim"), num_hidden_layers=fields.pop("num_blocks"),
+            tie_word_embeddings=cfg.tie_embeddings, architectures=["xLSTMForCausalLM"], **fields, **SPECIAL_TOKEN_IDS,
+        ).save_pretrained(out_dir)
+
+    def target_shapes(self, out_dir):
+        import transformers
+
+        return hf_meta_shapes(transformers.xLSTMForCausalLM, out_dir)
+
+    def write_tokenizer(self, sentencepiece_model: str, out_dir: str) -> None:
+        from recurlm.models.convert.hf_tokenizer import write_hf_tokenizer
+
+        write_hf_tokenizer(sentencepiece_model, out_dir)
+
+
+class XLSTMLargeStateDict(_XLSTMFormat):
+    """The ``xlstm`` package's ``xLSTMLarge`` state dict (``model.pth`` / safetensors) with the
+    architecture fields of its ``xLSTMLargeConfig`` as config.json (the package saves no config)."""
+
+    name, embedding_key = "xlstm-large", "embedding.weight"
+    loader = ("xLSTMLarge(xLSTMLargeConfig(**json.load(open('config.json')))).load_state_dict("
+              "safetensors.torch.load_file('model.safetensors'))")
+
+    def detect(self, config, keys):
+        return "embedding.weight" in keys and "backbone.blocks.0.mlstm_layer.q.weight" in keys
+
+    def recurlm_config(self, config, shapes, where):
+        from xlstm.xlstm_large.model import xLSTMLargeConfig
+
+        return self._config(lambda c: xLSTMLargeConfig(**{k: c[k] for k in _XLSTM_LARGE_FIELDS if k in c}), config, where)
+
+    def export_entries(self, cfg):
+        entries = super().export_entries(cfg)
+        if cfg.tie_embeddings:  # xLSTMLarge always has its own head
+            entries.append(Entry("lm_head.weight", ("embed.weight",)))
+        return entries
+
+    def write_config(self, cfg, out_dir):
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(_large_fields(cfg), f, indent=1)
+
+    def target_shapes(self, out_dir):
+        from xlstm.xlstm_large.model import xLSTMLarge, xLSTMLargeConfig
+
+        with open(os.path.join(out_dir, "config.json")) as f:
+            config = xLSTMLargeConfig(**json.load(f))
+        with torch.device("meta"):
+            return {k: v.shape for k, v in xLSTMLarge(config).state_dict().items()}
