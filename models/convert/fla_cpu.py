@@ -141,6 +141,11 @@ def _rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=F
     return o.transpose(1, 2), s
 
 
+def _l2_norm(x: torch.Tensor, eps: float = 1e-6, **_) -> torch.Tensor:
+    """fla's ``l2_norm`` over the last dimension (x / sqrt(sum x^2 + eps)), the fused-norm RWKV-7 path."""
+    return x * torch.rsqrt(x.float().square().sum(-1, keepdim=True) + eps).to(x.dtype)
+
+
 def _rwkv7_fused_mul(r, w, k, v, kk, a, **kwargs):
     """``fused_mul_recurrent_rwkv7``: the RWKV-7 recurrence with a = -kk, b = kk * a."""
     return _rwkv7(r, w, k, v, -kk, kk * a, **kwargs)
@@ -192,6 +197,7 @@ SWAPS: dict[str, list[Swap]] = {
         Swap("fla.layers.rwkv7", "fused_addcmul_rwkv7",
              _fla_function("fla.ops.rwkv7.fused_addcmul.torch_addcmul_rwkv7"), "torch_addcmul_rwkv7", build=True),
         Swap("fla.layers.rwkv7", "fused_k_rwkv7", _k_update, "k_update_ref"),
+        Swap("fla.layers.rwkv7", "l2_norm", _l2_norm, "x / sqrt(sum x^2 + eps)"),
         Swap("fla.layers.rwkv7", "gate_output_correction",
              _fla_function("fla.ops.rwkv7.gate_output_correction.gate_output_correction_ref"),
              "gate_output_correction_ref", build=True),

@@ -62,7 +62,8 @@ def config_from_xlstm_large(ref: Any) -> XLSTMConfig:
         n_layers=ref.num_blocks, n_heads=ref.num_heads, qk_dim_factor=ref.qk_dim_factor,
         v_dim_factor=ref.v_dim_factor, ffn_factor=ref.ffn_proj_factor, round_to=ref.ffn_round_up_to_multiple_of,
         gate_soft_cap=ref.gate_soft_cap or 0.0, logit_softcap=ref.output_logit_soft_cap or 0.0,
-        norm_eps=ref.norm_eps, mlstm_eps=ref.eps, tie_embeddings=getattr(ref, "tie_word_embeddings", False))
+        norm_eps=ref.norm_eps, mlstm_eps=ref.eps,
+        tie_embeddings=False)  # both classes keep their own head (transformers' ignores tie_word_embeddings)
 
 
 def key_map_xlstm_large(cfg: XLSTMConfig, embedding_key: str) -> list[tuple[str, str, Transform]]:
@@ -191,7 +192,10 @@ class _XLSTMFormat(Format):
         return pairs_to_entries(self._pairs(cfg), to_recurlm=True)
 
     def export_entries(self, cfg):
-        return pairs_to_entries(self._pairs(cfg), to_recurlm=False)
+        entries = pairs_to_entries(self._pairs(cfg), to_recurlm=False)
+        if cfg.tie_embeddings:  # both xLSTM classes always hold their own head (transformers' does not tie it)
+            entries.append(Entry("lm_head.weight", ("embed.weight",)))
+        return entries
 
     def _config(self, build: Callable[[dict], Any], config: Optional[dict], where: str) -> XLSTMConfig:
         if config is None:
@@ -216,9 +220,6 @@ class HFXLSTM(_XLSTMFormat):
 
         return self._config(transformers.xLSTMConfig.from_dict, config, where)
 
-    def ignored_keys(self, cfg, keys):
-        return {"lm_head.weight"} if cfg.tie_embeddings else set()
-
     def write_config(self, cfg, out_dir):
         import transformers
 
@@ -227,7 +228,7 @@ class HFXLSTM(_XLSTMFormat):
         fields = _large_fields(cfg)
         transformers.xLSTMConfig(
             hidden_size=fields.pop("embedding_dim"), num_hidden_layers=fields.pop("num_blocks"),
-            tie_word_embeddings=cfg.tie_embeddings, architectures=["xLSTMForCausalLM"], **fields, **SPECIAL_TOKEN_IDS,
+            tie_word_embeddings=False, architectures=["xLSTMForCausalLM"], **fields, **SPECIAL_TOKEN_IDS,
         ).save_pretrained(out_dir)
 
     def target_shapes(self, out_dir):
@@ -256,12 +257,6 @@ class XLSTMLargeStateDict(_XLSTMFormat):
         from xlstm.xlstm_large.model import xLSTMLargeConfig
 
         return self._config(lambda c: xLSTMLargeConfig(**{k: c[k] for k in _XLSTM_LARGE_FIELDS if k in c}), config, where)
-
-    def export_entries(self, cfg):
-        entries = super().export_entries(cfg)
-        if cfg.tie_embeddings:  # xLSTMLarge always has its own head
-            entries.append(Entry("lm_head.weight", ("embed.weight",)))
-        return entries
 
     def write_config(self, cfg, out_dir):
         with open(os.path.join(out_dir, "config.json"), "w") as f:
