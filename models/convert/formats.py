@@ -145,6 +145,16 @@ def detect_format(path: str, config: Optional[dict], keys: list[str]) -> Format:
                           f"pass --format")
 
 
+def foreign_format(path: str) -> Optional[str]:
+    """The format name of a foreign checkpoint at ``path``, or None (a recurlm run dir, checkpoint or
+    export, or nothing recognisable); never raises."""
+    try:
+        config, _ = read_foreign_config(path)
+        return detect_format(path, config, WeightReader(path).keys()).name
+    except ConversionError:
+        return None
+
+
 def _meta_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
     from recurlm.models.registry import build_model
 

@@ -30,7 +30,7 @@ import torch
 from recurlm.models.convert.common import conv_from_torch
 from recurlm.models.convert.formats import Entry, Format, hf_meta_shapes, pairs_to_entries
 from recurlm.models.convert.io import ConversionError
-from recurlm.models.xlstm import XLSTMConfig, XLSTMLM
+from recurlm.models.xlstm import XLSTMLM, XLSTMConfig, architecture, norm_eps
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 LINEAR_7B = {"q": "q", "k": "k", "v": "v", "o_gate": "ogate_preact", "out_proj": "out_proj"}
@@ -171,14 +171,15 @@ _XLSTM_LARGE_FIELDS = ("embedding_dim", "num_heads", "num_blocks", "vocab_size",
 
 
 def _large_fields(cfg: XLSTMConfig) -> dict[str, Any]:
-    if cfg.architecture != "xlstm7b":
-        raise ValueError(f"only architecture='xlstm7b' has a shared format (got {cfg.architecture!r}; the v1 "
+    if architecture(cfg) != "xlstm7b":
+        raise ValueError(f"only architecture='xlstm7b' has a shared format (got {architecture(cfg)!r}; the v1 "
                          "mLSTM/sLSTM model is recurlm-only)")
+    softcap = cfg.logit_softcap if cfg.logit_softcap is not None else 30.0  # XLSTMLM's default for xlstm7b
     return dict(embedding_dim=cfg.d_model, num_heads=cfg.n_heads, num_blocks=cfg.n_layers, vocab_size=cfg.vocab_size,
-                use_bias=False, norm_eps=cfg.norm_eps, add_out_norm=True, qk_dim_factor=cfg.qk_dim_factor,
+                use_bias=False, norm_eps=norm_eps(cfg), add_out_norm=True, qk_dim_factor=cfg.qk_dim_factor,
                 v_dim_factor=cfg.v_dim_factor, eps=cfg.mlstm_eps, ffn_proj_factor=cfg.ffn_factor,
                 ffn_round_up_to_multiple_of=cfg.round_to, gate_soft_cap=cfg.gate_soft_cap or None,
-                output_logit_soft_cap=cfg.logit_softcap or None, weight_mode="single")
+                output_logit_soft_cap=softcap or None, weight_mode="single")
 
 
 class _XLSTMFormat(Format):
