@@ -23,7 +23,15 @@ WEIGHTS, CONFIG, TOKENIZER, INFO = "model.safetensors", "config.json", "tokenize
 
 
 def is_export(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, WEIGHTS)) and os.path.isfile(os.path.join(path, CONFIG))
+    """Whether ``path`` holds a recurlm export (a transformers or fla directory has the same two file
+    names: its config.json names no recurlm ``family``)."""
+    if not (os.path.isfile(os.path.join(path, WEIGHTS)) and os.path.isfile(os.path.join(path, CONFIG))):
+        return False
+    try:
+        with open(os.path.join(path, CONFIG)) as f:
+            return "family" in json.load(f)
+    except (OSError, ValueError):
+        return False
 
 
 def save_pretrained(out_dir: str, model_config: Any, state_dict: dict[str, torch.Tensor],
