@@ -249,10 +249,18 @@ def export_checkpoint(path: str, out: str, format: Optional[str] = None,
     if cfg.family not in fmt.families:
         raise ConversionError(f"{os.path.join(export, CONFIG)}: family {cfg.family!r} cannot be written as {fmt.name} "
                               f"(it holds {list(fmt.families)})")
+    where = os.path.join(export, CONFIG)
+    overrides = getattr(cfg, "layer_overrides", None)
+    if overrides:
+        raise ConversionError(f"{where}: layers {sorted(overrides)} override the model config; {fmt.name} has one "
+                              f"config for every layer (expand all layers, or keep the recurlm export)")
     reader = WeightReader(export)
     entries = fmt.export_entries(cfg)
     with staged_output(out) as staging:
-        fmt.write_config(cfg, staging)
+        try:
+            fmt.write_config(cfg, staging)
+        except ValueError as err:
+            raise ConversionError(f"{where}: {err}") from err
         expected = fmt.target_shapes(staging)
         _check_keys(entries, reader.keys(), set(), set(expected) if expected is not None else
                     {e.target for e in entries}, export)

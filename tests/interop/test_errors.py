@@ -138,3 +138,12 @@ def test_export_of_weights_the_target_has_no_place_for(tmp_path, capsys):
     model = build_model(GriffinConfig(size="tiny", vocab_size=53, state_expansion=2))
     save_pretrained(str(tmp_path / "expanded"), model.config, model.state_dict())
     fails(["export-hf", str(tmp_path / "expanded"), "--out", str(tmp_path / "out")], capsys, "state_expansion == 1")
+
+
+def test_export_of_a_group_norm_epsilon_fla_cannot_express(tmp_path, capsys):
+    from recurlm.models.rwkv7 import RWKV7Config
+
+    model = build_model(RWKV7Config(size="tiny", vocab_size=53, head_dim=32, norm_eps=1e-5, group_norm_eps=64e-5))
+    save_pretrained(str(tmp_path / "rwkv7"), model.config, model.state_dict())
+    fails(["export-hf", str(tmp_path / "rwkv7"), "--out", str(tmp_path / "out")], capsys,
+          str(tmp_path / "rwkv7" / "config.json"), "head_dim x norm_eps = 0.00032", "group_norm_eps=0.00064")
