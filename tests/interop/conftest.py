@@ -18,6 +18,7 @@ import textwrap
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 import pytest
@@ -317,3 +318,11 @@ def decoding_source(request) -> Source:
 @pytest.fixture
 def fresh_load():
     return load_in_fresh_process
+
+
+@pytest.fixture
+def helpers():
+    """This module's helpers for tests that build their own sources (pytest's importlib mode keeps
+    conftest modules out of reach of ``import``)."""
+    return SimpleNamespace(fla_context=fla_context, perturb_=perturb_, load_in_fresh_process=load_in_fresh_process,
+                           fla_loader=FLA_LOADER)
