@@ -236,8 +236,8 @@ class _FlaRWKV(Format):
 
 def _check_eps(cfg: Any, fla_group_norm_eps: float, rule: str) -> None:
     """fla derives the ``ln_x`` epsilon from ``norm_eps``; a model whose own differs cannot be written
-    exactly (e.g. RWKV-7 after ``expand-state`` widened its heads: 6e-4 relative logit change on a
-    small model)."""
+    exactly (e.g. RWKV-7 after ``expand-state`` widened its heads), and writing fla's would change the
+    logits."""
     if abs(cfg.group_norm_eps - fla_group_norm_eps) > 1e-12:
         raise ValueError(f"fla's {cfg.family} group norm uses eps {rule} = {fla_group_norm_eps:g}; this model has "
                          f"group_norm_eps={cfg.group_norm_eps:g}, which fla's config cannot express")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -274,5 +275,9 @@ def export_checkpoint(path: str, out: str, format: Optional[str] = None,
             writer.close()
         write_tokenizer = getattr(fmt, "write_tokenizer", None)
         if write_tokenizer is not None and tokenizer_file(export):
-            write_tokenizer(tokenizer_file(export), staging)
+            try:
+                write_tokenizer(tokenizer_file(export), staging)
+            except ValueError as err:  # a SentencePiece model recurlm did not train: weights are still exact
+                logging.getLogger(__name__).warning("%s: no tokenizer.json written (%s); give the target library "
+                                                    "the source model's own tokenizer", out, err)
     return out
