@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from recurlm.models.convert.formats import Entry, Format, hf_meta_shapes
-from recurlm.models.convert.io import ConversionError
 from recurlm.models.hgrn2 import HGRN2Config, HGRN2LM
 
 FLA_GATE_NORM_EPS = 1e-5
@@ -106,16 +105,10 @@ class FlaHGRN2(Format):
     def detect(self, config, keys):
         return (config or {}).get("model_type") == "hgrn2"
 
-    def recurlm_config(self, config, shapes, where):
+    def recurlm_config(self, config, shapes):
         import fla.models
 
-        if config is None:
-            raise ConversionError(f"{where}: missing (an fla directory needs its config.json)")
-        try:
-            return config_from_fla(fla.models.HGRN2Config.from_dict(config),
-                                   shapes["model.layers.0.mlp.gate_proj.weight"][0])
-        except (ValueError, TypeError, KeyError) as err:
-            raise ConversionError(f"{where}: {err}") from err
+        return config_from_fla(fla.models.HGRN2Config.from_dict(config), shapes["model.layers.0.mlp.gate_proj.weight"][0])
 
     def import_entries(self, cfg, keys):
         entries = []

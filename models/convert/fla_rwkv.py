@@ -17,12 +17,11 @@ of width D), and RWKV-7 with ``value_dim == hidden_size``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from recurlm.models.convert.formats import Entry, Format, hf_meta_shapes, pairs_to_entries, same
-from recurlm.models.convert.io import ConversionError
 from recurlm.models.rwkv6 import DDLERP_TARGETS, RWKV6Config
 from recurlm.models.rwkv7 import RWKV7Config
 
@@ -203,20 +202,12 @@ class _FlaRWKV(Format):
     def detect(self, config, keys):
         return (config or {}).get("model_type") == self.families[0]
 
-    def _fla_config(self, config: Optional[dict], where: str) -> Any:
+    def recurlm_config(self, config, shapes):
         import fla.models
 
-        if config is None:
-            raise ConversionError(f"{where}: missing (an fla directory needs its config.json)")
-        cls = fla.models.RWKV7Config if self.families[0] == "rwkv7" else fla.models.RWKV6Config
-        return cls.from_dict(config)
-
-    def recurlm_config(self, config, shapes, where):
-        convert = config_from_fla_rwkv7 if self.families[0] == "rwkv7" else config_from_fla_rwkv6
-        try:
-            return convert(self._fla_config(config, where), shapes)
-        except (ValueError, TypeError, KeyError) as err:
-            raise ConversionError(f"{where}: {err}") from err
+        if self.families[0] == "rwkv7":
+            return config_from_fla_rwkv7(fla.models.RWKV7Config.from_dict(config), shapes)
+        return config_from_fla_rwkv6(fla.models.RWKV6Config.from_dict(config), shapes)
 
     def import_entries(self, cfg, keys):
         return fla_entries(cfg.family, cfg.n_layers, cfg.tie_embeddings, to_recurlm=True)

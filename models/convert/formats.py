@@ -23,8 +23,9 @@ import importlib
 import json
 import logging
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -53,38 +54,44 @@ def pairs_to_entries(pairs: list[tuple[str, str, Callable, Callable]], to_recurl
     return [Entry(theirs, (ours,), to_theirs) for ours, theirs, _, to_theirs in pairs]
 
 
-class Format:
-    """One foreign checkpoint layout. Subclasses set the class attributes and implement the methods."""
+class Format(ABC):
+    """One foreign checkpoint layout. Subclasses set the class attributes and implement the methods;
+    errors they raise as ValueError / KeyError / TypeError are reported against the source's config
+    file (or its weights when it has none)."""
 
     name: str = ""
     families: tuple[str, ...] = ()
     """recurlm families this format holds; the first format listing a family is its export default."""
     loader: str = ""
     """How the other side loads an exported directory (for messages and docs)."""
+    needs_config: bool = True
+    """The source must have a config.json (False: sizes are read from the tensor shapes)."""
     weights_file: Optional[str] = None
     """Export as one torch file of this name (torch.save) instead of safetensors shards."""
 
+    @abstractmethod
     def detect(self, config: Optional[dict], keys: list[str]) -> bool:
         """Whether a source with this ``config.json`` (None: absent) and these tensor names is ours."""
-        raise NotImplementedError
 
-    def recurlm_config(self, config: Optional[dict], shapes: dict[str, torch.Size], where: str) -> ModelConfig:
-        """The recurlm config of a source (``where``: the config file, for messages)."""
-        raise NotImplementedError
+    @abstractmethod
+    def recurlm_config(self, config: Optional[dict], shapes: dict[str, torch.Size]) -> ModelConfig:
+        """The recurlm config of a source with this config.json and these tensor shapes."""
 
+    @abstractmethod
     def import_entries(self, cfg: ModelConfig, keys: list[str]) -> list[Entry]:
-        raise NotImplementedError
+        """How every recurlm tensor is made from the source's tensors (named ``keys``)."""
 
     def ignored_keys(self, cfg: ModelConfig, keys: list[str]) -> set[str]:
         """Source tensors that are legitimately unused (e.g. a tied head saved anyway)."""
         return set()
 
+    @abstractmethod
     def export_entries(self, cfg: ModelConfig) -> list[Entry]:
-        raise NotImplementedError
+        """How every tensor of the target is made from the recurlm tensors."""
 
+    @abstractmethod
     def write_config(self, cfg: ModelConfig, out_dir: str) -> None:
         """Write the foreign config files of ``cfg`` into ``out_dir``."""
-        raise NotImplementedError
 
     def target_shapes(self, out_dir: str) -> Optional[dict[str, torch.Size]]:
         """Tensor shapes of the target model built from the config just written (None: no model class)."""
@@ -205,7 +212,14 @@ def import_checkpoint(path: str, out: str, format: str = "auto", tokenizer: Opti
     config, config_path = read_foreign_config(path)
     reader = WeightReader(path)
     fmt = detect_format(path, config, reader.keys()) if format == "auto" else get_format(format)
-    cfg = fmt.recurlm_config(config, _shapes(reader), config_path)
+    if fmt.needs_config and config is None:
+        raise ConversionError(f"{config_path}: missing (a {fmt.name} checkpoint needs its config.json)")
+    try:
+        cfg = fmt.recurlm_config(config, _shapes(reader))
+    except (ValueError, TypeError, KeyError) as err:
+        if isinstance(err, ConversionError):
+            raise
+        raise ConversionError(f"{config_path if config is not None else reader.path}: {err}") from err
     expected = _meta_shapes(cfg)
     entries = fmt.import_entries(cfg, reader.keys())
     _check_keys(entries, reader.keys(), fmt.ignored_keys(cfg, reader.keys()), set(expected), reader.path)

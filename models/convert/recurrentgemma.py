@@ -21,7 +21,6 @@ import torch
 
 from recurlm.models.convert.common import conv_from_torch, conv_to_torch
 from recurlm.models.convert.formats import Format, hf_meta_shapes, pairs_to_entries
-from recurlm.models.convert.io import ConversionError
 from recurlm.models.griffin import GriffinConfig, GriffinLM, HawkConfig
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -152,15 +151,10 @@ class HFRecurrentGemma(Format):
     def detect(self, config, keys):
         return (config or {}).get("model_type") == "recurrent_gemma"
 
-    def recurlm_config(self, config, shapes, where):
+    def recurlm_config(self, config, shapes):
         import transformers
 
-        if config is None:
-            raise ConversionError(f"{where}: missing (a RecurrentGemma directory needs its config.json)")
-        try:
-            return config_from_transformers(transformers.RecurrentGemmaConfig.from_dict(config))
-        except (ValueError, TypeError, KeyError) as err:
-            raise ConversionError(f"{where}: {err}") from err
+        return config_from_transformers(transformers.RecurrentGemmaConfig.from_dict(config))
 
     def import_entries(self, cfg, keys):
         return pairs_to_entries(key_map(cfg), to_recurlm=True)

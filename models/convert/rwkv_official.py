@@ -23,7 +23,6 @@ import torch
 from recurlm.models.base import RecurrentLM
 from recurlm.models.config import ModelConfig
 from recurlm.models.convert.formats import Entry, Format, same
-from recurlm.models.convert.io import ConversionError
 from recurlm.models.rwkv6 import RWKV6Config
 from recurlm.models.rwkv7 import RWKV7Config
 
@@ -125,17 +124,14 @@ UNUSED_BLOCK0 = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
 class BlinkDLPth(Format):
     """A BlinkDL RWKV-LM ``.pth`` (RWKV-7 x070 or RWKV-6 x060 key names), as ``rwkv.model.RWKV`` loads."""
 
-    name, families, weights_file = "rwkv-pth", ("rwkv7", "rwkv6"), "model.pth"
+    name, families, weights_file, needs_config = "rwkv-pth", ("rwkv7", "rwkv6"), "model.pth", False
     loader = "RWKV_V7_ON=1 python -c \"from rwkv.model import RWKV; RWKV('dir/model', strategy='cpu fp32')\""
 
     def detect(self, config, keys):
         return "emb.weight" in keys and "blocks.0.ffn.key.weight" in keys
 
-    def recurlm_config(self, config, shapes, where):
-        try:
-            return _official_config({k: torch.empty(s, device="meta") for k, s in shapes.items()}, size="custom")
-        except (ValueError, KeyError) as err:
-            raise ConversionError(f"{where.rsplit('/', 1)[0]}: {err}") from err
+    def recurlm_config(self, config, shapes):
+        return _official_config({k: torch.empty(s, device="meta") for k, s in shapes.items()}, size="custom")
 
     def import_entries(self, cfg, keys):
         inverse = {official: ours for ours, official in RENAMES.items()}

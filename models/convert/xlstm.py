@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 
 from recurlm.models.convert.common import conv_from_torch
 from recurlm.models.convert.formats import Entry, Format, hf_meta_shapes, pairs_to_entries
-from recurlm.models.convert.io import ConversionError
 from recurlm.models.xlstm import XLSTMLM, XLSTMConfig, architecture, norm_eps
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -198,13 +197,6 @@ class _XLSTMFormat(Format):
             entries.append(Entry("lm_head.weight", ("embed.weight",)))
         return entries
 
-    def _config(self, build: Callable[[dict], Any], config: Optional[dict], where: str) -> XLSTMConfig:
-        if config is None:
-            raise ConversionError(f"{where}: missing (an xLSTM checkpoint needs its config.json)")
-        try:
-            return config_from_xlstm_large(build(config))
-        except (ValueError, TypeError, KeyError) as err:
-            raise ConversionError(f"{where}: {err}") from err
 
 
 class HFXLSTM(_XLSTMFormat):
@@ -216,10 +208,10 @@ class HFXLSTM(_XLSTMFormat):
     def detect(self, config, keys):
         return (config or {}).get("model_type") == "xlstm"
 
-    def recurlm_config(self, config, shapes, where):
+    def recurlm_config(self, config, shapes):
         import transformers
 
-        return self._config(transformers.xLSTMConfig.from_dict, config, where)
+        return config_from_xlstm_large(transformers.xLSTMConfig.from_dict(config))
 
     def write_config(self, cfg, out_dir):
         import transformers
@@ -254,10 +246,10 @@ class XLSTMLargeStateDict(_XLSTMFormat):
     def detect(self, config, keys):
         return "embedding.weight" in keys and "backbone.blocks.0.mlstm_layer.q.weight" in keys
 
-    def recurlm_config(self, config, shapes, where):
+    def recurlm_config(self, config, shapes):
         from xlstm.xlstm_large.model import xLSTMLargeConfig
 
-        return self._config(lambda c: xLSTMLargeConfig(**{k: c[k] for k in _XLSTM_LARGE_FIELDS if k in c}), config, where)
+        return config_from_xlstm_large(xLSTMLargeConfig(**{k: config[k] for k in _XLSTM_LARGE_FIELDS if k in config}))
 
     def write_config(self, cfg, out_dir):
         with open(os.path.join(out_dir, "config.json"), "w") as f:

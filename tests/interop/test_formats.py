@@ -2,7 +2,6 @@
 the same logits (max relative difference <= 1e-4, float32); ``export-hf`` of the import loads with
 the target library's own loader in a fresh process and gives them again; import -> export-hf ->
 import gives bitwise-identical weights; greedy decoding equals the source library's."""
-import pytest
 import torch
 from safetensors.torch import load_file
 
