@@ -128,7 +128,7 @@ def config_to_transformers(cfg: GriffinConfig) -> Any:
     settings RecurrentGemma has no field for)."""
     import transformers
 
-    fixed = {"lru_heads == n_heads": cfg.lru_heads == cfg.n_heads, "state_expansion == 1": cfg.state_expansion == 1,
+    fixed = {"lru_heads == n_heads": (cfg.lru_heads or cfg.n_heads) == cfg.n_heads, "state_expansion == 1": cfg.state_expansion == 1,
              "scale_embeddings": cfg.scale_embeddings, "rglru_c == 8": cfg.rglru_c == 8.0}
     if not all(fixed.values()):
         raise ValueError(f"transformers' RecurrentGemma needs {[k for k, ok in fixed.items() if not ok]}")

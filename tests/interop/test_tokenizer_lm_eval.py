@@ -102,3 +102,17 @@ def test_lm_eval_hf_model_on_an_export_equals_the_recurlm_adapter(family, local_
     assert their_acc == our_acc
     assert len(theirs) == len(ours) == 18
     torch.testing.assert_close(torch.tensor(theirs), torch.tensor(ours), rtol=1e-4, atol=1e-4)
+
+
+def test_a_sentencepiece_model_it_cannot_mirror_gives_a_warning_not_a_failure(tmp_path, caplog):
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_stdlib_text("argparse.py").splitlines()), model_prefix=str(tmp_path / "llama"),
+                                   vocab_size=400, add_dummy_prefix=True, byte_fallback=True, minloglevel=2,
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=3)  # Llama-style: a dummy prefix
+    torch.manual_seed(0)
+    model = build_model({"family": "griffin", "size": "tiny", "vocab_size": 400})
+    save_pretrained(str(tmp_path / "export"), model.config, model.state_dict(), str(tmp_path / "llama.model"))
+    assert convert(["export-hf", str(tmp_path / "export"), "--out", str(tmp_path / "hf")]) == 0
+    assert "no tokenizer.json written" in caplog.text and "add_dummy_prefix" in caplog.text
+    assert (tmp_path / "hf" / "model.safetensors").is_file() and not (tmp_path / "hf" / "tokenizer.json").exists()
