@@ -200,10 +200,9 @@ def read_initial_weights(path: str) -> tuple[dict, dict[str, torch.Tensor], Opti
     import os
     import tempfile
 
-    from recurlm.models.convert.formats import foreign_format, import_checkpoint
-
     from safetensors.torch import load_file
 
+    from recurlm.models.convert.formats import foreign_format, import_checkpoint
     from recurlm.models.pretrained import CONFIG, INFO, WEIGHTS, is_export
     from recurlm.train import checkpoint as ckpt
     from recurlm.train.export import consolidated_state_dict, resolve_checkpoint
