@@ -3,7 +3,17 @@
 The repository root *is* the ``recurlm`` package (``package_dir={"recurlm": "."}``), so the
 code imports as ``recurlm.<folder>`` and no bare ``models``/``data``/``eval`` package is installed.
 """
+import os
+import sys
+
 from setuptools import setup
+
+# The build runs this file with the repository root first on sys.path, where our folders would
+# shadow PyPI packages of the same name. The PyPI ``kernels`` package (a transformers dependency)
+# registers an ``egg_info.writers`` entry point that setuptools imports while building any
+# package: with the root on sys.path that import found our ``kernels/`` and the build failed.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 SUBPACKAGES = [
     "configs",
@@ -18,8 +28,6 @@ SUBPACKAGES = [
 
 def _find_subpackages() -> list[str]:
     """Every folder below the listed top-level folders that holds an ``__init__.py``."""
-    import os
-
     found = ["recurlm"]
     for top in SUBPACKAGES:
         for root, dirs, files in os.walk(top):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ from recurlm.data.config import SourceConfig
 from recurlm.data.shards import MANIFEST, ShardSet, ShardWriter, shard_stem, write_manifest
 from recurlm.data.sources import Document, SkipStats, estimated_bytes, iter_documents, source_files
 from recurlm.data.tokenizer import Tokenizer
+from recurlm.data.workers import close_pool, ordered_results, spawn_pool
 
 SPLITS = ("train", "valid")
 _BATCH_BYTES = 1 << 20  # text per worker task: large enough to amortise pickling
@@ -94,11 +94,14 @@ def _load_finished(progress_dir: str, split_dirs: dict[str, str]) -> list[dict]:
 
 def build_shards(src: SourceConfig, tokenizer: Tokenizer, out_dir: str, *, valid_fraction: float = 0.0,
                  split_seed: int = 0, shard_tokens: int = 50_000_000, num_workers: int = 1,
-                 progress: bool = True) -> dict[str, ShardSet]:
+                 worker_timeout_s: float = 600.0, progress: bool = True) -> dict[str, ShardSet]:
     """Tokenize ``src`` into ``out_dir/{train,valid}`` and return the opened ShardSets.
 
     Returns immediately when both manifests exist; resumes after the last finished shard otherwise.
-    Raises ValueError if ``valid_fraction > 0`` selects no document."""
+    With ``num_workers > 1`` the workers are spawned (``recurlm.data.workers``: safe in a process
+    that already runs threads) and each batch must come back within ``worker_timeout_s`` seconds.
+    Raises ValueError if ``valid_fraction > 0`` selects no document, WorkerError if a worker dies
+    or stalls."""
     split_dirs = {s: os.path.join(out_dir, s) for s in SPLITS}
     if all(os.path.isfile(os.path.join(d, MANIFEST)) for d in split_dirs.values()):
         return {s: ShardSet.open(d) for s, d in split_dirs.items()}
@@ -149,12 +152,17 @@ def build_shards(src: SourceConfig, tokenizer: Tokenizer, out_dir: str, *, valid
         finished.append(marker)
         writers = {s: ShardWriter(split_dirs[s], shard_stem(len(finished)), tokenizer.dtype) for s in SPLITS}
 
-    pool = mp.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer.path,)) if num_workers > 1 else None
+    def describe(task: int) -> str:
+        return f"batch {task} of shard {shard_stem(len(finished))} of source {src.name!r}"
+
+    pool = spawn_pool(num_workers, _init_worker, (tokenizer.path,)) if num_workers > 1 else None
     if pool is None:
         _init_worker(tokenizer.path)
     try:
         position = skip_docs
-        for arrays in (pool.imap(_encode_batch, tasks()) if pool else map(_encode_batch, tasks())):
+        results = (ordered_results(pool, _encode_batch, tasks(), worker_timeout_s, describe) if pool
+                   else map(_encode_batch, tasks()))
+        for arrays in results:
             docs, positions = pending.popleft()
             n_tokens = 0
             for doc, arr, position in zip(docs, arrays, positions):
@@ -168,7 +176,7 @@ def build_shards(src: SourceConfig, tokenizer: Tokenizer, out_dir: str, *, valid
             close_shard(position)
     finally:
         if pool is not None:
-            pool.terminate()
+            close_pool(pool)
         bar.close()
     for w in writers.values():  # the writers opened after the last close hold nothing
         w.discard()

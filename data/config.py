@@ -132,7 +132,12 @@ class DataConfig:
     every configuration."""
 
     num_workers: int = 2
-    """Tokenizer worker processes (1 = tokenize in the main process)."""
+    """Tokenizer worker processes (1 = tokenize in the main process). Workers are spawned, never
+    forked: the trainer's process already runs threads when it builds data."""
+
+    worker_timeout_s: float = 600.0
+    """Longest wait for one batch (~1 MB of text) from a tokenizer worker; past it the build stops
+    with an error naming the shard and the workers instead of hanging."""
 
     shard_tokens: int = 50_000_000
     """A shard is closed once its training split holds at least this many tokens (the validation
@@ -187,3 +192,5 @@ class DataConfig:
             raise ValueError(f"data.loader_mode={self.loader_mode!r}: expected 'packed' or 'documents_in_order'")
         if self.num_workers < 1 or self.shard_tokens < 1:
             raise ValueError("data.num_workers and data.shard_tokens must be >= 1")
+        if not self.worker_timeout_s > 0:
+            raise ValueError(f"data.worker_timeout_s={self.worker_timeout_s}: must be > 0")

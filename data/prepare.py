@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from recurlm.data.build import build_shards, is_valid_doc
 from recurlm.data.config import DataConfig, SourceConfig, TokenizerConfig
@@ -34,6 +34,7 @@ from recurlm.data.loader import Batch, PackedLoader, iter_eval_batches
 from recurlm.data.shards import FORMAT_VERSION, ShardSet, check_tokenizer
 from recurlm.data.sources import fingerprint, iter_documents
 from recurlm.data.tokenizer import Tokenizer, mixture_sample, train_tokenizer
+from recurlm.data.workers import call_in_subprocess
 
 
 @dataclass
@@ -101,6 +102,12 @@ def _sampled_mixture(cfg: DataConfig) -> bool:
     return len(cfg.sources) > 1 and cfg.tokenizer.input_sentence_size > 0
 
 
+def _train_tokenizer_job(cfg: DataConfig, path: str, progress: bool) -> str:
+    """Runs in a spawned process (see ``_tokenizer_for``): train the tokenizer, return its path."""
+    train_tokenizer(*_tokenizer_texts(cfg, progress), path)
+    return path
+
+
 def _tokenizer_for(cfg: DataConfig, fingerprints: dict[str, dict], root: str, progress: bool) -> Tokenizer:
     if cfg.tokenizer_path:
         return Tokenizer(os.path.expanduser(cfg.tokenizer_path))
@@ -114,16 +121,24 @@ def _tokenizer_for(cfg: DataConfig, fingerprints: dict[str, dict], root: str, pr
             return Tokenizer(path)
         t0 = time.perf_counter()
         _say(f"training a {cfg.tokenizer.model_type} tokenizer ({cfg.tokenizer.vocab_size} pieces)", progress)
-        tok = train_tokenizer(*_tokenizer_texts(cfg, progress), path)
+        # SentencePiece trains in C++ for minutes on a real corpus, holding the main thread, so a
+        # preemption signal's handler could not run until it returned: train in a child process.
+        call_in_subprocess(_train_tokenizer_job, cfg, path, progress, what="tokenizer training")
         _say(f"tokenizer trained in {time.perf_counter() - t0:.1f}s: {path}", progress)
-        return tok
+        return Tokenizer(path)
 
 
-def prepare(cfg: DataConfig, progress: bool = True) -> PreparedData:
-    """Train (or reuse) the tokenizer and tokenize (or reuse) every source into train/valid shards."""
+def prepare(cfg: DataConfig, progress: bool = True,
+            on_stage: Callable[[str], None] = lambda stage: None) -> PreparedData:
+    """Train (or reuse) the tokenizer and tokenize (or reuse) every source into train/valid shards.
+
+    ``on_stage`` is told what runs now ("training the tokenizer", "building shards of 'x'", ...),
+    for messages such as where a preemption signal found the run."""
     cfg.validate()
     root = cfg.resolved_cache_dir()
+    on_stage("fingerprinting the corpus")
     fingerprints = {src.name: fingerprint(src) for src in cfg.sources}
+    on_stage("preparing the tokenizer")
     tokenizer = _tokenizer_for(cfg, fingerprints, root, progress)
     train, valid = {}, []
     for src in cfg.sources:
@@ -131,16 +146,19 @@ def prepare(cfg: DataConfig, progress: bool = True) -> PreparedData:
                     "valid_fraction": cfg.valid_fraction, "split_seed": cfg.split_seed,
                     "shard_tokens": cfg.shard_tokens, "format": FORMAT_VERSION})
         out_dir = os.path.join(root, "shards", f"{src.name}-{key}")
+        on_stage(f"building shards of {src.name!r}")
         with _locked(out_dir + ".lock"):
             cached = os.path.isfile(os.path.join(out_dir, "valid", "manifest.json"))
             t0 = time.perf_counter()
             splits = build_shards(src, tokenizer, out_dir, valid_fraction=cfg.valid_fraction,
                                   split_seed=cfg.split_seed, shard_tokens=cfg.shard_tokens,
-                                  num_workers=cfg.num_workers, progress=progress)
+                                  num_workers=cfg.num_workers, worker_timeout_s=cfg.worker_timeout_s,
+                                  progress=progress)
         verb = "reusing cached" if cached else f"built in {time.perf_counter() - t0:.1f}s"
         _say(f"{verb} shards of {src.name!r}: {splits['train'].num_docs} train docs / "
              f"{splits['train'].num_tokens:,} tokens, {splits['valid'].num_docs} valid docs / "
              f"{splits['valid'].num_tokens:,} tokens in {out_dir}", progress)
+        on_stage(f"verifying shards of {src.name!r}")
         for split in splits.values():
             check_tokenizer(split, tokenizer)
             if cached and cfg.verify_checksums:

@@ -133,7 +133,10 @@ def _environment(launch: LaunchConfig) -> list[str]:
         env.setdefault("GLOO_SOCKET_IFNAME", s.socket_ifname)
     if s.nccl_debug:
         env.setdefault("NCCL_DEBUG", s.nccl_debug)
-    lines = ["# environment set-up (launch.slurm.setup, launch.slurm.env)"] + list(s.setup)
+    # python -m from the job's working directory (often the checkout) must not import the repository
+    # root's folders in place of PyPI packages of the same name (kernels, data, ...)
+    lines = ["export PYTHONSAFEPATH=1"]
+    lines += ["# environment set-up (launch.slurm.setup, launch.slurm.env)"] + list(s.setup)
     lines += [f"export {key}={shlex.quote(str(value))}" for key, value in env.items()]
     return lines
 

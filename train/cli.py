@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from typing import Sequence
@@ -31,6 +32,31 @@ def local_launch_command(overrides: Sequence[str], launcher: str, nproc: int, po
         return ["deepspeed", f"--num_gpus={nproc}", f"--master_port={port}", "--module", "recurlm.train",
                 *worker_args]
     raise ConfigError(f"launch.launcher must be torchrun or deepspeed, got {launcher!r}")
+
+
+def worker_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of worker processes started by ``python -m`` (torchrun, deepspeed).
+
+    ``PYTHONSAFEPATH=1`` keeps the working directory off ``sys.path``: started from a checkout,
+    the repository root's folders (``kernels``, ``data``, ...) would otherwise shadow PyPI
+    packages of the same name (transformers imports the ``kernels`` package)."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONSAFEPATH"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def run_workers(cmd: Sequence[str]) -> int:
+    """Run the local launcher and wait for it, forwarding SIGTERM/SIGUSR1 to it as SIGTERM (torchrun
+    passes SIGTERM on to its workers, which save and exit; SIGUSR1 would kill torchrun itself)."""
+    proc = subprocess.Popen(list(cmd), env=worker_environment())
+
+    def forward(signum, frame) -> None:
+        proc.send_signal(signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, forward)
+    return proc.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = local_launch_command(args, job.launch.launcher, job.launch.nproc_per_node,
                                    job.launch.master_port or free_port())
         print("launching:", " ".join(cmd), flush=True)
-        return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        return run_workers(cmd)
     if mode == "slurm":
         from recurlm.launch.slurm import submit_from_train
 
@@ -73,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"recurlm-train: launch.mode must be none, local or slurm, got {mode!r}", file=sys.stderr)
         return 2
 
+    from recurlm.train.signals import EXIT_REQUEUE, Preempted
     from recurlm.train.trainer import TrainingAborted, train
 
     try:
@@ -80,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingAborted as err:
         print(f"recurlm-train: {err}", file=sys.stderr)
         return 3
+    except Preempted as stop:  # during start-up: nothing trained in this process, so nothing to save
+        print(f"recurlm-train: stopped by {stop.signal_name} while {stop.phase}; no checkpoint saved (nothing "
+              f"was trained in this process); exiting with {EXIT_REQUEUE} for requeue", file=sys.stderr, flush=True)
+        return EXIT_REQUEUE
     return result.exit_code
 
 

@@ -37,7 +37,7 @@ from recurlm.train.monitor import Monitor, peak_flops
 from recurlm.train.recipe import RecipeConfig, build_recipe, read_initial_weights
 from recurlm.train.run_dir import default_run_dir, snapshot_code
 from recurlm.train.schedule import lr_multiplier
-from recurlm.train.signals import EXIT_REQUEUE, StopRequest
+from recurlm.train.signals import EXIT_REQUEUE, Preempted, StopRequest
 
 
 class TrainingAborted(RuntimeError):
@@ -108,11 +108,13 @@ class Trainer:
         self.run_dir = _agree_on_run_dir(job, self.env)
 
         data_cfg: DataConfig = as_dataclass(job.data, DataConfig)
-        if self.env.is_main:
-            self.data = prepare(data_cfg, progress=self.logger_cfg.progress)
+        with self.stop.interruptible("preparing data"):
+            if self.env.is_main:
+                self.data = prepare(data_cfg, progress=self.logger_cfg.progress, on_stage=self.stop.set_phase)
         barrier()
         if not self.env.is_main:
-            self.data = prepare(data_cfg, progress=False)
+            with self.stop.interruptible("preparing data"):
+                self.data = prepare(data_cfg, progress=False, on_stage=self.stop.set_phase)
         self.recipe_cfg: RecipeConfig = as_dataclass(job.recipe, RecipeConfig)
         self.recipe = build_recipe(self.recipe_cfg, data_cfg.loader_mode, self.env.rank)
         init_weights = None
@@ -150,22 +152,25 @@ class Trainer:
                                                                  job.deepspeed.zero_stage)
         if universal:
             ckpt.make_universal(resume, self.env.rank)
-        self.engine, self.model = build_engine(job, model_cfg, self.loop.global_batch_size, self.micro,
-                                               self.accumulation, load_universal=universal)
-        if resume is None and init_weights is not None:
-            self._load_initial_weights(init_weights)
+        with self.stop.interruptible("building the model"):
+            self.engine, self.model = build_engine(job, model_cfg, self.loop.global_batch_size, self.micro,
+                                                   self.accumulation, load_universal=universal)
+            if resume is None and init_weights is not None:
+                self._load_initial_weights(init_weights)
         self.loader = self.data.train_loader(self.loop.seq_len, self.loop.global_batch_size,
                                              rank=self.env.rank, world_size=self.env.world_size)
         self.step, self.tokens, self.wandb_id = 0, 0, None
         self.first_val_loss: Optional[float] = None
         self.last_checkpoint: Optional[str] = None
         if resume is not None:
-            self._restore(resume, universal=universal)
+            with self.stop.interruptible(f"loading checkpoint {resume}"):
+                self._restore(resume, universal=universal)
         self.tokens_per_step = self.loop.global_batch_size * self.loop.seq_len
         self.flops_per_token = 3 * self.model.flops_per_token(self.loop.seq_len)
         self.peak = peak_flops(self.loop.peak_flops) * self.env.world_size
-        self.monitor = Monitor(self.logger_cfg, self.run_dir, self.env.is_main, self.loop.steps, self.step,
-                               self.wandb_id, OmegaConf.to_container(job, resolve=True))
+        with self.stop.interruptible("starting the logger"):
+            self.monitor = Monitor(self.logger_cfg, self.run_dir, self.env.is_main, self.loop.steps, self.step,
+                                   self.wandb_id, OmegaConf.to_container(job, resolve=True))
         self.wandb_id = self.monitor.wandb_id or self.wandb_id
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -219,6 +224,10 @@ class Trainer:
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> float:
+        with self.stop.interruptible(f"computing the validation loss at step {self.step}"):
+            return self._validation_loss()
+
+    def _validation_loss(self) -> float:
         self.engine.eval()
         total, count = 0.0, 0
         for batch in self.data.eval_batches(self.loop.seq_len, self.micro, self.loop.eval_batches):
@@ -236,9 +245,16 @@ class Trainer:
         """The ``eval`` config's tasks on the current weights (``recurlm.eval.run_tasks``), results in
         ``<run_dir>/eval/<step>/``. Under ZeRO-3 every rank takes part (parameters are gathered
         layer by layer); otherwise rank 0 evaluates alone."""
-        from recurlm.eval import EvalConfig, run_tasks
+        from recurlm.eval import EvalConfig
 
         cfg = as_dataclass(self.job.eval, EvalConfig)
+        with self.stop.interruptible(f"evaluating tasks at step {self.step}"):
+            self._run_eval_tasks(cfg)
+        barrier()
+
+    def _run_eval_tasks(self, cfg) -> None:
+        from recurlm.eval import run_tasks
+
         if self.env.is_main or self.job.deepspeed.zero_stage == 3:
             # ranks other than 0 write their (identical) results to a scratch directory, removed after
             with tempfile.TemporaryDirectory(prefix="recurlm-eval-") as scratch:
@@ -249,7 +265,6 @@ class Trainer:
                                    wandb_run=self.monitor.run if self.env.is_main else None,
                                    checkpoint=self.last_checkpoint or "")
             self.monitor.write(result["summary"])
-        barrier()
 
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, bool]:
@@ -274,12 +289,32 @@ class Trainer:
         return _mean_over_ranks(loss_sum.item() / self.accumulation), applied
 
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        except Preempted as stop:  # a signal during evaluation: save the steps trained so far, then stop
+            return self._stop_after_signal(stop.signal_name, stop.phase)
+
+    def _stop_after_signal(self, signal_name: str, phase: str) -> TrainResult:
+        """Save (unless the newest checkpoint already holds this step), say so, exit EXIT_REQUEUE."""
+        if self.step > 0 and not (self.last_checkpoint or "").endswith(f"/{self.step}"):
+            self.save()
+        saved = (f"checkpoint saved: {self.last_checkpoint}" if self.last_checkpoint
+                 else "no checkpoint saved (nothing trained yet)")
+        self.monitor.event("preempted", f"{signal_name} while {phase}; {saved}; exiting with {EXIT_REQUEUE} "
+                                        "for requeue", self.step, alert=False)
+        self.monitor.close({"preempted": True, "step": self.step})
+        result = TrainResult(self.run_dir, self.step, self.last_checkpoint, self.first_val_loss, None, EXIT_REQUEUE)
+        if self.env.is_main:
+            self._report(result)
+        return result
+
+    def _run(self) -> TrainResult:
         loop, monitor = self.loop, self.monitor
         if self.step == 0:
             self.first_val_loss = self.validate()
             monitor.log({"val_loss": self.first_val_loss, "tokens": 0}, 0)
             monitor.write(f"step 0: val_loss {self.first_val_loss:.4f}")
-        consecutive_bad, steps_this_process, exit_code = 0, 0, 0
+        consecutive_bad, steps_this_process = 0, 0
         window_start, window_tokens, window_losses = time.perf_counter(), 0, []
         val_loss = self.first_val_loss if self.step == 0 else None
         while self.step < loop.steps:
@@ -335,13 +370,11 @@ class Trainer:
 
             stop = all_reduce_max(float(self.stop.requested))
             out_of_budget = loop.exit_after_steps and steps_this_process >= loop.exit_after_steps
-            if (loop.checkpoint_every and self.step % loop.checkpoint_every == 0) or stop or out_of_budget:
-                self.save()
             if stop:
-                monitor.event("preempted", f"signal {self.stop.signal_name or 'on another rank'}: saved, exiting "
-                                           f"with {EXIT_REQUEUE} for requeue", self.step, alert=False)
-                exit_code = EXIT_REQUEUE
-                break
+                return self._stop_after_signal(self.stop.signal_name or "a signal on another rank",
+                                               f"training (after step {self.step})")
+            if (loop.checkpoint_every and self.step % loop.checkpoint_every == 0) or out_of_budget:
+                self.save()
             if out_of_budget:
                 break
 
@@ -359,7 +392,7 @@ class Trainer:
                     monitor.log_artifact(export, f"{self.model_cfg.family}-{self.model_cfg.size}",
                                          {"step": self.step, "val_loss": val_loss})
         monitor.close({"val_loss": val_loss, "first_val_loss": self.first_val_loss, "step": self.step})
-        result = TrainResult(self.run_dir, self.step, self.last_checkpoint, self.first_val_loss, val_loss, exit_code)
+        result = TrainResult(self.run_dir, self.step, self.last_checkpoint, self.first_val_loss, val_loss)
         if self.env.is_main:
             self._report(result)
         return result

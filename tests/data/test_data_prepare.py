@@ -165,7 +165,7 @@ def test_mixture_of_sources_and_a_given_tokenizer(tmp_path, corpus, tiny_tokeniz
         prepare(dataclasses.replace(cfg, sources=[cfg.sources[0], cfg.sources[0]]))
 
 
-def test_tokenizer_of_a_mixture_samples_by_weight(tmp_path, capsys, corpus, tiny_tokenizer_cfg):
+def test_tokenizer_of_a_mixture_samples_by_weight(tmp_path, capfd, corpus, tiny_tokenizer_cfg):
     a_dir, _ = corpus(60, seed=1, name="a")
     b_dir, _ = corpus(20, seed=2, name="b")
     sources = [SourceConfig(name="a", kind="text", paths=[a_dir], weight=1.0),
@@ -174,22 +174,23 @@ def test_tokenizer_of_a_mixture_samples_by_weight(tmp_path, capsys, corpus, tiny
     cfg = DataConfig(sources=sources, tokenizer=sampled,
                      valid_fraction=0.2, cache_dir=str(tmp_path / "cache"), num_workers=1)
     first = prepare(cfg)
-    assert "tokenizer sample by mixture weight: a 60 of " in capsys.readouterr().err
+    assert "tokenizer sample by mixture weight: a 60 of " in capfd.readouterr().err
     # other weights are another tokenizer (the cache key holds them)
     reweighted = dataclasses.replace(cfg, sources=[sources[0], dataclasses.replace(sources[1], weight=3.0)])
     second = prepare(reweighted)
-    assert "a 30 of " in capsys.readouterr().err and second.tokenizer.path != first.tokenizer.path
+    assert "a 30 of " in capfd.readouterr().err and second.tokenizer.path != first.tokenizer.path
 
 
 def test_tokenizer_never_sees_validation_documents(tmp_path, monkeypatch, corpus, tiny_tokenizer_cfg):
     prepare_module = importlib.import_module("recurlm.data.prepare")  # the package exports a function of that name
     directory, texts = corpus(30, seed=3)
-    seen: list[str] = []
-    train = prepare_module.train_tokenizer
-    monkeypatch.setattr(prepare_module, "train_tokenizer", lambda t, *a: train(seen.extend(t) or seen, *a))
     src = SourceConfig(name="c", kind="text", paths=[directory])
-    data = prepare(DataConfig(sources=[src], tokenizer=tiny_tokenizer_cfg, valid_fraction=0.3,
-                              cache_dir=str(tmp_path / "cache"), num_workers=1), progress=False)
+    cfg = DataConfig(sources=[src], tokenizer=tiny_tokenizer_cfg, valid_fraction=0.3,
+                     cache_dir=str(tmp_path / "cache"), num_workers=1)
+    # the tokenizer trains in a child process on exactly these texts (prepare._train_tokenizer_job)
+    texts_for_tokenizer, _ = prepare_module._tokenizer_texts(cfg, progress=False)
+    seen = list(texts_for_tokenizer)
+    data = prepare(cfg, progress=False)
     valid_texts = {doc.text for doc in iter_documents(src) if is_valid_doc(doc.doc_id, "c", 0.3, 0)}
     assert valid_texts and data.valid.num_docs == len(valid_texts)
     assert not valid_texts & set(seen) and len(seen) == len(texts) - len(valid_texts)
