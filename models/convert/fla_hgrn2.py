@@ -99,7 +99,7 @@ def from_fla(fla_model: Any) -> HGRN2LM:
 class FlaHGRN2(Format):
     """flash-linear-attention's HF directory of an ``HGRN2ForCausalLM`` (``model_type`` hgrn2)."""
 
-    name, families = "fla-hgrn2", ("hgrn2",)
+    name, families, hf_tokenizer = "fla-hgrn2", ("hgrn2",), True
     loader = "import fla; transformers.AutoModelForCausalLM.from_pretrained(dir)"
 
     def detect(self, config, keys):

@@ -198,6 +198,7 @@ class _FlaRWKV(Format):
     """flash-linear-attention's HF directory of an RWKV-6/7 ForCausalLM (as the fla-hub checkpoints)."""
 
     loader = "import fla; transformers.AutoModelForCausalLM.from_pretrained(dir)"
+    hf_tokenizer = True
 
     def detect(self, config, keys):
         return (config or {}).get("model_type") == self.families[0]

@@ -68,6 +68,9 @@ class Format(ABC):
     """The source must have a config.json (False: sizes are read from the tensor shapes)."""
     weights_file: Optional[str] = None
     """Export as one torch file of this name (torch.save) instead of safetensors shards."""
+    hf_tokenizer: bool = False
+    """Export the model's SentencePiece tokenizer as transformers' tokenizer.json (a directory that
+    ``AutoTokenizer`` reads)."""
 
     @abstractmethod
     def detect(self, config: Optional[dict], keys: list[str]) -> bool:
@@ -223,8 +226,9 @@ def import_checkpoint(path: str, out: str, format: str = "auto", tokenizer: Opti
     expected = _meta_shapes(cfg)
     entries = fmt.import_entries(cfg, reader.keys())
     _check_keys(entries, reader.keys(), fmt.ignored_keys(cfg, reader.keys()), set(expected), reader.path)
-    source_dir = path if os.path.isdir(path) else os.path.dirname(path)
-    tokenizer = tokenizer or next((p for p in [os.path.join(source_dir, TOKENIZER)] if os.path.isfile(p)), None)
+    source_tokenizer = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), TOKENIZER)
+    if tokenizer is None and os.path.isfile(source_tokenizer):
+        tokenizer = source_tokenizer
     info = {"imported_from": os.path.abspath(path), "format": fmt.name}
     if tokenizer is not None:
         from recurlm.data.tokenizer import file_sha256
@@ -232,7 +236,7 @@ def import_checkpoint(path: str, out: str, format: str = "auto", tokenizer: Opti
         info["tokenizer_sha256"] = file_sha256(tokenizer)
     else:
         info["tokenizer"] = ("not included: the source has no SentencePiece tokenizer.model; pass --tokenizer or "
-                             "set data.tokenizer.path to the tokenizer these weights were trained with")
+                             "set data.tokenizer_path to the tokenizer these weights were trained with")
     with staged_output(out) as staging:
         writer = ShardedWriter(staging)
         _convert(entries, reader, expected, writer.add)
@@ -260,11 +264,11 @@ def export_checkpoint(path: str, out: str, format: Optional[str] = None,
     export = path if is_export(path) else export_recurlm(path)
     with open(os.path.join(export, CONFIG)) as f:
         cfg = to_model_config(json.load(f))
+    where = os.path.join(export, CONFIG)
     fmt = default_format(cfg.family) if format is None else get_format(format)
     if cfg.family not in fmt.families:
-        raise ConversionError(f"{os.path.join(export, CONFIG)}: family {cfg.family!r} cannot be written as {fmt.name} "
+        raise ConversionError(f"{where}: family {cfg.family!r} cannot be written as {fmt.name} "
                               f"(it holds {list(fmt.families)})")
-    where = os.path.join(export, CONFIG)
     overrides = getattr(cfg, "layer_overrides", None)
     if overrides:
         raise ConversionError(f"{where}: layers {sorted(overrides)} override the model config; {fmt.name} has one "
@@ -287,10 +291,11 @@ def export_checkpoint(path: str, out: str, format: Optional[str] = None,
             writer = ShardedWriter(staging, max_shard_bytes)
             _convert(entries, reader, expected, writer.add)
             writer.close()
-        write_tokenizer = getattr(fmt, "write_tokenizer", None)
-        if write_tokenizer is not None and tokenizer_file(export):
+        if fmt.hf_tokenizer and tokenizer_file(export):
+            from recurlm.models.convert.hf_tokenizer import write_hf_tokenizer
+
             try:
-                write_tokenizer(tokenizer_file(export), staging)
+                write_hf_tokenizer(tokenizer_file(export), staging)
             except ValueError as err:  # a SentencePiece model recurlm did not train: weights are still exact
                 logging.getLogger(__name__).warning("%s: no tokenizer.json written (%s); give the target library "
                                                     "the source model's own tokenizer", out, err)

@@ -145,7 +145,7 @@ def config_to_transformers(cfg: GriffinConfig) -> Any:
 class HFRecurrentGemma(Format):
     """transformers' ``RecurrentGemmaForCausalLM`` directory (``model_type`` recurrent_gemma)."""
 
-    name, families = "hf-recurrentgemma", ("griffin", "hawk")
+    name, families, hf_tokenizer = "hf-recurrentgemma", ("griffin", "hawk"), True
     loader = "transformers.AutoModelForCausalLM.from_pretrained(dir)"
 
     def detect(self, config, keys):
@@ -172,8 +172,3 @@ class HFRecurrentGemma(Format):
         import transformers
 
         return hf_meta_shapes(transformers.RecurrentGemmaForCausalLM, out_dir)
-
-    def write_tokenizer(self, sentencepiece_model: str, out_dir: str) -> None:
-        from recurlm.models.convert.hf_tokenizer import write_hf_tokenizer
-
-        write_hf_tokenizer(sentencepiece_model, out_dir)

@@ -202,7 +202,7 @@ class _XLSTMFormat(Format):
 class HFXLSTM(_XLSTMFormat):
     """transformers' ``xLSTMForCausalLM`` directory (``model_type`` xlstm; NX-AI/xLSTM-7b)."""
 
-    name, embedding_key = "hf-xlstm", "backbone.embeddings.weight"
+    name, embedding_key, hf_tokenizer = "hf-xlstm", "backbone.embeddings.weight", True
     loader = "transformers.AutoModelForCausalLM.from_pretrained(dir)"
 
     def detect(self, config, keys):
@@ -228,11 +228,6 @@ class HFXLSTM(_XLSTMFormat):
         import transformers
 
         return hf_meta_shapes(transformers.xLSTMForCausalLM, out_dir)
-
-    def write_tokenizer(self, sentencepiece_model: str, out_dir: str) -> None:
-        from recurlm.models.convert.hf_tokenizer import write_hf_tokenizer
-
-        write_hf_tokenizer(sentencepiece_model, out_dir)
 
 
 class XLSTMLargeStateDict(_XLSTMFormat):
