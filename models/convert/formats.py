@@ -97,7 +97,8 @@ class Format(ABC):
         """Write the foreign config files of ``cfg`` into ``out_dir``."""
 
     def target_shapes(self, out_dir: str) -> Optional[dict[str, torch.Size]]:
-        """Tensor shapes of the target model built from the config just written (None: no model class)."""
+        """Tensor shapes of the target model built from the config just written; None only for a
+        ``weights_file`` format (no model class to build; safetensors shards are laid out from these)."""
         return None
 
 
@@ -238,7 +239,7 @@ def import_checkpoint(path: str, out: str, format: str = "auto", tokenizer: Opti
         info["tokenizer"] = ("not included: the source has no SentencePiece tokenizer.model; pass --tokenizer or "
                              "set data.tokenizer_path to the tokenizer these weights were trained with")
     with staged_output(out) as staging:
-        writer = ShardedWriter(staging)
+        writer = ShardedWriter(staging, [(e.target, tuple(expected[e.target])) for e in entries])
         _convert(entries, reader, expected, writer.add)
         writer.close()
         write_export_files(staging, cfg, tokenizer, info)
@@ -288,7 +289,7 @@ def export_checkpoint(path: str, out: str, format: Optional[str] = None,
             _convert(entries, reader, expected, lambda k, t: tensors.__setitem__(k, t.float().contiguous().clone()))
             torch.save(tensors, os.path.join(staging, fmt.weights_file))
         else:
-            writer = ShardedWriter(staging, max_shard_bytes)
+            writer = ShardedWriter(staging, [(e.target, tuple(expected[e.target])) for e in entries], max_shard_bytes)
             _convert(entries, reader, expected, writer.add)
             writer.close()
         if fmt.hf_tokenizer and tokenizer_file(export):

@@ -5,8 +5,10 @@ shard at a time, and publish a directory only once it is complete.
   ``model.safetensors.index.json``, ``pytorch_model.bin`` or one ``.pth`` / ``.pt``, or such a file
   itself. safetensors files are opened lazily (``safe_open``: a tensor is read when asked for);
   torch files are memory-mapped (``torch.load(mmap=True)``), so neither holds the weights twice.
-- ``ShardedWriter(out_dir)``: ``add(key, tensor)`` tensors as they are converted; a shard is written
-  (and dropped from memory) once ``max_shard_bytes`` is reached; ``close()`` names the shards
+- ``ShardedWriter(out_dir, layout)``: the output's tensor names and shapes are known before any
+  weight is converted (from the model built on the meta device), so every safetensors header is
+  laid out first and ``add(key, tensor)`` appends each tensor's bytes as it is converted: only one
+  tensor is in memory at a time. Shards of at most ``max_shard_bytes`` are named
   ``model-0000i-of-0000n.safetensors`` with a ``model.safetensors.index.json`` (or one
   ``model.safetensors``), transformers' layout.
 - ``staged_output(out)``: a context manager yielding a temporary sibling directory that replaces
@@ -15,8 +17,10 @@ shard at a time, and publish a directory only once it is complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import struct
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator, Optional
@@ -115,49 +119,81 @@ class WeightReader:
         return tensor
 
 
-class ShardedWriter:
-    """Writes tensors into safetensors shards of at most ``max_shard_bytes`` (one tensor may exceed it)."""
+class SafetensorsStream:
+    """One safetensors file written tensor by tensor: the header (names, shapes, offsets) is laid out
+    from the planned ``layout`` first, then each tensor's float32 bytes are appended as it arrives,
+    in layout order. Only the tensor being written is in memory."""
 
-    def __init__(self, out_dir: str, max_shard_bytes: Optional[int] = None, dtype: torch.dtype = torch.float32):
-        self.out_dir, self.max_shard_bytes, self.dtype = out_dir, max_shard_bytes, dtype
-        self._pending: dict[str, torch.Tensor] = {}
-        self._pending_bytes = 0
-        self._shards: list[tuple[str, list[str]]] = []  # (temporary file name, keys)
-        self.total_bytes = 0
+    def __init__(self, path: str, layout: list[tuple[str, tuple[int, ...]]]):
+        self.path, self.layout, self._next = path, layout, 0
+        header: dict = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for key, shape in layout:
+            size = 4 * math.prod(shape)
+            header[key] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+        self._file = open(path, "wb")
+        self._file.write(struct.pack("<Q", len(encoded)) + encoded)
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        expected_key, shape = self.layout[self._next]
+        if key != expected_key or tuple(tensor.shape) != tuple(shape):
+            raise ValueError(f"{self.path}: got {key} {tuple(tensor.shape)}, the layout has {expected_key} {shape} next")
+        array = tensor.detach().to("cpu", torch.float32).contiguous().numpy().reshape(-1)
+        if array.size:  # the bytes of the tensor itself (no copy for a float32 source)
+            self._file.write(memoryview(array).cast("B"))
+        self._next += 1
+
+    def close(self) -> None:
+        self._file.close()
+        if self._next != len(self.layout):
+            raise ValueError(f"{self.path}: {len(self.layout) - self._next} planned tensors were never written")
+
+
+class ShardedWriter:
+    """Writes float32 tensors, in the order of ``layout`` ((name, shape) pairs planned in advance),
+    into safetensors shards of at most ``max_shard_bytes`` (a larger tensor gets a shard of its own):
+    ``model.safetensors`` if one shard, else ``model-0000i-of-0000n.safetensors`` with
+    ``model.safetensors.index.json``. Each shard streams (``SafetensorsStream``)."""
+
+    def __init__(self, out_dir: str, layout: list[tuple[str, tuple[int, ...]]], max_shard_bytes: Optional[int] = None):
+        shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+        size = 0
+        for key, shape in layout:
+            nbytes = 4 * math.prod(shape)
+            if max_shard_bytes and shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append((key, tuple(shape)))
+            size += nbytes
+        names = ([SAFETENSORS] if len(shards) == 1 else
+                 [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+        self.out_dir, self.total_bytes = out_dir, sum(4 * math.prod(shape) for _, shape in layout)
+        self._plan = list(zip(names, shards))
+        self._stream: Optional[SafetensorsStream] = None
+        self._index = 0
 
     def add(self, key: str, tensor: torch.Tensor) -> None:
-        # clone: a tensor shared with another key (tied weights) or a view of a mmapped source
-        tensor = tensor.detach().to("cpu", self.dtype).contiguous().clone()
-        size = tensor.numel() * tensor.element_size()
-        if self.max_shard_bytes and self._pending and self._pending_bytes + size > self.max_shard_bytes:
-            self._flush()
-        self._pending[key] = tensor
-        self._pending_bytes += size
-        self.total_bytes += size
-
-    def _flush(self) -> None:
-        from safetensors.torch import save_file
-
-        name = f"shard-{len(self._shards):05d}.tmp"
-        save_file(self._pending, os.path.join(self.out_dir, name), metadata={"format": "pt"})
-        self._shards.append((name, list(self._pending)))
-        self._pending, self._pending_bytes = {}, 0
+        if self._stream is None or self._stream._next == len(self._stream.layout):
+            if self._stream is not None:
+                self._stream.close()
+                self._index += 1
+            name, layout = self._plan[self._index]
+            self._stream = SafetensorsStream(os.path.join(self.out_dir, name), layout)
+        self._stream.write(key, tensor)
 
     def close(self) -> list[str]:
-        """Write what is pending, give the shards their final names; returns the file names."""
-        if self._pending or not self._shards:
-            self._flush()
-        if len(self._shards) == 1:
-            os.replace(os.path.join(self.out_dir, self._shards[0][0]), os.path.join(self.out_dir, SAFETENSORS))
-            return [SAFETENSORS]
-        weight_map, names = {}, []
-        for i, (tmp, keys) in enumerate(self._shards):
-            name = f"model-{i + 1:05d}-of-{len(self._shards):05d}.safetensors"
-            os.replace(os.path.join(self.out_dir, tmp), os.path.join(self.out_dir, name))
-            weight_map.update({key: name for key in keys})
-            names.append(name)
-        with open(os.path.join(self.out_dir, INDEX), "w") as f:
-            json.dump({"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}, f, indent=1)
+        """Finish the last shard and write the index (several shards); returns the file names."""
+        if self._stream is None or self._index != len(self._plan) - 1:
+            raise ValueError(f"{self.out_dir}: closed before every planned tensor was written")
+        self._stream.close()
+        names = [name for name, _ in self._plan]
+        if len(names) > 1:
+            weight_map = {key: name for name, layout in self._plan for key, _ in layout}
+            with open(os.path.join(self.out_dir, INDEX), "w") as f:
+                json.dump({"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}, f, indent=1)
         return names
 
 

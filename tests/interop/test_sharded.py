@@ -1,6 +1,6 @@
 """Sharded checkpoints (``model.safetensors.index.json``): import reads them tensor by tensor,
-export-hf writes shards no larger than ``--max-shard-size`` (one tensor above it gets a shard of its
-own), and transformers loads the result."""
+export-hf streams each tensor into shards no larger than ``--max-shard-size`` (one tensor above it
+gets a shard of its own), and transformers loads the result."""
 import json
 
 import torch
@@ -38,6 +38,16 @@ def test_sharded_source_and_sharded_export(tmp_path, monkeypatch):
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    # export-hf streams: each tensor's bytes go to its shard file as it is converted
+    written = []
+    original_write = io.SafetensorsStream.write
+
+    def write(self, key, tensor):
+        before = self._file.tell()
+        original_write(self, key, tensor)
+        written.append(self._file.tell() - before == 4 * tensor.numel())
+
+    monkeypatch.setattr(io.SafetensorsStream, "write", write)
     limit = 30_000
     assert convert(["export-hf", str(tmp_path / "a"), "--out", str(tmp_path / "exported"),
                     "--max-shard-size", f"{limit}B"]) == 0
@@ -48,6 +58,7 @@ def test_sharded_source_and_sharded_export(tmp_path, monkeypatch):
         tensors = load_file(tmp_path / "exported" / shard)
         size = sum(t.numel() * t.element_size() for t in tensors.values())
         assert size <= limit or len(tensors) == 1
+    assert len(written) == len(out_index["weight_map"]) and all(written)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
     ids = torch.randint(0, 101, (1, 9))
     with torch.no_grad():
