@@ -7,7 +7,8 @@ the plain torch equivalent where fla has none, inside a context manager that put
         logits = fla_model(input_ids=ids, use_cache=False).logits
     print(describe("hgrn2"))  # what ran instead of fla's kernels
 
-Used by the conversion tests (``tests/models/test_hgrn2_convert.py``, ``test_rwkv.py``) and by
+Used by the conversion tests (``tests/models/test_hgrn2_convert.py``, ``test_rwkv.py``,
+``tests/interop/``, which also load this file by path in processes without recurlm) and by
 ``benchmarks/models.py``. The recurrences are fla's sequential references (one Python step per
 token), so a swapped model is a slow, exact oracle: ``naive_recurrent_gla`` matches fla's Triton
 path to 1.7e-6. Not covered: varlen (``cu_seqlens``) calls of the recurrences.

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from recurlm.models.convert.formats import Entry, Format, hf_meta_shapes
+from recurlm.models.convert.formats import SPECIAL_TOKEN_IDS, Entry, Format, hf_meta_shapes
 from recurlm.models.hgrn2 import HGRN2Config, HGRN2LM
 
 FLA_GATE_NORM_EPS = 1e-5
@@ -127,8 +127,6 @@ class FlaHGRN2(Format):
 
     def write_config(self, cfg, out_dir):
         import fla.models
-
-        from recurlm.models.convert.recurrentgemma import SPECIAL_TOKEN_IDS
 
         if cfg.output_gate or cfg.gate_norm_eps != FLA_GATE_NORM_EPS:
             raise ValueError(f"fla's HGRN2 has no output gate and a gate-norm epsilon of {FLA_GATE_NORM_EPS}: need "

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from recurlm.models.convert.formats import Entry, Format, hf_meta_shapes, pairs_to_entries, same
+from recurlm.models.convert.formats import SPECIAL_TOKEN_IDS, Entry, Format, hf_meta_shapes, pairs_to_entries, same
 from recurlm.models.rwkv6 import DDLERP_TARGETS, RWKV6Config
 from recurlm.models.rwkv7 import RWKV7Config
 
@@ -241,8 +241,6 @@ class FlaRWKV7(_FlaRWKV):
     def write_config(self, cfg, out_dir):
         import fla.models
 
-        from recurlm.models.convert.recurrentgemma import SPECIAL_TOKEN_IDS
-
         _check_eps(cfg, cfg.head_dim * cfg.norm_eps, "head_dim x norm_eps")
         fla.models.RWKV7Config(
             hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, head_dim=cfg.head_dim, vocab_size=cfg.vocab_size,
@@ -257,8 +255,6 @@ class FlaRWKV6(_FlaRWKV):
 
     def write_config(self, cfg, out_dir):
         import fla.models
-
-        from recurlm.models.convert.recurrentgemma import SPECIAL_TOKEN_IDS
 
         _check_eps(cfg, cfg.norm_eps, "norm_eps")
         fla.models.RWKV6Config(

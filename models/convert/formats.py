@@ -33,6 +33,8 @@ from recurlm.models.config import ModelConfig
 from recurlm.models.convert.io import ConversionError, ShardedWriter, WeightReader, staged_output
 
 CONFIG_JSON = "config.json"
+SPECIAL_TOKEN_IDS = dict(pad_token_id=3, bos_token_id=1, eos_token_id=2)
+"""recurlm's SentencePiece ids (recurlm.data.tokenizer), written into exported configs."""
 
 
 def same(t: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from recurlm.models.convert.common import conv_from_torch, conv_to_torch
-from recurlm.models.convert.formats import Format, hf_meta_shapes, pairs_to_entries
+from recurlm.models.convert.formats import SPECIAL_TOKEN_IDS, Format, hf_meta_shapes, pairs_to_entries
 from recurlm.models.griffin import GriffinConfig, GriffinLM, HawkConfig
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -119,16 +119,13 @@ def from_transformers(hf_model: Any) -> GriffinLM:
     return model
 
 
-SPECIAL_TOKEN_IDS = dict(pad_token_id=3, bos_token_id=1, eos_token_id=2)
-"""recurlm's SentencePiece ids (recurlm.data.tokenizer), written into exported configs."""
-
-
 def config_to_transformers(cfg: GriffinConfig) -> Any:
     """The transformers RecurrentGemmaConfig equal to a recurlm Griffin/Hawk config (ValueError for
     settings RecurrentGemma has no field for)."""
     import transformers
 
-    fixed = {"lru_heads == n_heads": (cfg.lru_heads or cfg.n_heads) == cfg.n_heads, "state_expansion == 1": cfg.state_expansion == 1,
+    fixed = {"lru_heads == n_heads": (cfg.lru_heads or cfg.n_heads) == cfg.n_heads,
+             "state_expansion == 1": cfg.state_expansion == 1,
              "scale_embeddings": cfg.scale_embeddings, "rglru_c == 8": cfg.rglru_c == 8.0}
     if not all(fixed.values()):
         raise ValueError(f"transformers' RecurrentGemma needs {[k for k, ok in fixed.items() if not ok]}")

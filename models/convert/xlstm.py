@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 
 from recurlm.models.convert.common import conv_from_torch
-from recurlm.models.convert.formats import Entry, Format, hf_meta_shapes, pairs_to_entries
+from recurlm.models.convert.formats import SPECIAL_TOKEN_IDS, Entry, Format, hf_meta_shapes, pairs_to_entries
 from recurlm.models.xlstm import XLSTMLM, XLSTMConfig, architecture, norm_eps
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -215,8 +215,6 @@ class HFXLSTM(_XLSTMFormat):
 
     def write_config(self, cfg, out_dir):
         import transformers
-
-        from recurlm.models.convert.recurrentgemma import SPECIAL_TOKEN_IDS
 
         fields = _large_fields(cfg)
         transformers.xLSTMConfig(

@@ -38,7 +38,8 @@ def test_import_export_round_trip(source, fresh_load, tmp_path):
     assert relative_error(theirs, reference) <= TOLERANCE, "the exported directory differs from the source"
 
     assert convert(["import", str(tmp_path / "exported"), "--out", str(tmp_path / "again")]) == 0
-    first, second = load_file(tmp_path / "imported" / "model.safetensors"), load_file(tmp_path / "again" / "model.safetensors")
+    first = load_file(tmp_path / "imported" / "model.safetensors")
+    second = load_file(tmp_path / "again" / "model.safetensors")
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     assert (tmp_path / "imported" / "config.json").read_text() == (tmp_path / "again" / "config.json").read_text()
 

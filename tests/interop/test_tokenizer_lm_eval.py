@@ -107,7 +107,8 @@ def test_lm_eval_hf_model_on_an_export_equals_the_recurlm_adapter(family, local_
 def test_a_sentencepiece_model_it_cannot_mirror_gives_a_warning_not_a_failure(tmp_path, caplog):
     import sentencepiece as spm
 
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(_stdlib_text("argparse.py").splitlines()), model_prefix=str(tmp_path / "llama"),
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(_stdlib_text("argparse.py").splitlines()),
+                                   model_prefix=str(tmp_path / "llama"),
                                    vocab_size=400, add_dummy_prefix=True, byte_fallback=True, minloglevel=2,
                                    unk_id=0, bos_id=1, eos_id=2, pad_id=3)  # Llama-style: a dummy prefix
     torch.manual_seed(0)
