@@ -70,6 +70,8 @@ class Format(ABC):
     """The source must have a config.json (False: sizes are read from the tensor shapes)."""
     weights_file: Optional[str] = None
     """Export as one torch file of this name (torch.save) instead of safetensors shards."""
+    sharded: bool = True
+    """The loader reads ``model.safetensors.index.json`` shards (False: always one model.safetensors)."""
     hf_tokenizer: bool = False
     """Export the model's SentencePiece tokenizer as transformers' tokenizer.json (a directory that
     ``AutoTokenizer`` reads)."""
@@ -291,7 +293,8 @@ def export_checkpoint(path: str, out: str, format: Optional[str] = None,
             _convert(entries, reader, expected, lambda k, t: tensors.__setitem__(k, t.float().contiguous().clone()))
             torch.save(tensors, os.path.join(staging, fmt.weights_file))
         else:
-            writer = ShardedWriter(staging, [(e.target, tuple(expected[e.target])) for e in entries], max_shard_bytes)
+            writer = ShardedWriter(staging, [(e.target, tuple(expected[e.target])) for e in entries],
+                                   max_shard_bytes if fmt.sharded else None)
             _convert(entries, reader, expected, writer.add)
             writer.close()
         if fmt.hf_tokenizer and tokenizer_file(export):

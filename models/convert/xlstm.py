@@ -232,7 +232,7 @@ class XLSTMLargeStateDict(_XLSTMFormat):
     """The ``xlstm`` package's ``xLSTMLarge`` state dict (``model.pth`` / safetensors) with the
     architecture fields of its ``xLSTMLargeConfig`` as config.json (the package saves no config)."""
 
-    name, embedding_key = "xlstm-large", "embedding.weight"
+    name, embedding_key, sharded = "xlstm-large", "embedding.weight", False
     loader = ("xLSTMLarge(xLSTMLargeConfig(**json.load(open('config.json')))).load_state_dict("
               "safetensors.torch.load_file('model.safetensors'))")
 
