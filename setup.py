@@ -74,6 +74,7 @@ setup(
             "titans-pytorch>=0.4",
             "rwkv>=0.8",
             "datasets>=2.18",
+            "accelerate>=1.0",  # lm-eval's own hf model (tests/interop: exported directories)
         ],
     },
     entry_points={

@@ -23,16 +23,30 @@ WEIGHTS, CONFIG, TOKENIZER, INFO = "model.safetensors", "config.json", "tokenize
 
 
 def is_export(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, WEIGHTS)) and os.path.isfile(os.path.join(path, CONFIG))
+    """Whether ``path`` holds a recurlm export (a transformers or fla directory has the same two file
+    names: its config.json names no recurlm ``family``)."""
+    if not (os.path.isfile(os.path.join(path, WEIGHTS)) and os.path.isfile(os.path.join(path, CONFIG))):
+        return False
+    try:
+        with open(os.path.join(path, CONFIG)) as f:
+            return "family" in json.load(f)
+    except (OSError, ValueError):
+        return False
 
 
 def save_pretrained(out_dir: str, model_config: Any, state_dict: dict[str, torch.Tensor],
                     tokenizer_path: Optional[str] = None, info: Optional[dict[str, Any]] = None) -> str:
-    cfg = to_model_config(model_config)
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict.items()}
     # tied weights appear once in a state dict from a module, but safetensors refuses shared storage
     save_file({k: v.clone() for k, v in tensors.items()}, os.path.join(out_dir, WEIGHTS))
+    return write_export_files(out_dir, model_config, tokenizer_path, info)
+
+
+def write_export_files(out_dir: str, model_config: Any, tokenizer_path: Optional[str] = None,
+                       info: Optional[dict[str, Any]] = None) -> str:
+    """Everything of an export but the weights: config.json, tokenizer.model (if given), export.json."""
+    cfg = to_model_config(model_config)
     with open(os.path.join(out_dir, CONFIG), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=1)
     if tokenizer_path:

@@ -2,6 +2,8 @@
 
     recurlm-convert export <run dir | checkpoint> [--out DIR]
     recurlm-convert expand-state <run dir | checkpoint | export> --factor 2 --out DIR
+    recurlm-convert import <dir | file> --out DIR [--format auto|...]       (recurlm.models.convert.cli)
+    recurlm-convert export-hf <run dir | checkpoint | export> --out DIR [--format ...]
 
 ``expand-state`` (recurlm.models.expand_state) writes an export whose recurrent state per layer is
 ``factor`` times larger (linear-attention families and Titans' linear memory merge heads;
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     expand.add_argument("--seq-len", type=int, default=256, help="tokens per row of the measurement batch")
     expand.add_argument("--seed", type=int, default=0,
                         help="seed of the new parameters (Griffin/Hawk decays, Titans memory units)")
+    from recurlm.models.convert.cli import add_subcommands
+
+    add_subcommands(sub)
     return parser
 
 
@@ -102,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except CheckpointError as err:
             print(f"recurlm-convert: {err}", file=sys.stderr)
             return 2
+    elif args.command in ("import", "export-hf"):
+        from recurlm.models.convert.cli import run
+
+        return run(args)
     elif args.command == "expand-state":
         from recurlm.train.checkpoint import CheckpointError
 

@@ -53,7 +53,8 @@ class RecipeConfig:
     name: str = "none"
     """none, state_passing, noise_init, other_sequence_init or state_expansion."""
     init_from: Optional[str] = None
-    """Start from these weights (a checkpoint, run dir or export dir) instead of a fresh init;
+    """Start from these weights (a checkpoint, run dir, export dir, or a checkpoint of another project
+    that ``recurlm-convert import`` reads, converted on the fly) instead of a fresh init;
     optimizer, schedule and data position start anew (a post-training phase). Ignored when the run
     resumes from its own checkpoint."""
     model_from_init: bool = True
@@ -193,16 +194,22 @@ def build_recipe(cfg: RecipeConfig, loader_mode: str, rank: int = 0) -> Recipe:
 
 def read_initial_weights(path: str) -> tuple[dict, dict[str, torch.Tensor], Optional[str]]:
     """(model config dict, float32 state dict, tokenizer sha256 or None) of ``init_from``: an
-    export dir, a checkpoint, or a run dir (its newest checkpoint)."""
+    export dir, a checkpoint, a run dir (its newest checkpoint), or another project's checkpoint
+    (``recurlm-convert import`` formats), imported on the fly."""
     import json
     import os
+    import tempfile
 
     from safetensors.torch import load_file
 
+    from recurlm.models.convert.formats import foreign_format, import_checkpoint
     from recurlm.models.pretrained import CONFIG, INFO, WEIGHTS, is_export
     from recurlm.train import checkpoint as ckpt
     from recurlm.train.export import consolidated_state_dict, resolve_checkpoint
 
+    if not is_export(path) and foreign_format(path):
+        with tempfile.TemporaryDirectory() as tmp:
+            return read_initial_weights(import_checkpoint(path, os.path.join(tmp, "export")))
     if is_export(path):
         with open(os.path.join(path, CONFIG)) as f:
             model_config = json.load(f)

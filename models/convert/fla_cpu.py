@@ -7,7 +7,8 @@ the plain torch equivalent where fla has none, inside a context manager that put
         logits = fla_model(input_ids=ids, use_cache=False).logits
     print(describe("hgrn2"))  # what ran instead of fla's kernels
 
-Used by the conversion tests (``tests/models/test_hgrn2_convert.py``, ``test_rwkv.py``) and by
+Used by the conversion tests (``tests/models/test_hgrn2_convert.py``, ``test_rwkv.py``,
+``tests/interop/``, which also load this file by path in processes without recurlm) and by
 ``benchmarks/models.py``. The recurrences are fla's sequential references (one Python step per
 token), so a swapped model is a slow, exact oracle: ``naive_recurrent_gla`` matches fla's Triton
 path to 1.7e-6. Not covered: varlen (``cu_seqlens``) calls of the recurrences.
@@ -141,6 +142,11 @@ def _rwkv7(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=F
     return o.transpose(1, 2), s
 
 
+def _l2_norm(x: torch.Tensor, eps: float = 1e-6, **_) -> torch.Tensor:
+    """fla's ``l2_norm`` over the last dimension (x / sqrt(sum x^2 + eps)), the fused-norm RWKV-7 path."""
+    return x * torch.rsqrt(x.float().square().sum(-1, keepdim=True) + eps).to(x.dtype)
+
+
 def _rwkv7_fused_mul(r, w, k, v, kk, a, **kwargs):
     """``fused_mul_recurrent_rwkv7``: the RWKV-7 recurrence with a = -kk, b = kk * a."""
     return _rwkv7(r, w, k, v, -kk, kk * a, **kwargs)
@@ -192,6 +198,7 @@ SWAPS: dict[str, list[Swap]] = {
         Swap("fla.layers.rwkv7", "fused_addcmul_rwkv7",
              _fla_function("fla.ops.rwkv7.fused_addcmul.torch_addcmul_rwkv7"), "torch_addcmul_rwkv7", build=True),
         Swap("fla.layers.rwkv7", "fused_k_rwkv7", _k_update, "k_update_ref"),
+        Swap("fla.layers.rwkv7", "l2_norm", _l2_norm, "x / sqrt(sum x^2 + eps)"),
         Swap("fla.layers.rwkv7", "gate_output_correction",
              _fla_function("fla.ops.rwkv7.gate_output_correction.gate_output_correction_ref"),
              "gate_output_correction_ref", build=True),

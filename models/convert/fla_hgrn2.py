@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from recurlm.models.convert.formats import SPECIAL_TOKEN_IDS, Entry, Format, hf_meta_shapes
 from recurlm.models.hgrn2 import HGRN2Config, HGRN2LM
 
 FLA_GATE_NORM_EPS = 1e-5
@@ -93,3 +94,51 @@ def from_fla(fla_model: Any) -> HGRN2LM:
     model = HGRN2LM(cfg)
     model.to(next(fla_model.parameters()).dtype).load_state_dict(state_dict_from_fla(fla_state_dict, cfg))
     return model
+
+
+class FlaHGRN2(Format):
+    """flash-linear-attention's HF directory of an ``HGRN2ForCausalLM`` (``model_type`` hgrn2)."""
+
+    name, families, hf_tokenizer = "fla-hgrn2", ("hgrn2",), True
+    loader = "import fla; transformers.AutoModelForCausalLM.from_pretrained(dir)"
+
+    def detect(self, config, keys):
+        return (config or {}).get("model_type") == "hgrn2"
+
+    def recurlm_config(self, config, shapes):
+        import fla.models
+
+        return config_from_fla(fla.models.HGRN2Config.from_dict(config), shapes["model.layers.0.mlp.gate_proj.weight"][0])
+
+    def import_entries(self, cfg, keys):
+        entries = []
+        for ours, theirs in key_map(cfg):
+            if theirs.endswith("attn.g_norm.weight") and theirs not in keys:  # fla's elementwise_affine=False
+                entries.append(Entry(ours, (), lambda d=cfg.d_model: torch.ones(d)))
+            else:
+                entries.append(Entry(ours, (theirs,)))
+        return entries
+
+    def ignored_keys(self, cfg, keys):
+        return {"lm_head.weight"} if cfg.tie_embeddings else set()
+
+    def export_entries(self, cfg):
+        return [Entry(theirs, (ours,)) for ours, theirs in key_map(cfg)]
+
+    def write_config(self, cfg, out_dir):
+        import fla.models
+
+        if cfg.output_gate or cfg.gate_norm_eps != FLA_GATE_NORM_EPS:
+            raise ValueError(f"fla's HGRN2 has no output gate and a gate-norm epsilon of {FLA_GATE_NORM_EPS}: need "
+                             f"output_gate=False, gate_norm_eps={FLA_GATE_NORM_EPS} (got {cfg.output_gate}, "
+                             f"{cfg.gate_norm_eps})")
+        fla.models.HGRN2Config(
+            hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, expand_ratio=cfg.expand_ratio,
+            intermediate_size=cfg.mlp_hidden, use_lower_bound=cfg.use_lower_bound, norm_eps=cfg.norm_eps,
+            vocab_size=cfg.vocab_size, tie_word_embeddings=cfg.tie_embeddings, architectures=["HGRN2ForCausalLM"],
+            **SPECIAL_TOKEN_IDS).save_pretrained(out_dir)
+
+    def target_shapes(self, out_dir):
+        import fla.models
+
+        return hf_meta_shapes(fla.models.HGRN2ForCausalLM, out_dir)

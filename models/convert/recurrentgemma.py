@@ -20,6 +20,7 @@ from typing import Any, Callable
 import torch
 
 from recurlm.models.convert.common import conv_from_torch, conv_to_torch
+from recurlm.models.convert.formats import SPECIAL_TOKEN_IDS, Format, hf_meta_shapes, pairs_to_entries
 from recurlm.models.griffin import GriffinConfig, GriffinLM, HawkConfig
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -43,6 +44,11 @@ def config_from_transformers(hf_config: Any) -> GriffinConfig:
     if rope.get("rope_type", "default") != "default":
         raise ValueError(f"only default RoPE is supported, got {rope}")
     block_types = list(hf_config.block_types)
+    head_dim = hf_config.hidden_size // hf_config.num_attention_heads
+    rotary = int(rope.get("partial_rotary_factor", 0.5) * head_dim)
+    if "attention" in block_types and rotary % 2:
+        raise ValueError(f"the rotary width (partial_rotary_factor x head_dim = {rotary}) is odd: transformers "
+                         "rotates it unevenly and recurlm does not reproduce that; need an even width")
     cls = GriffinConfig if "attention" in block_types else HawkConfig
     return cls(
         size="custom", vocab_size=hf_config.vocab_size, d_model=hf_config.hidden_size,
@@ -111,3 +117,55 @@ def from_transformers(hf_model: Any) -> GriffinLM:
     dtype = next(hf_model.parameters()).dtype
     model.to(dtype).load_state_dict(state_dict_from_transformers(hf_model.state_dict(), cfg))
     return model
+
+
+def config_to_transformers(cfg: GriffinConfig) -> Any:
+    """The transformers RecurrentGemmaConfig equal to a recurlm Griffin/Hawk config (ValueError for
+    settings RecurrentGemma has no field for)."""
+    import transformers
+
+    fixed = {"lru_heads == n_heads": (cfg.lru_heads or cfg.n_heads) == cfg.n_heads,
+             "state_expansion == 1": cfg.state_expansion == 1,
+             "scale_embeddings": cfg.scale_embeddings, "rglru_c == 8": cfg.rglru_c == 8.0}
+    if not all(fixed.values()):
+        raise ValueError(f"transformers' RecurrentGemma needs {[k for k, ok in fixed.items() if not ok]}")
+    return transformers.RecurrentGemmaConfig(
+        num_hidden_layers=cfg.n_layers, vocab_size=cfg.vocab_size, hidden_size=cfg.d_model,
+        intermediate_size=2 * cfg.mlp_hidden, num_attention_heads=cfg.n_heads, lru_width=cfg.lru_width,
+        attention_window_size=cfg.attention_window or 2048, conv1d_width=cfg.conv_width,
+        logits_soft_cap=cfg.logit_softcap, rms_norm_eps=cfg.norm_eps, block_types=list(cfg.block_types),
+        num_key_value_heads=cfg.n_kv_heads, tie_word_embeddings=cfg.tie_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta, "partial_rotary_factor": cfg.rope_fraction},
+        architectures=["RecurrentGemmaForCausalLM"], **SPECIAL_TOKEN_IDS)
+
+
+class HFRecurrentGemma(Format):
+    """transformers' ``RecurrentGemmaForCausalLM`` directory (``model_type`` recurrent_gemma)."""
+
+    name, families, hf_tokenizer = "hf-recurrentgemma", ("griffin", "hawk"), True
+    loader = "transformers.AutoModelForCausalLM.from_pretrained(dir)"
+
+    def detect(self, config, keys):
+        return (config or {}).get("model_type") == "recurrent_gemma"
+
+    def recurlm_config(self, config, shapes):
+        import transformers
+
+        return config_from_transformers(transformers.RecurrentGemmaConfig.from_dict(config))
+
+    def import_entries(self, cfg, keys):
+        return pairs_to_entries(key_map(cfg), to_recurlm=True)
+
+    def ignored_keys(self, cfg, keys):
+        return {"lm_head.weight"} if cfg.tie_embeddings else set()
+
+    def export_entries(self, cfg):
+        return pairs_to_entries(key_map(cfg), to_recurlm=False)
+
+    def write_config(self, cfg, out_dir):
+        config_to_transformers(cfg).save_pretrained(out_dir)
+
+    def target_shapes(self, out_dir):
+        import transformers
+
+        return hf_meta_shapes(transformers.RecurrentGemmaForCausalLM, out_dir)

@@ -22,6 +22,7 @@ import torch
 
 from recurlm.models.base import RecurrentLM
 from recurlm.models.config import ModelConfig
+from recurlm.models.convert.formats import Entry, Format, same
 from recurlm.models.rwkv6 import RWKV6Config
 from recurlm.models.rwkv7 import RWKV7Config
 
@@ -112,3 +113,69 @@ def from_official(state_dict: dict[str, torch.Tensor], **overrides) -> tuple[Mod
             key, vector = _block_key(key, cfg.family, to_official=False)
             out[key] = tensor.reshape(-1) if vector else tensor
     return cfg, out
+
+
+OFFICIAL_EPS = {"norm_eps": 1e-5, "group_norm_eps": 64e-5}
+"""The epsilons BlinkDL's runtime uses (LayerNorm default, ``ln_x`` group norm)."""
+
+UNUSED_BLOCK0 = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
+
+
+class BlinkDLPth(Format):
+    """A BlinkDL RWKV-LM ``.pth`` (RWKV-7 x070 or RWKV-6 x060 key names), as ``rwkv.model.RWKV`` loads."""
+
+    name, families, weights_file, needs_config = "rwkv-pth", ("rwkv7", "rwkv6"), "model.pth", False
+    loader = "RWKV_V7_ON=1 python -c \"from rwkv.model import RWKV; RWKV('dir/model', strategy='cpu fp32')\""
+
+    def detect(self, config, keys):
+        return "emb.weight" in keys and "blocks.0.ffn.key.weight" in keys
+
+    def recurlm_config(self, config, shapes):
+        return _official_config({k: torch.empty(s, device="meta") for k, s in shapes.items()}, size="custom")
+
+    def import_entries(self, cfg, keys):
+        inverse = {official: ours for ours, official in RENAMES.items()}
+        entries = []
+        for key in keys:
+            if key in inverse:
+                entries.append(Entry(inverse[key], (key,)))
+            elif key.startswith("blocks.") and not (cfg.family == "rwkv7" and key in UNUSED_BLOCK0):
+                ours, vector = _block_key(key, cfg.family, to_official=False)
+                entries.append(Entry(ours, (key,), _flat if vector else same))
+        return entries
+
+    def ignored_keys(self, cfg, keys):
+        return set(UNUSED_BLOCK0) if cfg.family == "rwkv7" else set()
+
+    def export_entries(self, cfg):
+        from recurlm.models.registry import build_model
+
+        with torch.device("meta"):
+            ours_keys = list(build_model(cfg).state_dict())
+        entries = []
+        for key in ours_keys:
+            if key in RENAMES:
+                entries.append(Entry(RENAMES[key], (key,)))
+            else:
+                theirs, vector = _block_key(key, cfg.family, to_official=True)
+                entries.append(Entry(theirs, (key,), _row if vector else same))
+        if cfg.tie_embeddings:  # official checkpoints always have their own head
+            entries.append(Entry("head.weight", ("embed.weight",)))
+        if cfg.family == "rwkv7":  # read by nobody, present in official checkpoints (see the module docstring)
+            D, rank = cfg.d_model, cfg.value_lora
+            entries += [Entry(k, (), lambda shape=shape: torch.zeros(shape))
+                        for k, shape in zip(UNUSED_BLOCK0, ((1, 1, D), (D, rank), (rank, D)))]
+        return entries
+
+    def write_config(self, cfg, out_dir):
+        wrong = {k: getattr(cfg, k) for k, v in OFFICIAL_EPS.items() if abs(getattr(cfg, k) - v) > 1e-12}
+        if wrong:
+            raise ValueError(f"BlinkDL's runtime uses {OFFICIAL_EPS}; this model has {wrong}")
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1)
+
+
+def _row(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(1, 1, -1)

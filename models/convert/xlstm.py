@@ -21,12 +21,15 @@
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any, Callable
 
 import torch
 
 from recurlm.models.convert.common import conv_from_torch
-from recurlm.models.xlstm import XLSTMConfig, XLSTMLM
+from recurlm.models.convert.formats import SPECIAL_TOKEN_IDS, Entry, Format, hf_meta_shapes, pairs_to_entries
+from recurlm.models.xlstm import XLSTMLM, XLSTMConfig, architecture, norm_eps
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 LINEAR_7B = {"q": "q", "k": "k", "v": "v", "o_gate": "ogate_preact", "out_proj": "out_proj"}
@@ -58,7 +61,8 @@ def config_from_xlstm_large(ref: Any) -> XLSTMConfig:
         n_layers=ref.num_blocks, n_heads=ref.num_heads, qk_dim_factor=ref.qk_dim_factor,
         v_dim_factor=ref.v_dim_factor, ffn_factor=ref.ffn_proj_factor, round_to=ref.ffn_round_up_to_multiple_of,
         gate_soft_cap=ref.gate_soft_cap or 0.0, logit_softcap=ref.output_logit_soft_cap or 0.0,
-        norm_eps=ref.norm_eps, mlstm_eps=ref.eps, tie_embeddings=getattr(ref, "tie_word_embeddings", False))
+        norm_eps=ref.norm_eps, mlstm_eps=ref.eps,
+        tie_embeddings=False)  # both classes keep their own head (transformers' ignores tie_word_embeddings)
 
 
 def key_map_xlstm_large(cfg: XLSTMConfig, embedding_key: str) -> list[tuple[str, str, Transform]]:
@@ -154,3 +158,100 @@ def from_xlstm_v1(reference: torch.nn.Module) -> XLSTMLM:
     cfg = config_from_xlstm_v1(reference.config)
     kinds = ["mlstm" if k == 0 else "slstm" for k in reference.config.block_map]
     return _load(cfg, reference, key_map_xlstm_v1(cfg, kinds))
+
+
+# ---------------------------------------------------------------------------------------------------
+# formats (recurlm.models.convert.formats)
+
+_XLSTM_LARGE_FIELDS = ("embedding_dim", "num_heads", "num_blocks", "vocab_size", "use_bias", "norm_eps", "add_out_norm",
+                       "qk_dim_factor", "v_dim_factor", "eps", "ffn_proj_factor", "ffn_round_up_to_multiple_of",
+                       "gate_soft_cap", "output_logit_soft_cap", "weight_mode")
+"""The architecture fields of ``xLSTMLargeConfig`` (the rest choose kernels, which the loader picks)."""
+
+
+def _large_fields(cfg: XLSTMConfig) -> dict[str, Any]:
+    if architecture(cfg) != "xlstm7b":
+        raise ValueError(f"only architecture='xlstm7b' has a shared format (got {architecture(cfg)!r}; the v1 "
+                         "mLSTM/sLSTM model is recurlm-only)")
+    softcap = cfg.logit_softcap if cfg.logit_softcap is not None else 30.0  # XLSTMLM's default for xlstm7b
+    return dict(embedding_dim=cfg.d_model, num_heads=cfg.n_heads, num_blocks=cfg.n_layers, vocab_size=cfg.vocab_size,
+                use_bias=False, norm_eps=norm_eps(cfg), add_out_norm=True, qk_dim_factor=cfg.qk_dim_factor,
+                v_dim_factor=cfg.v_dim_factor, eps=cfg.mlstm_eps, ffn_proj_factor=cfg.ffn_factor,
+                ffn_round_up_to_multiple_of=cfg.round_to, gate_soft_cap=cfg.gate_soft_cap or None,
+                output_logit_soft_cap=softcap or None, weight_mode="single")
+
+
+class _XLSTMFormat(Format):
+    families = ("xlstm",)
+    embedding_key = ""
+
+    def _pairs(self, cfg: XLSTMConfig) -> list:
+        return [(ours, theirs, _same, _same) for ours, theirs, _ in key_map_xlstm_large(cfg, self.embedding_key)]
+
+    def import_entries(self, cfg, keys):
+        return pairs_to_entries(self._pairs(cfg), to_recurlm=True)
+
+    def export_entries(self, cfg):
+        entries = pairs_to_entries(self._pairs(cfg), to_recurlm=False)
+        if cfg.tie_embeddings:  # both xLSTM classes always hold their own head (transformers' does not tie it)
+            entries.append(Entry("lm_head.weight", ("embed.weight",)))
+        return entries
+
+
+
+class HFXLSTM(_XLSTMFormat):
+    """transformers' ``xLSTMForCausalLM`` directory (``model_type`` xlstm; NX-AI/xLSTM-7b)."""
+
+    name, embedding_key, hf_tokenizer = "hf-xlstm", "backbone.embeddings.weight", True
+    loader = "transformers.AutoModelForCausalLM.from_pretrained(dir)"
+
+    def detect(self, config, keys):
+        return (config or {}).get("model_type") == "xlstm"
+
+    def recurlm_config(self, config, shapes):
+        import transformers
+
+        return config_from_xlstm_large(transformers.xLSTMConfig.from_dict(config))
+
+    def write_config(self, cfg, out_dir):
+        import transformers
+
+        fields = _large_fields(cfg)
+        transformers.xLSTMConfig(
+            hidden_size=fields.pop("embedding_dim"), num_hidden_layers=fields.pop("num_blocks"),
+            tie_word_embeddings=False, architectures=["xLSTMForCausalLM"], **fields, **SPECIAL_TOKEN_IDS,
+        ).save_pretrained(out_dir)
+
+    def target_shapes(self, out_dir):
+        import transformers
+
+        return hf_meta_shapes(transformers.xLSTMForCausalLM, out_dir)
+
+
+class XLSTMLargeStateDict(_XLSTMFormat):
+    """The ``xlstm`` package's ``xLSTMLarge`` state dict (``model.pth`` / safetensors) with the
+    architecture fields of its ``xLSTMLargeConfig`` as config.json (the package saves no config)."""
+
+    name, embedding_key, sharded = "xlstm-large", "embedding.weight", False
+    loader = ("xLSTMLarge(xLSTMLargeConfig(**json.load(open('config.json')))).load_state_dict("
+              "safetensors.torch.load_file('model.safetensors'))")
+
+    def detect(self, config, keys):
+        return "embedding.weight" in keys and "backbone.blocks.0.mlstm_layer.q.weight" in keys
+
+    def recurlm_config(self, config, shapes):
+        from xlstm.xlstm_large.model import xLSTMLargeConfig
+
+        return config_from_xlstm_large(xLSTMLargeConfig(**{k: config[k] for k in _XLSTM_LARGE_FIELDS if k in config}))
+
+    def write_config(self, cfg, out_dir):
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(_large_fields(cfg), f, indent=1)
+
+    def target_shapes(self, out_dir):
+        from xlstm.xlstm_large.model import xLSTMLarge, xLSTMLargeConfig
+
+        with open(os.path.join(out_dir, "config.json")) as f:
+            config = xLSTMLargeConfig(**json.load(f))
+        with torch.device("meta"):
+            return {k: v.shape for k, v in xLSTMLarge(config).state_dict().items()}
