@@ -62,7 +62,7 @@ from recurlm.kernels.local_attention import LocalAttentionState, local_attention
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
 from recurlm.models.layers import ACTIVATIONS, GatedMLP, RMSNorm, ShortConv, linear, rotate_half_rope
-from recurlm.models.state import LayerState
+from recurlm.models.state import REAL, EntryKind, LayerState
 
 BLOCK_TYPES = ("recurrent", "attention")
 MAX_SQRT_GRADIENT = 1000.0
@@ -295,6 +295,10 @@ class LocalAttentionMixer(nn.Module):
 
 class GriffinBlock(Block):
     """Residual block: x + mix(RMSNorm(x)), then x + GeGLU-MLP(RMSNorm(x))."""
+
+    state_kinds = {"h": EntryKind("gaussian", None), "conv": REAL, "k": REAL, "v": REAL}
+    """The RG-LRU vector is content (one distribution per layer: it has no heads); the conv buffer
+    and the local-attention key/value cache hold recent tokens themselves."""
 
     def __init__(self, cfg: GriffinConfig, kind: str):
         super().__init__()

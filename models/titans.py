@@ -70,7 +70,7 @@ from recurlm.kernels.titans_memory.testing import flops as memory_flops
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
 from recurlm.models.layers import GatedMLP, RMSNorm, ShortConv, linear, rotate_half_rope
-from recurlm.models.state import LayerState
+from recurlm.models.state import REAL, RELATIVE, LayerState
 
 Carry = dict[str, torch.Tensor]
 
@@ -403,6 +403,12 @@ class SlidingWindowAttention(PersistentAttention):
 
 class TitansBlock(Block):
     """Shared skeleton: positions, the memory's segment scan, the MLP, states."""
+
+    state_kinds = {**{f"mem_{w}{i}": RELATIVE for w in "ws" for i in range(2)},  # memory_depth is 1 or 2
+                   **{f"mem_conv_{s}": REAL for s in ("qx", "q", "k", "v")}, "buffer": REAL, "k": REAL, "v": REAL}
+    """Memory weights and momentum are content around their learnt initial value (noise at the
+    N(0, 1) scale of a linear state turns the memory MLP's outputs into NaN); conv histories, the
+    pending segment and the sliding-window cache hold recent tokens."""
 
     def __init__(self, cfg: TitansConfig, seg_len: int):
         super().__init__()

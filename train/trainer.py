@@ -251,9 +251,30 @@ class Trainer:
             self.monitor.write(result["summary"])
         barrier()
 
+    @torch.no_grad()
+    def fitting_pass(self, batches: int):
+        """Final states of the current model from its initial state on the first ``batches`` global
+        batches of this rank's training stream (a fresh loader: the training position is untouched),
+        micro-batch by micro-batch: the data Fitted Noise fits its statistics on."""
+        loader = self.data.train_loader(self.loop.seq_len, self.loop.global_batch_size, rank=self.env.rank,
+                                        world_size=self.env.world_size)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for _ in range(batches):
+                batch = next(loader)
+                for i in range(self.accumulation):
+                    rows = slice(i * self.micro, (i + 1) * self.micro)
+                    _, final = self.model(batch.input_ids[rows].to(self.engine.device),
+                                          resets=batch.resets[rows].to(self.engine.device), return_state=True)
+                    yield final
+        finally:
+            self.model.train(was_training)
+
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, bool]:
         """One optimizer step over the global batch. Returns (mean loss over ranks, applied?)."""
+        self.recipe.begin_step(self.step, self.model, self.fitting_pass)
         batch = next(self.loader)
         skipped_before = self.engine.skipped_steps
         loss_sum = torch.zeros((), device=self.engine.device)
