@@ -89,3 +89,19 @@ def plot_state_tracking(curve: dict, path: str, title: str) -> str:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_effrem(curve: dict, path: str, title: str) -> str:
+    """EffRem_T(t) against t: how much the tokens before t still move the prediction at T."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(curve["t"], curve["effrem"], "o-", lw=2)
+    if curve.get("train_seq_len"):
+        ax.axvline(curve["context"] - curve["train_seq_len"], color="tab:red", ls="--", lw=1.2,
+                   label="last training length of context")
+        ax.legend(fontsize=8)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("t (tokens x_0..x_t-1 removed)")
+    ax.set_ylabel("EffRem = TV(q(.|x_0:T), q(.|x_t:T))")
+    ax.set_title(f"{title}: effective remembrance, T = {curve['context']} ({curve['rows']} rows)", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
