@@ -343,7 +343,7 @@ class GriffinLM(RecurrentLM):
             raise ValueError(f"{cfg.family}: block_types must be a non-empty list of {BLOCK_TYPES}, "
                              f"got {cfg.block_types}")
         kinds = [cfg.block_types[i % len(cfg.block_types)] for i in range(cfg.n_layers)]
-        super().__init__(cfg, [GriffinBlock(cfg, kind) for kind in kinds],
+        super().__init__(cfg, [GriffinBlock(cfg.for_layer(i), kind) for i, kind in enumerate(kinds)],
                          RMSNorm(cfg.d_model, cfg.norm_eps, offset=True),
                          embed_scale=bfloat16_sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0,
                          logit_softcap=cfg.logit_softcap or None)

@@ -199,7 +199,7 @@ class RWKV7LM(RWKVLM):
         for i in range(cfg.n_layers):
             r10 = depth_ratios(i, cfg.n_layers)[1]
             ffn = ChannelMix(cfg.d_model, cfg.ffn_hidden, mix_power=r10 ** 4, receptance=False)
-            blocks.append(RWKVBlock(cfg.d_model, cfg.norm_eps, i, RWKV7TimeMix(cfg, i), ffn))
+            blocks.append(RWKVBlock(cfg.d_model, cfg.norm_eps, i, RWKV7TimeMix(cfg.for_layer(i), i), ffn))
         super().__init__(cfg, blocks)
 
     def block_extras(self):

@@ -537,7 +537,7 @@ class TitansLM(RecurrentLM):
 
     def __init__(self, cfg: TitansConfig):
         block = self.BLOCKS[cfg.family]
-        super().__init__(cfg, [block(cfg) for _ in range(cfg.n_layers)], RMSNorm(cfg.d_model, cfg.norm_eps))
+        super().__init__(cfg, [block(cfg.for_layer(i)) for i in range(cfg.n_layers)], RMSNorm(cfg.d_model, cfg.norm_eps))
 
 
 CONFIGS = {"titans_mac": TitansMACConfig, "titans_mag": TitansMAGConfig, "titans_mal": TitansMALConfig}

@@ -472,7 +472,7 @@ class XLSTMLM(RecurrentLM):
         v1 = architecture(cfg) == "v1"
         final_norm = GroupLayerNorm(cfg.d_model, eps=eps, offset=True) if v1 else RMSNorm(cfg.d_model, eps)
         softcap = cfg.logit_softcap if cfg.logit_softcap is not None else (None if v1 else 30.0)
-        super().__init__(cfg, [XLSTMBlock(cfg, kind, i) for i, kind in enumerate(kinds)], final_norm,
+        super().__init__(cfg, [XLSTMBlock(cfg.for_layer(i), kind, i) for i, kind in enumerate(kinds)], final_norm,
                          logit_softcap=softcap or None)
 
 

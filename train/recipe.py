@@ -102,6 +102,10 @@ class RecipeConfig:
     fit_batches: int = 4
     """fitted_noise: global batches of training data (from the start of the training stream, run
     from the model's initial state) whose final states the statistics are fitted on."""
+    post_train_ratio: float = 0.0
+    """state_expansion: set ``train.steps`` so the phase sees this fraction of the tokens ``init_from``
+    was trained on (StateX post-trains 10B tokens after the base models' 100B: 0.1); 0: keep
+    ``train.steps``. Needs a token count in ``init_from`` (checkpoints and exports record it)."""
     seed: int = 0
     """random_noise / fitted_noise / state_passing: seed of the noise and of the row permutations
     (mixed with the rank, so ranks draw differently)."""
@@ -288,6 +292,33 @@ def build_recipe(cfg: RecipeConfig, loader_mode: str, rank: int = 0) -> Recipe:
         raise ValueError("recipe state_expansion continues training an expanded model: set recipe.init_from "
                          "to the output of `recurlm-convert expand-state`")
     return Recipe()
+
+
+def post_training_steps(cfg: RecipeConfig, tokens_per_step: int) -> Optional[int]:
+    """``train.steps`` of a phase with ``cfg.post_train_ratio`` (None: the ratio is off)."""
+    if cfg.post_train_ratio <= 0:
+        return None
+    if not cfg.init_from:
+        raise ValueError("recipe.post_train_ratio needs recipe.init_from (the model whose training tokens it scales)")
+    tokens = pretraining_tokens(cfg.init_from)
+    if not tokens:
+        raise ValueError(f"recipe.post_train_ratio: {cfg.init_from} records no training token count; set train.steps")
+    return max(1, round(cfg.post_train_ratio * tokens / tokens_per_step))
+
+
+def pretraining_tokens(path: str) -> Optional[int]:
+    """Training tokens recorded by ``init_from`` (an export's info, or a checkpoint's state)."""
+    import json
+    import os
+
+    from recurlm.models.pretrained import INFO, is_export
+    from recurlm.train import checkpoint as ckpt
+    from recurlm.train.export import resolve_checkpoint
+
+    if is_export(path):
+        info_path = os.path.join(path, INFO)
+        return json.load(open(info_path)).get("tokens") if os.path.isfile(info_path) else None
+    return ckpt.read_state(resolve_checkpoint(path)).get("tokens")
 
 
 def read_initial_weights(path: str) -> tuple[dict, dict[str, torch.Tensor], Optional[str]]:

@@ -34,7 +34,7 @@ from recurlm.train.distributed import DistEnv, all_reduce_max, barrier, init_dis
 from recurlm.train.engine import batch_geometry, build_engine, global_grad_norm, set_lr
 from recurlm.train.export import export_checkpoint
 from recurlm.train.monitor import Monitor, peak_flops
-from recurlm.train.recipe import RecipeConfig, build_recipe, read_initial_weights
+from recurlm.train.recipe import RecipeConfig, build_recipe, post_training_steps, read_initial_weights
 from recurlm.train.run_dir import default_run_dir, snapshot_code
 from recurlm.train.schedule import lr_multiplier
 from recurlm.train.signals import EXIT_REQUEUE, StopRequest
@@ -115,6 +115,9 @@ class Trainer:
             self.data = prepare(data_cfg, progress=False)
         self.recipe_cfg: RecipeConfig = as_dataclass(job.recipe, RecipeConfig)
         self.recipe = build_recipe(self.recipe_cfg, data_cfg.loader_mode, self.env.rank)
+        steps = post_training_steps(self.recipe_cfg, self.loop.global_batch_size * self.loop.seq_len)
+        if steps is not None:
+            self.loop.steps = steps
         init_weights = None
         if self.recipe_cfg.init_from:  # a post-training phase: weights only, fresh optimizer and data
             init_config, init_weights, init_tokenizer = read_initial_weights(self.recipe_cfg.init_from)
@@ -130,6 +133,7 @@ class Trainer:
         self.model_cfg = model_cfg
         OmegaConf.set_struct(job, False)
         job.model = OmegaConf.structured(model_cfg)
+        job.train.steps = self.loop.steps  # recipe.post_train_ratio may have set it
         job.run_dir = self.run_dir
         OmegaConf.set_struct(job, True)
         self.config_yaml = to_yaml(job)
