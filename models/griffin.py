@@ -27,6 +27,18 @@ with sqrt(1 - a_t^2) = sqrt(-expm1(2 log a_t)) (exact near a_t = 1, its derivati
 as in RecurrentGemma). At a document start (position 0) the normaliser is 1 and h_{t-1} is dropped,
 as RecurrentGemma does for ``segment_pos == 0``. The scan runs in ``recurlm.kernels.linear_scan``.
 
+Eigenvalues: the transition is diag(a_t) with a_t in (0, 1); there is no ``allow_neg_eigval``
+(RWKV-7's option, see ``recurlm.models.rwkv7``) here. Not because the math forbids it but because
+the kernels do: ``linear_scan`` takes log decays g (transition exp(g) > 0) in all three
+implementations, the chunkwise form cumulates them in log space (exp of differences of cumulative
+sums, which is what keeps long chunks finite), and the RG-LRU's normaliser sqrt(1 - a^2) and
+reset-as-log-decay-minus-infinity convention are written for a > 0. A signed transition in
+[-1, 1] needs a sign stream next to g in the naive, chunk and Triton scans (the chunk form would
+multiply cumulative sign parities into its factors, a ratio of two parities being their product)
+and a parameterisation whose magnitude can pass through 0 (|a| -> 0 is log |a| -> -inf); that
+kernel extension is not done, so Griffin/Hawk stay at [0, 1) and fail parity beyond short lengths
+like every non-negative diagonal recurrence (Grazzi et al., 2025).
+
 State expansion (``state_expansion`` = f > 1, not in the papers): every channel r keeps f sub-states
 h_t[r, k], k < f, each the recurrence above with its own decay Λ[r, k] (Λ[r, 0] = Λ[r]) and the
 same gated input i_t u_t, read out as h_t[r] = Σ_k m[r, k] h_t[r, k] with learned mixing weights
