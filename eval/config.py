@@ -43,7 +43,8 @@ class EvalConfig:
     mqar_value_digits: int = 3
     """mqar: digits per value (as the training source's ``value_digits``; chance is 10^-digits)."""
     state_tracking_tasks: List[str] = field(default_factory=lambda: ["parity", "modcount"])
-    """state_tracking: which sequences (parity = sum mod 2, modcount = sum mod ``modulus``)."""
+    """state_tracking: which sequences (parity = sum mod 2, modcount = sum mod ``modulus``, s5 / a5 =
+    the permutation word problems: the composition of random group elements)."""
     state_tracking_lengths: List[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128])
     """state_tracking: sequence lengths (number of digits)."""
     state_tracking_modulus: int = 5

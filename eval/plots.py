@@ -78,7 +78,8 @@ def plot_mqar(curve: dict, path: str, title: str) -> str:
 def plot_state_tracking(curve: dict, path: str, title: str) -> str:
     """Accuracy vs sequence length per task, chance level dashed."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for (task, accs), color in zip(curve["tasks"].items(), ["tab:blue", "tab:orange", "tab:green"]):
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
+    for (task, accs), color in zip(curve["tasks"].items(), colors):
         ax.plot(curve["lengths"], accs, "o-", color=color, lw=2, label=task)
         ax.axhline(curve["chance"][task], color=color, ls=":", lw=1, label=f"{task} chance")
     ax.set_xscale("log", base=2)
