@@ -8,13 +8,13 @@
 tiny Hawk (a diagonal family, eigenvalues in (0, 1)), trained on parity (``data=synthetic/parity``,
 1..L digits) and scored on the final answer at L, 2L, ..., 16L digits (``tasks=[state_tracking]``).
 
-``length_gen`` (Buitrago Ruiz & Gu, 2025): a tiny model pretrained at a short context T on the
+``length_gen`` (Buitrago Ruiz & Gu, 2025): a tiny model (``--family``, default RWKV-7) pretrained at a short context T on the
 stdlib corpus, scored by loss per position up to 64 T (``ppl_by_position``); then the four
 interventions (``length_gen/random_noise``, ``fitted_noise``, ``state_passing``, ``tbtt``) and a
 control (``none``) as equally long post-training phases from its weights, each scored the same way
 and by EffRem (``tasks=[effrem]``).
 
-``statex`` (Shen et al., 2025): tiny RWKV-7 with small heads (state-limited) trained on MQAR, then
+``statex`` (Shen et al., 2025): tiny RWKV-7 with small heads (``head_dim`` 8: state-limited) trained on MQAR, then
 ``recurlm-convert expand-state`` with ``--method reinit`` and ``inherit``, on one layer in six
 (``every:6``: the last of 2) and on all layers, each continued with ``recipe=state_expansion``; a
 control continues the unexpanded model. Scored by MQAR accuracy per number of pairs.
@@ -62,15 +62,15 @@ LG_EXTRA = {"length_gen/random_noise": ["recipe.noise_scale=0.5"],
 MQAR_PAIRS = [1, 2, 4, 8, 16]
 MQAR_DATA = ["data=synthetic/mqar", "data.sources.0.synthetic.num_docs=20000",
              f"data.sources.0.synthetic.num_pairs=[{','.join(map(str, MQAR_PAIRS))}]",
-             "data.sources.0.synthetic.value_digits=1", "data.tokenizer.vocab_size=1024", "train.seq_len=256",
-             "model=rwkv7", "model.head_dim=4"]
+             "data.sources.0.synthetic.value_digits=1", "data.tokenizer.vocab_size=1024", "train.seq_len=128",
+             "model=rwkv7", "model.head_dim=8"]
 STATEX_VARIANTS = {"reinit every:6": ["--method", "reinit", "--layers", "every:6"],
                    "inherit every:6": ["--method", "inherit", "--layers", "every:6"],
                    "reinit all": ["--method", "reinit", "--layers", "all"],
                    "inherit all": ["--method", "inherit", "--layers", "all"]}
 
-STEPS = {"state_tracking": 600, "length_gen_base": 1500, "length_gen_post": 500, "statex_base": 1500,
-         "statex_post": 300}
+STEPS = {"state_tracking": 600, "length_gen_base": 1500, "length_gen_post": 500, "statex_base": 800,
+         "statex_post": 200}
 QUICK = {"state_tracking": 2, "length_gen_base": 2, "length_gen_post": 2, "statex_base": 2, "statex_post": 1}
 
 
@@ -136,20 +136,20 @@ def statex(out: str, base_steps: int, post_steps: int) -> dict:
                      plots=False)
     base_dir = os.path.join(out, "base")
     base = run([*MQAR_DATA, f"train.steps={base_steps}", f"run_dir={base_dir}"])
-    results = {"base": evaluate(base, cfg, "base", out, 256)[0]}
+    results = {"base": evaluate(base, cfg, "base", out, 128)[0]}
     post = [*MQAR_DATA, f"train.steps={post_steps}"]
     results["control"] = evaluate(run([*post, f"recipe.init_from={base_dir}", f"run_dir={out}/control"]),
-                                  cfg, "control", out, 256)[0]
+                                  cfg, "control", out, 128)[0]
     for name, args in STATEX_VARIANTS.items():
         export = os.path.join(out, name.replace(" ", "_").replace(":", ""))
         say(f"$ recurlm-convert expand-state {base_dir} {' '.join(args)} --out {export}")
-        assert convert_main(["expand-state", base_dir, *args, "--out", export, "--seq-len", "256"]) == 0
+        assert convert_main(["expand-state", base_dir, *args, "--out", export, "--seq-len", "128"]) == 0
         with open(os.path.join(export, "expand_state.json")) as f:
             transform = json.load(f)
         # the phase length is set explicitly (the recipe's default post_train_ratio would give 0.1 x base)
         trainer = run([*post, "recipe=state_expansion", "recipe.post_train_ratio=0", f"recipe.init_from={export}",
                        f"run_dir={export}-cpt"])
-        results[name] = {**evaluate(trainer, cfg, name, out, 256)[0],
+        results[name] = {**evaluate(trainer, cfg, name, out, 128)[0],
                          "state_bytes": transform["state_bytes_after"], "state_bytes_before": transform["state_bytes_before"]}
     return results
 
@@ -184,12 +184,13 @@ def plot(results: dict, out: str) -> None:
                              for k, v in m.items() if k.startswith("ppl_by_position/loss@"))
             left.plot([(lo * hi) ** 0.5 for lo, hi, _ in buckets], [v for *_, v in buckets], ".-", label=name)
             pts = _series(m, "effrem/tv", "t")
-            right.plot([t for t, _ in pts], [v for _, v in pts], "o-", label=name)
+            right.plot([16 * LG_T - t for t, _ in pts], [v for _, v in pts], "o-", ms=3, label=name)
         left.axvline(LG_T, color="grey", ls="--", lw=0.8)
         left.set(xscale="log", xlabel="position (tokens seen)", ylabel="loss (nats)",
                  title=f"{results['length_gen']['family']} tiny, trained at T = {LG_T}")
-        right.set(xlabel="t (first tokens removed)", ylabel="EffRem (TV)", ylim=(-0.02, 1.02),
-                  title=f"EffRem at T = {16 * LG_T}")
+        right.axvline(LG_T, color="grey", ls="--", lw=0.8)
+        right.set(xscale="log", xlabel="tokens kept, T - t", ylabel="EffRem_T(t) (TV)", ylim=(-0.02, 1.02),
+                  title=f"EffRem at T = {16 * LG_T}: effect of the tokens before t")
         left.legend(fontsize=8)
         right.legend(fontsize=8)
         fig.tight_layout()
@@ -201,7 +202,7 @@ def plot(results: dict, out: str) -> None:
             ax.plot([p for p, _ in pts], [a for _, a in pts], "o-", label=name)
         ax.axhline(0.1, color="grey", ls="--", lw=0.8, label="chance")
         ax.set(xscale="log", xlabel="key-value pairs", ylabel="recall accuracy", ylim=(-0.03, 1.03),
-               title="MQAR, tiny RWKV-7 (head_dim 4), StateX variants")
+               title="MQAR, tiny RWKV-7 (head_dim 8), StateX variants")
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(out, "statex.png"), dpi=120)
@@ -216,11 +217,13 @@ def summary(results: dict) -> str:
             accs = dict(_series(m, "state_tracking/accuracy", "length"))
             lines.append(f"| {name} | " + " | ".join(f"{accs[n]:.2f}" for n in PARITY_LENGTHS) + " |")
     if "length_gen" in results:
-        lines += ["", "| phase | loss <= T | loss > T | last half | EffRem mean, t <= T/2 |", "|---|---|---|---|---|"]
+        lines += ["", "| phase | loss <= T | loss > T | last half | EffRem, keeping the last T tokens | "
+                      "EffRem mean, t <= 8 T |", "|---|---|---|---|---|---|"]
         for name, m in results["length_gen"]["phases"].items():
+            effrem = dict(_series(m, "effrem/tv", "t"))
             lines.append(f"| {name} | {m['ppl_by_position/loss_within_train_len']:.3f} | "
                          f"{m['ppl_by_position/loss_beyond_train_len']:.3f} | {m['ppl_by_position/loss_last_half']:.3f} | "
-                         f"{m['effrem/mean_tv_first_half']:.3f} |")
+                         f"{effrem[15 * LG_T]:.3g} | {m['effrem/mean_tv_first_half']:.3g} |")
     if "statex" in results:
         lines += ["", "| model | state bytes | " + " | ".join(f"{n} pairs" for n in MQAR_PAIRS) + " | mean |",
                   "|---" * (3 + len(MQAR_PAIRS)) + "|"]
@@ -239,7 +242,7 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/recipes-study")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="which parts to (re)run; the others' results in <out>/results.json are kept")
-    parser.add_argument("--family", default="hgrn2", help="length_gen: the model family")
+    parser.add_argument("--family", default="rwkv7", help="length_gen: the model family")
     parser.add_argument("--quick", action="store_true", help="a few steps only (checks the script)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))

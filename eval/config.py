@@ -26,7 +26,7 @@ class EvalConfig:
     effrem_context: int = 0
     """effrem: context length T (0: ``length_multiple`` x the training length)."""
     effrem_points: int = 16
-    """effrem: number of cut points t in [0, T) (evenly spaced; one forward of T - t tokens each)."""
+    """effrem: evenly spaced cut points t in [0, T), plus t = T - 2^k (one forward of T - t tokens each)."""
     chunk_len: int = 0
     """Long inputs are run in chunks of this many tokens with the recurrent state carried from one
     chunk to the next (constant memory; 0: the training length)."""

@@ -31,8 +31,12 @@ def final_distribution(model: RecurrentLM, input_ids: torch.Tensor, chunk_len: i
 
 
 def cut_points(context: int, points: int) -> list[int]:
-    """``points`` values of t in [0, context), evenly spaced, always including 0."""
-    return sorted({int(round(i * context / points)) for i in range(points)})
+    """Values of t in [0, context): ``points`` evenly spaced ones (0 included) and those that keep
+    the last 1, 2, 4, ... tokens (t = T - 2^k): a model whose memory is short next to T changes
+    only there."""
+    even = {int(round(i * context / points)) for i in range(points)}
+    near_end = {context - 2 ** k for k in range(context.bit_length()) if 2 ** k <= context}
+    return sorted(even | near_end)
 
 
 @torch.no_grad()

@@ -95,7 +95,7 @@ def plot_state_tracking(curve: dict, path: str, title: str) -> str:
 def plot_effrem(curve: dict, path: str, title: str) -> str:
     """EffRem_T(t) against t: how much the tokens before t still move the prediction at T."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(curve["t"], curve["effrem"], "o-", lw=2)
+    ax.plot(curve["t"], curve["effrem"], "o-", lw=2, ms=3)
     if curve.get("train_seq_len"):
         ax.axvline(curve["context"] - curve["train_seq_len"], color="tab:red", ls="--", lw=1.2,
                    label="last training length of context")
