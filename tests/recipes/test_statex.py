@@ -40,10 +40,11 @@ def test_every_k_counts_from_the_last_expandable_layer():
     assert select_layers(tiny("xlstm"), "every:6") == [0]  # the sLSTM block (1) has no growable state
 
 
+@pytest.mark.parametrize("method", ["reinit", "inherit"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_reinit_expands_one_layer_in_six_with_fresh_mixers(family):
+def test_every6_expands_the_last_layer_reinit_fresh_inherit_kept(family, method):
     model = tiny(family)
-    big = expand_state(model, 2, seed=3)  # the defaults: reinit, every:6
+    big = expand_state(model, 2, seed=3, method=method)  # layers every:6 (the default)
     (layer,) = select_layers(model, "every:6")
     before, after = state_numel(model), state_numel(big)
     assert after[layer] > before[layer]
@@ -53,8 +54,10 @@ def test_reinit_expands_one_layer_in_six_with_fresh_mixers(family):
     old = model.state_dict()
     prefix = f"blocks.{layer}.{MIXER[family]}."
     for name, tensor in big.state_dict().items():
-        expected = fresh[name] if name.startswith(prefix) else old[name]
-        torch.testing.assert_close(tensor, expected, rtol=0, atol=0, msg=name)
+        if (name.startswith(prefix) and method == "reinit") or name not in old:  # fresh (or a new parameter)
+            torch.testing.assert_close(tensor, fresh[name], rtol=0, atol=0, msg=name)
+        elif not name.startswith(prefix) or old[name].shape == tensor.shape:
+            torch.testing.assert_close(tensor, old[name], rtol=0, atol=0, msg=name)
     ids = torch.randint(0, 97, (2, 12))
     logits, _ = big(ids)
     assert torch.isfinite(logits).all()
