@@ -1,4 +1,4 @@
-"""Effective Remembrance (Buitrago Ruiz & Gu, 2025, arXiv 2507.02782, sec. 3.2): how much the
+"""Effective Remembrance (Buitrago Ruiz & Gu, 2025, arXiv 2507.02782, where it diagnoses the failure): how much the
 tokens before position t still change the model's prediction at the end of a context of T tokens,
 
     EffRem_T(t) = TV( q(. | x_0:T), q(. | x_t:T) ) = 1/2 sum_v | q(v | x_0:T) - q(v | x_t:T) |,

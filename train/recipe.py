@@ -9,7 +9,7 @@ whether the *final* state must be returned to it afterwards. ``Trainer.train_ste
 
 Recipes (``recipe=<option>``, configs/recipe/). The four length-generalisation interventions carry
 the names of Buitrago Ruiz & Gu (2025), "Understanding and Improving Length Generalization in
-Recurrent Models", arXiv 2507.02782, section 4 ("interventions on the initial state"):
+Recurrent Models", arXiv 2507.02782, its section on training interventions on the initial state):
 
 - ``none``: zero states (plain pretraining).
 - ``length_gen/random_noise``: Random Noise. Content entries of the initial state drawn at random
