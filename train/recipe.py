@@ -45,6 +45,10 @@ Checkpoints: ``Recipe.state_dict()`` (the carried states of this rank, and the n
 generator) is saved per rank with every checkpoint and restored on resume, so a resumed run
 continues exactly (``recurlm.train.checkpoint``). A rollback after a non-finite loss drops them.
 
+Fitted Noise fits on each rank's own rows (its statistics are per rank, saved per rank). The noise
+recipes read the model's initial state (``model.init_state``: Titans' learnt initial memory), which
+needs whole parameters: not supported under ZeRO-3, where a rank holds a partition.
+
 Rows and ranks: every rank keeps the states of its own rows, per micro-batch index. The
 documents-in-order loader gives each rank the same lanes at every step, and the trainer cuts
 micro-batches at the same rows every step, so micro-batch i of step n+1 holds the continuations
@@ -302,7 +306,8 @@ def post_training_steps(cfg: RecipeConfig, tokens_per_step: int) -> Optional[int
         raise ValueError("recipe.post_train_ratio needs recipe.init_from (the model whose training tokens it scales)")
     tokens = pretraining_tokens(cfg.init_from)
     if not tokens:
-        raise ValueError(f"recipe.post_train_ratio: {cfg.init_from} records no training token count; set train.steps")
+        raise ValueError(f"recipe.post_train_ratio={cfg.post_train_ratio}: {cfg.init_from} records no training token "
+                         f"count; set recipe.post_train_ratio=0 and train.steps instead")
     return max(1, round(cfg.post_train_ratio * tokens / tokens_per_step))
 
 
