@@ -28,3 +28,17 @@ def test_effrem_is_zero_at_t0_in_01_and_matches_a_direct_computation(make_model,
     direct = float((0.5 * (p - q).abs().sum(-1)).mean())
     assert abs(curve["effrem"][3] - direct) < 1e-5  # t = 24
     assert records[-1].summary and records[-1].metric == "mean_tv_first_half"
+
+
+def test_recurlm_eval_runs_effrem_with_a_plot(trained_run, tmp_path):
+    import json
+    import os
+
+    from recurlm.eval.cli import main as eval_main
+
+    out = str(tmp_path / "eval")
+    assert eval_main([f"checkpoint={trained_run.run_dir}", "tasks=[effrem]", "effrem_context=64", "effrem_points=2",
+                      "position_sequences=2", f"out_dir={out}", "wandb_mode=disabled"]) == 0
+    doc = json.load(open(os.path.join(out, "results.json")))
+    ts = [r["settings"]["t"] for r in doc["results"] if r["metric"] == "tv"]
+    assert ts == cut_points(64, 2) and os.path.isfile(os.path.join(out, doc["plots"]["effrem"]))
