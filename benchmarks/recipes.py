@@ -4,8 +4,8 @@
     python benchmarks/recipes.py --parts length_gen
     python benchmarks/recipes.py --parts statex
 
-``state_tracking`` (Grazzi et al., 2025): tiny RWKV-7 with and without ``allow_neg_eigval``, and
-tiny Hawk (a diagonal family, eigenvalues in (0, 1)), trained on parity (``data=synthetic/parity``,
+``state_tracking`` (Grazzi et al., 2025): tiny RWKV-7 and tiny Hawk (a diagonal family), each with
+and without ``allow_neg_eigval``, trained on parity (``data=synthetic/parity``,
 1..L digits, L = 8) and scored on the final answer at 2, 4 and L, 2L, ..., 16L digits
 (``tasks=[state_tracking]``).
 
@@ -48,7 +48,7 @@ PARITY_L = 8
 PARITY_DATA = ["data=synthetic/parity", f"data.sources.0.synthetic.length=[{','.join(map(str, range(1, PARITY_L + 1)))}]",
                "data.tokenizer.vocab_size=272", "train.seq_len=128"]
 PARITY_MODELS = {"rwkv7": ["model=rwkv7"], "rwkv7 neg eigval": ["model=rwkv7", "model.allow_neg_eigval=true"],
-                 "hawk": ["model=hawk"]}
+                 "hawk": ["model=hawk"], "hawk neg eigval": ["model=hawk", "model.allow_neg_eigval=true"]}
 PARITY_LENGTHS = [2, 4, *(PARITY_L * m for m in (1, 2, 4, 8, 16))]
 
 # length generalisation: a short training context, many tokens per parameter

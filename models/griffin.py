@@ -27,17 +27,14 @@ with sqrt(1 - a_t^2) = sqrt(-expm1(2 log a_t)) (exact near a_t = 1, its derivati
 as in RecurrentGemma). At a document start (position 0) the normaliser is 1 and h_{t-1} is dropped,
 as RecurrentGemma does for ``segment_pos == 0``. The scan runs in ``recurlm.kernels.linear_scan``.
 
-Eigenvalues: the transition is diag(a_t) with a_t in (0, 1); there is no ``allow_neg_eigval``
-(RWKV-7's option, see ``recurlm.models.rwkv7``) here. Not because the math forbids it but because
-the kernels do: ``linear_scan`` takes log decays g (transition exp(g) > 0) in all three
-implementations, the chunkwise form cumulates them in log space (exp of differences of cumulative
-sums, which is what keeps long chunks finite), and the RG-LRU's normaliser sqrt(1 - a^2) and
-reset-as-log-decay-minus-infinity convention are written for a > 0. A signed transition in
-[-1, 1] needs a sign stream next to g in the naive, chunk and Triton scans (the chunk form would
-multiply cumulative sign parities into its factors, a ratio of two parities being their product)
-and a parameterisation whose magnitude can pass through 0 (|a| -> 0 is log |a| -> -inf); that
-kernel extension is not done, so Griffin/Hawk stay at [0, 1) and fail parity beyond short lengths
-like every non-negative diagonal recurrence (Grazzi et al., 2025).
+Eigenvalues: the transition is diag(a_t) with a_t in (0, 1), so parity-like state tracking fails
+beyond short lengths like every non-negative diagonal recurrence (Grazzi et al., 2025).
+``allow_neg_eigval`` (the option of the same name as RWKV-7's) uses a'_t = 2 a_t - 1 in (-1, 1)
+instead, computed as 1 + 2 expm1(log a_t) (exact near a_t = 1). The log-space scan is kept:
+``linear_scan`` takes log |a'_t| and the sign, and its chunk and Triton paths run a positive scan
+of P_t x_t with the row's sign parity P_t (P_t h_t is an ordinary decaying recurrence), so no
+kernel gives up its log-space stability. |a'_t| is floored at 1e-6 (log |a'| >= -13.8): at
+a_t = 1/2 exactly the state is dropped either way.
 
 State expansion (``state_expansion`` = f > 1, not in the papers): every channel r keeps f sub-states
 h_t[r, k], k < f, each the recurrence above with its own decay Λ[r, k] (Λ[r, 0] = Λ[r]) and the
@@ -116,6 +113,11 @@ class GriffinConfig(ModelConfig):
     the same ring) and is fed the same gated input; learned mixing weights (initialised to
     [1, 0, ..., 0]) read them out. The recurrent state is f R per layer for (2 f - 1) R extra
     parameters; 1 = the paper's RG-LRU."""
+    allow_neg_eigval: bool = False
+    """Signed RG-LRU transition (Grazzi et al., 2025, "Unlocking State-Tracking in Linear RNNs Through
+    Negative Eigenvalues", as they do for Mamba): a'_t = 2 a_t - 1 in (-1, 1) instead of a_t in
+    (0, 1), normaliser sqrt(1 - a'_t^2). The scan keeps log |a'_t| and passes the sign separately
+    (``linear_scan(sign=...)``, module docstring). Not in the papers of Griffin / Hawk."""
     logit_softcap: float = 30.0
     """Logits are c * tanh(logits / c); 0 disables."""
     scale_embeddings: bool = True
@@ -177,6 +179,7 @@ class RGLRU(nn.Module):
         if cfg.state_expansion < 1:
             raise ValueError(f"griffin: state_expansion={cfg.state_expansion} must be >= 1")
         self.c, self.impl, self.sub_states = cfg.rglru_c, cfg.kernel_impl, cfg.state_expansion
+        self.allow_neg_eigval = cfg.allow_neg_eigval
         self.input_gate = BlockDiagonalGate(width, heads)
         self.recurrence_gate = BlockDiagonalGate(width, heads)
         # Λ with a = sigmoid(Λ), a^2 ~ U[a_min^2, a_max^2] (uniform on a ring, as the paper)
@@ -205,11 +208,14 @@ class RGLRU(nn.Module):
             a_logit = torch.cat([a_logit[:, None], self.extra_a_logit], 1)
             recurrence, gated, starts = recurrence[..., None], gated[..., None], starts[..., None]
         log_a = -self.c * recurrence * F.softplus(-a_logit.to(uf.dtype))
+        sign = None
+        if self.allow_neg_eigval:
+            log_a, sign = signed_transition(log_a)
         normaliser = SqrtBoundedGrad.apply(-torch.expm1(2.0 * log_a))
         x = gated * torch.where(starts, 1.0, normaliser)
         if h0 is not None:
             h0 = h0.view(h0.shape[0], *log_a.shape[2:])
-        h, h_last = linear_scan(x, log_a, h0, return_state, resets=doc_start, impl=self.impl)
+        h, h_last = linear_scan(x, log_a, h0, return_state, resets=doc_start, impl=self.impl, sign=sign)
         if self.sub_states > 1:
             h = torch.einsum("btrk,rk->btr", h, self.state_mix.to(h.dtype))
             h_last = None if h_last is None else h_last.flatten(1)
@@ -220,6 +226,16 @@ class RGLRU(nn.Module):
         gates = 2 * 2 * width * self.input_gate.block_width
         mix = 2 * width * self.sub_states if self.sub_states > 1 else 0
         return gates + 12 * width * self.sub_states + mix  # gates + elementwise (softplus, exp, sqrt, scan)
+
+
+def signed_transition(log_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log a [...] (a in (0, 1)) -> (log |a'|, sign(a')) of a' = 2 a - 1 in (-1, 1), both finite
+    (|a'| floored at 1e-6; the branch not taken never sees a log of a non-positive number)."""
+    twice_gap = 2.0 * torch.expm1(log_a)  # 2 (a - 1) in (-2, 0): a' = 1 + 2 (a - 1)
+    positive = twice_gap > -1.0
+    log_abs = torch.where(positive, torch.log1p(twice_gap.clamp_min(-1.0 + 1e-6)),
+                          torch.log((-1.0 - twice_gap).clamp_min(1e-6)))
+    return log_abs, torch.where(positive, 1.0, -1.0).to(log_a.dtype)
 
 
 class GriffinConv1D(ShortConv):
