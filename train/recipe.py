@@ -3,13 +3,14 @@
 A recipe decides, for every micro-batch, the *initial* recurrent state the model starts from and
 whether the *final* state must be returned to it afterwards. ``Trainer.train_step`` asks::
 
+    recipe.begin_step(step, model, fitting_pass)           # once per step (Fitted Noise refits here)
     state, resets = recipe.initial_state(micro, resets)   # before the forward
     loss, final = engine(ids, resets=resets, state=state, return_state=recipe.wants_final_state, ...)
     recipe.observe(micro, final)                                  # after the backward
 
 Recipes (``recipe=<option>``, configs/recipe/). The four length-generalisation interventions carry
 the names of Buitrago Ruiz & Gu (2025), "Understanding and Improving Length Generalization in
-Recurrent Models", arXiv 2507.02782, its section on training interventions on the initial state):
+Recurrent Models", arXiv 2507.02782, its section on training interventions):
 
 - ``none``: zero states (plain pretraining).
 - ``length_gen/random_noise``: Random Noise. Content entries of the initial state drawn at random
