@@ -73,6 +73,11 @@ def compose(overrides: Sequence[str] = (), apply_presets: bool = True,
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    from recurlm.train.recipe import retired_recipe_message
+
+    retired = retired_recipe_message(overrides)
+    if retired:
+        raise ConfigError(retired)
     _store()
     GlobalHydra.instance().clear()
     try:

@@ -1,5 +1,6 @@
-"""Synthetic tasks as text: multi-query associative recall, passkey retrieval, parity and modular
-counting. The same generators make training documents (a ``synthetic`` data source) and
+"""Synthetic tasks as text: multi-query associative recall, passkey retrieval, parity, modular
+counting and permutation composition (the S5 / A5 word problems of the state-tracking papers:
+Merrill et al., 2024; Grazzi et al., 2025). The same generators make training documents (a ``synthetic`` data source) and
 evaluation examples (``recurlm.eval``), so a small model trained with ``data=synthetic/mqar`` is
 evaluated on exactly the format it learnt.
 
@@ -17,12 +18,16 @@ Formats (``|`` separates the store from the queries; answers in brackets)::
     mqar:   "mqar: ab=417 kx=093 ... | kx=[093] ab=[417] ..."
     parity / modcount:
             "sum mod 2: 1 0 1 1 =[ 1]"       (the sum of the digits modulo m)
+    s5 / a5 (word problem: the composition of random group elements, each written as its index
+            in the group's element list ``group_elements``; identity = 0):
+            "S5: 17 104 3 =[ 62]"
     passkey:
             "<intro> <filler...> The pass key is 68231. Remember it. 68231 is the pass key.
              <filler...> What is the pass key? The pass key is[ 68231]."
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import string
 from dataclasses import dataclass
@@ -30,8 +35,26 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-TASKS = ("mqar", "passkey", "parity", "modcount")
+TASKS = ("mqar", "passkey", "parity", "modcount", "s5", "a5")
 """Task names understood by :func:`make_example` (``parity`` is ``modcount`` with modulus 2)."""
+
+GROUPS = {"s5": "S5", "a5": "A5"}
+"""Permutation word-problem tasks and the group they compose in."""
+
+
+@functools.lru_cache(maxsize=None)
+def group_elements(task: str) -> tuple[tuple[int, ...], ...]:
+    """The elements of S5 (all 120 permutations of 0..4, lexicographic: the identity first) or A5
+    (the 60 even ones, same order), each as its one-line notation p = (p(0), ..., p(4))."""
+    perms = list(itertools.permutations(range(5)))
+    if task == "a5":
+        perms = [p for p in perms if sum(p[i] > p[j] for i in range(5) for j in range(i + 1, 5)) % 2 == 0]
+    return tuple(perms)
+
+
+def compose(first: tuple[int, ...], then: tuple[int, ...]) -> tuple[int, ...]:
+    """The permutation "apply ``first``, then ``then``": i -> then(first(i))."""
+    return tuple(then[i] for i in first)
 
 KEYS = ["".join(p) for p in itertools.product(string.ascii_lowercase, repeat=2)]
 """MQAR keys: the 676 two-letter lowercase words."""
@@ -79,6 +102,19 @@ def modcount(rng: np.random.Generator, length: int, modulus: int) -> Example:
     return Example([(f"sum mod {modulus}: {body} =", False), (f" {int(digits.sum()) % modulus}", True)])
 
 
+def word_problem(rng: np.random.Generator, task: str, length: int) -> Example:
+    """``length`` random elements of the task's group (indices into ``group_elements``) and the
+    index of their composition g_1, then g_2, ..., then g_length."""
+    elements = group_elements(task)
+    index = {p: i for i, p in enumerate(elements)}
+    picks = rng.integers(0, len(elements), size=length)
+    product = elements[0]
+    for i in picks:
+        product = compose(product, elements[int(i)])
+    body = " ".join(str(int(i)) for i in picks)
+    return Example([(f"{GROUPS[task]}: {body} =", False), (f" {index[product]}", True)])
+
+
 def passkey(rng: np.random.Generator, filler_repeats: int, depth: float, digits: int = 5) -> Example:
     """The passkey sentence at relative ``depth`` (0 = start, 1 = end) of ``filler_repeats``
     repetitions of the filler, then the question; the answer is the key."""
@@ -101,7 +137,8 @@ def make_example(task: str, seed: int, index: int, params: Mapping[str, Any]) ->
     """Example ``index`` of ``task`` with seed ``seed``. Parameters given as lists are drawn per
     example (e.g. ``num_pairs: [4, 8, 16]``). Per task: ``mqar``: num_pairs (8), num_queries (all),
     value_digits (3); ``parity``: length (16); ``modcount``: length (16), modulus (5);
-    ``passkey``: filler_repeats (8), depth (uniform in [0, 1]), digits (5)."""
+    ``s5`` / ``a5``: length (16); ``passkey``: filler_repeats (8), depth (uniform in [0, 1]),
+    digits (5)."""
     rng = np.random.default_rng([int(seed), int(index)])
     p = {k: _pick(rng, v) for k, v in params.items()}
     if task == "mqar":
@@ -110,6 +147,8 @@ def make_example(task: str, seed: int, index: int, params: Mapping[str, Any]) ->
         return modcount(rng, int(p.get("length", 16)), 2)
     if task == "modcount":
         return modcount(rng, int(p.get("length", 16)), int(p.get("modulus", 5)))
+    if task in GROUPS:
+        return word_problem(rng, task, int(p.get("length", 16)))
     if task == "passkey":
         depth = p["depth"] if "depth" in p else float(rng.uniform())
         return passkey(rng, int(p.get("filler_repeats", 8)), float(depth), int(p.get("digits", 5)))

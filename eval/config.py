@@ -8,7 +8,7 @@ from typing import List, Optional
 @dataclass
 class EvalConfig:
     tasks: List[str] = field(default_factory=lambda: ["ppl"])
-    """Tasks to run: ppl, ppl_by_position, passkey, mqar, state_tracking, lm_eval:<task>[,<task>...]."""
+    """Tasks to run: ppl, ppl_by_position, effrem, passkey, mqar, state_tracking, lm_eval:<task>[,<task>...]."""
     every: int = 0
     """During training: run ``tasks`` every this many steps (0: only at the end)."""
     out_dir: str = ""
@@ -22,7 +22,11 @@ class EvalConfig:
     length_multiple: int = 16
     """ppl_by_position: evaluate up to this many times the training length."""
     position_sequences: int = 8
-    """ppl_by_position: number of long sequences averaged per position."""
+    """ppl_by_position / effrem: number of long sequences averaged per position."""
+    effrem_context: int = 0
+    """effrem: context length T (0: ``length_multiple`` x the training length)."""
+    effrem_points: int = 16
+    """effrem: evenly spaced cut points t in [0, T), plus t = T - 2^k (one forward of T - t tokens each)."""
     chunk_len: int = 0
     """Long inputs are run in chunks of this many tokens with the recurrent state carried from one
     chunk to the next (constant memory; 0: the training length)."""
@@ -39,7 +43,8 @@ class EvalConfig:
     mqar_value_digits: int = 3
     """mqar: digits per value (as the training source's ``value_digits``; chance is 10^-digits)."""
     state_tracking_tasks: List[str] = field(default_factory=lambda: ["parity", "modcount"])
-    """state_tracking: which sequences (parity = sum mod 2, modcount = sum mod ``modulus``)."""
+    """state_tracking: which sequences (parity = sum mod 2, modcount = sum mod ``modulus``, s5 / a5 =
+    the permutation word problems: the composition of random group elements)."""
     state_tracking_lengths: List[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128])
     """state_tracking: sequence lengths (number of digits)."""
     state_tracking_modulus: int = 5

@@ -78,7 +78,8 @@ def plot_mqar(curve: dict, path: str, title: str) -> str:
 def plot_state_tracking(curve: dict, path: str, title: str) -> str:
     """Accuracy vs sequence length per task, chance level dashed."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for (task, accs), color in zip(curve["tasks"].items(), ["tab:blue", "tab:orange", "tab:green"]):
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown"]
+    for (task, accs), color in zip(curve["tasks"].items(), colors):
         ax.plot(curve["lengths"], accs, "o-", color=color, lw=2, label=task)
         ax.axhline(curve["chance"][task], color=color, ls=":", lw=1, label=f"{task} chance")
     ax.set_xscale("log", base=2)
@@ -88,4 +89,20 @@ def plot_state_tracking(curve: dict, path: str, title: str) -> str:
     ax.set_title(f"{title}: state tracking", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_effrem(curve: dict, path: str, title: str) -> str:
+    """EffRem_T(t) against t: how much the tokens before t still move the prediction at T."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot(curve["t"], curve["effrem"], "o-", lw=2, ms=3)
+    if curve.get("train_seq_len"):
+        ax.axvline(curve["context"] - curve["train_seq_len"], color="tab:red", ls="--", lw=1.2,
+                   label="last training length of context")
+        ax.legend(fontsize=8)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("t (tokens x_0..x_t-1 removed)")
+    ax.set_ylabel("EffRem = TV(q(.|x_0:T), q(.|x_t:T))")
+    ax.set_title(f"{title}: effective remembrance, T = {curve['context']} ({curve['rows']} rows)", fontsize=10)
+    ax.grid(True, alpha=0.3)
     return _save(fig, path)

@@ -17,13 +17,14 @@ import torch
 
 from recurlm.eval import plots
 from recurlm.eval.config import EvalConfig
+from recurlm.eval.effrem import effrem_eval
 from recurlm.eval.perplexity import loss_by_position, perplexity
 from recurlm.eval.results import Record, config_hash, markdown_table, wandb_metrics, write_results
 from recurlm.eval.synthetic_tasks import mqar_eval, passkey_eval, state_tracking_eval
 from recurlm.models.base import RecurrentLM
 
-TASKS = ("ppl", "ppl_by_position", "passkey", "mqar", "state_tracking", "lm_eval:<task>")
-NEEDS_DATA = ("ppl", "ppl_by_position")
+TASKS = ("ppl", "ppl_by_position", "effrem", "passkey", "mqar", "state_tracking", "lm_eval:<task>")
+NEEDS_DATA = ("ppl", "ppl_by_position", "effrem")
 NEEDS_TOKENIZER = ("passkey", "mqar", "state_tracking", "lm_eval")
 
 
@@ -78,6 +79,12 @@ def run_tasks(model: RecurrentLM, tokenizer: Any, data: Any, cfg: EvalConfig, ou
                                               cfg.position_sequences, cfg.batch_size, chunk_len)
                 records += new
                 plotter = plots.plot_loss_by_position
+            elif task == "effrem":
+                new, curve = effrem_eval(model, _valid_split(data), cfg.effrem_context or cfg.length_multiple * train_seq_len,
+                                         cfg.effrem_points, cfg.position_sequences, cfg.batch_size, chunk_len,
+                                         train_seq_len)
+                records += new
+                plotter = plots.plot_effrem
             elif task == "passkey":
                 new, curve = passkey_eval(model, tokenizer, cfg.passkey_lengths, cfg.passkey_depths,
                                           cfg.passkey_trials, cfg.seed, cfg.batch_size, chunk_len)

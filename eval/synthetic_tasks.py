@@ -1,4 +1,5 @@
-"""Synthetic evaluations: passkey retrieval, multi-query associative recall, state tracking.
+"""Synthetic evaluations: passkey retrieval, multi-query associative recall, state tracking
+(parity, modular counting, and the S5 / A5 permutation word problems).
 
 Examples come from :mod:`recurlm.data.synthetic` (the same text format as the ``synthetic``
 training source). An example is tokenized once as a whole, ``[BOS] + encode(text)``; an answer is
@@ -11,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from recurlm.data.synthetic import PASSKEY_FILLER, PASSKEY_INTRO, Example, examples
+from recurlm.data.synthetic import GROUPS, PASSKEY_FILLER, PASSKEY_INTRO, Example, examples, group_elements
 from recurlm.eval.perplexity import chunked_argmax
 from recurlm.eval.results import Record
 from recurlm.models.base import RecurrentLM
@@ -107,18 +108,23 @@ def passkey_eval(model: RecurrentLM, tokenizer: Any, lengths: Sequence[int], dep
 def state_tracking_eval(model: RecurrentLM, tokenizer: Any, tasks: Sequence[str], lengths: Sequence[int],
                         modulus: int, count: int, seed: int, batch_size: int, chunk_len: int
                         ) -> tuple[list[Record], dict]:
-    """Accuracy of the final sum modulo m (parity: m = 2) per task and sequence length."""
+    """Accuracy of the final answer per task and sequence length: the sum modulo m (parity: m = 2,
+    modcount: m = ``modulus``) or the composed group element (s5: 120 classes, a5: 60)."""
+    known = ("parity", "modcount", *GROUPS)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        raise ValueError(f"state_tracking_tasks {unknown}: choose from {known}")
     records, curve = [], {"lengths": list(lengths), "tasks": {}, "chance": {}}
     for task in tasks:
-        m = 2 if task == "parity" else modulus
+        m = 2 if task == "parity" else len(group_elements(task)) if task in GROUPS else modulus
         accs = []
         for n in lengths:
             exs = examples(task, seed + n, count, {"length": n, "modulus": m})
             acc, _ = _accuracy(model, tokenizer, exs, batch_size, chunk_len)
             accs.append(acc)
-            records.append(Record("state_tracking", "accuracy", acc, {"task": task, "length": n, "modulus": m}))
+            records.append(Record("state_tracking", "accuracy", acc, {"task": task, "length": n, "classes": m}))
         curve["tasks"][task] = accs
         curve["chance"][task] = 1.0 / m
         records.append(Record("state_tracking", "mean_accuracy", sum(accs) / len(accs),
-                              {"task": task, "lengths": list(lengths), "chance": round(1.0 / m, 3)}, summary=True))
+                              {"task": task, "lengths": list(lengths), "chance": round(1.0 / m, 4)}, summary=True))
     return records, curve

@@ -17,11 +17,16 @@ from torch.utils.checkpoint import checkpoint
 
 from recurlm.models.config import ModelConfig
 from recurlm.models.layers import Embedding, Linear, cross_entropy, linear_cross_entropy
-from recurlm.models.state import LayerState, ModelState
+from recurlm.models.state import EntryKind, LayerState, ModelState
 
 
 class Block(nn.Module):
-    """A residual block. Subclasses implement ``forward``, ``init_state`` and ``flops_per_token``."""
+    """A residual block. Subclasses implement ``forward``, ``init_state`` and ``flops_per_token``,
+    and declare in ``state_kinds`` the state entries that are not plain Gaussian content."""
+
+    state_kinds: dict[str, EntryKind] = {}
+    """Per state key, how a recipe may draw it at random (``recurlm.models.state``); keys left out
+    follow ``entry_kind``'s defaults."""
 
     def forward(self, x: torch.Tensor, resets: Optional[torch.Tensor], state: Optional[LayerState],
                 return_state: bool, **extra: Any) -> tuple[torch.Tensor, Optional[LayerState]]:
@@ -120,6 +125,10 @@ class RecurrentLM(nn.Module):
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> ModelState:
         device = device if device is not None else self.embed.weight.device
         return ModelState([block.init_state(batch_size, device) for block in self.blocks])
+
+    def state_kinds(self) -> list[dict[str, EntryKind]]:
+        """Per block, its declared state entry kinds (``Block.state_kinds``)."""
+        return [block.state_kinds for block in self.blocks]
 
     # -- accounting -----------------------------------------------------------------------------
     def flops_per_token(self, seq_len: int) -> float:

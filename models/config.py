@@ -6,9 +6,10 @@ chosen by ``size``); a value set explicitly (e.g. ``model.n_layers=4``) wins ove
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import dataclasses
+from dataclasses import dataclass, field, fields
 from importlib import resources
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import yaml
 
@@ -33,6 +34,15 @@ class ModelConfig:
     """Standard deviation of the normal initialisation of projections and embeddings."""
     kernel_impl: str = "auto"
     """Recurrence implementation: auto (Triton on CUDA, chunk elsewhere), naive, chunk or triton."""
+    layer_overrides: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    """Per block index (a string key), fields whose value differs in that block, e.g.
+    ``{"5": {"head_dim": 64}}``: a layer whose state ``recurlm-convert expand-state --layers`` grew.
+    Empty: every block uses the fields above."""
+
+    def for_layer(self, index: int) -> "ModelConfig":
+        """The config block ``index`` is built from (``layer_overrides`` applied)."""
+        changes = self.layer_overrides.get(str(index))
+        return dataclasses.replace(self, **changes, layer_overrides={}) if changes else self
 
 
 def preset_table(family: str) -> dict[str, dict]:

@@ -27,6 +27,15 @@ with sqrt(1 - a_t^2) = sqrt(-expm1(2 log a_t)) (exact near a_t = 1, its derivati
 as in RecurrentGemma). At a document start (position 0) the normaliser is 1 and h_{t-1} is dropped,
 as RecurrentGemma does for ``segment_pos == 0``. The scan runs in ``recurlm.kernels.linear_scan``.
 
+Eigenvalues: the transition is diag(a_t) with a_t in (0, 1), so parity-like state tracking fails
+beyond short lengths like every non-negative diagonal recurrence (Grazzi et al., 2025).
+``allow_neg_eigval`` (the option of the same name as RWKV-7's) uses a'_t = 2 a_t - 1 in (-1, 1)
+instead, computed as 1 + 2 expm1(log a_t) (exact near a_t = 1). The log-space scan is kept:
+``linear_scan`` takes log |a'_t| and the sign, and its chunk and Triton paths run a positive scan
+of P_t x_t with the row's sign parity P_t (P_t h_t is an ordinary decaying recurrence), so no
+kernel gives up its log-space stability. |a'_t| is floored at 1e-6 (log |a'| >= -13.8): at
+a_t = 1/2 exactly the state is dropped either way.
+
 State expansion (``state_expansion`` = f > 1, not in the papers): every channel r keeps f sub-states
 h_t[r, k], k < f, each the recurrence above with its own decay Λ[r, k] (Λ[r, 0] = Λ[r]) and the
 same gated input i_t u_t, read out as h_t[r] = Σ_k m[r, k] h_t[r, k] with learned mixing weights
@@ -62,7 +71,7 @@ from recurlm.kernels.local_attention import LocalAttentionState, local_attention
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
 from recurlm.models.layers import ACTIVATIONS, GatedMLP, RMSNorm, ShortConv, linear, rotate_half_rope
-from recurlm.models.state import LayerState
+from recurlm.models.state import REAL, EntryKind, LayerState
 
 BLOCK_TYPES = ("recurrent", "attention")
 MAX_SQRT_GRADIENT = 1000.0
@@ -104,6 +113,11 @@ class GriffinConfig(ModelConfig):
     the same ring) and is fed the same gated input; learned mixing weights (initialised to
     [1, 0, ..., 0]) read them out. The recurrent state is f R per layer for (2 f - 1) R extra
     parameters; 1 = the paper's RG-LRU."""
+    allow_neg_eigval: bool = False
+    """Signed RG-LRU transition (Grazzi et al., 2025, "Unlocking State-Tracking in Linear RNNs Through
+    Negative Eigenvalues", as they do for Mamba): a'_t = 2 a_t - 1 in (-1, 1) instead of a_t in
+    (0, 1), normaliser sqrt(1 - a'_t^2). The scan keeps log |a'_t| and passes the sign separately
+    (``linear_scan(sign=...)``, module docstring). Not in the papers of Griffin / Hawk."""
     logit_softcap: float = 30.0
     """Logits are c * tanh(logits / c); 0 disables."""
     scale_embeddings: bool = True
@@ -165,6 +179,7 @@ class RGLRU(nn.Module):
         if cfg.state_expansion < 1:
             raise ValueError(f"griffin: state_expansion={cfg.state_expansion} must be >= 1")
         self.c, self.impl, self.sub_states = cfg.rglru_c, cfg.kernel_impl, cfg.state_expansion
+        self.allow_neg_eigval = cfg.allow_neg_eigval
         self.input_gate = BlockDiagonalGate(width, heads)
         self.recurrence_gate = BlockDiagonalGate(width, heads)
         # Λ with a = sigmoid(Λ), a^2 ~ U[a_min^2, a_max^2] (uniform on a ring, as the paper)
@@ -193,11 +208,14 @@ class RGLRU(nn.Module):
             a_logit = torch.cat([a_logit[:, None], self.extra_a_logit], 1)
             recurrence, gated, starts = recurrence[..., None], gated[..., None], starts[..., None]
         log_a = -self.c * recurrence * F.softplus(-a_logit.to(uf.dtype))
+        sign = None
+        if self.allow_neg_eigval:
+            log_a, sign = signed_transition(log_a)
         normaliser = SqrtBoundedGrad.apply(-torch.expm1(2.0 * log_a))
         x = gated * torch.where(starts, 1.0, normaliser)
         if h0 is not None:
             h0 = h0.view(h0.shape[0], *log_a.shape[2:])
-        h, h_last = linear_scan(x, log_a, h0, return_state, resets=doc_start, impl=self.impl)
+        h, h_last = linear_scan(x, log_a, h0, return_state, resets=doc_start, impl=self.impl, sign=sign)
         if self.sub_states > 1:
             h = torch.einsum("btrk,rk->btr", h, self.state_mix.to(h.dtype))
             h_last = None if h_last is None else h_last.flatten(1)
@@ -208,6 +226,16 @@ class RGLRU(nn.Module):
         gates = 2 * 2 * width * self.input_gate.block_width
         mix = 2 * width * self.sub_states if self.sub_states > 1 else 0
         return gates + 12 * width * self.sub_states + mix  # gates + elementwise (softplus, exp, sqrt, scan)
+
+
+def signed_transition(log_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log a [...] (a in (0, 1)) -> (log |a'|, sign(a')) of a' = 2 a - 1 in (-1, 1), both finite
+    (|a'| floored at 1e-6; the branch not taken never sees a log of a non-positive number)."""
+    twice_gap = 2.0 * torch.expm1(log_a)  # 2 (a - 1) in (-2, 0): a' = 1 + 2 (a - 1)
+    positive = twice_gap > -1.0
+    log_abs = torch.where(positive, torch.log1p(twice_gap.clamp_min(-1.0 + 1e-6)),
+                          torch.log((-1.0 - twice_gap).clamp_min(1e-6)))
+    return log_abs, torch.where(positive, 1.0, -1.0).to(log_a.dtype)
 
 
 class GriffinConv1D(ShortConv):
@@ -296,6 +324,10 @@ class LocalAttentionMixer(nn.Module):
 class GriffinBlock(Block):
     """Residual block: x + mix(RMSNorm(x)), then x + GeGLU-MLP(RMSNorm(x))."""
 
+    state_kinds = {"h": EntryKind("gaussian", None), "conv": REAL, "k": REAL, "v": REAL}
+    """The RG-LRU vector is content (one distribution per layer: it has no heads); the conv buffer
+    and the local-attention key/value cache hold recent tokens themselves."""
+
     def __init__(self, cfg: GriffinConfig, kind: str):
         super().__init__()
         d = cfg.d_model
@@ -339,7 +371,7 @@ class GriffinLM(RecurrentLM):
             raise ValueError(f"{cfg.family}: block_types must be a non-empty list of {BLOCK_TYPES}, "
                              f"got {cfg.block_types}")
         kinds = [cfg.block_types[i % len(cfg.block_types)] for i in range(cfg.n_layers)]
-        super().__init__(cfg, [GriffinBlock(cfg, kind) for kind in kinds],
+        super().__init__(cfg, [GriffinBlock(cfg.for_layer(i), kind) for i, kind in enumerate(kinds)],
                          RMSNorm(cfg.d_model, cfg.norm_eps, offset=True),
                          embed_scale=bfloat16_sqrt(cfg.d_model) if cfg.scale_embeddings else 1.0,
                          logit_softcap=cfg.logit_softcap or None)

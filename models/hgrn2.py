@@ -109,7 +109,7 @@ class HGRN2Block(Block):
 
 class HGRN2LM(RecurrentLM):
     def __init__(self, cfg: HGRN2Config):
-        super().__init__(cfg, [HGRN2Block(cfg, i) for i in range(cfg.n_layers)], RMSNorm(cfg.d_model, cfg.norm_eps))
+        super().__init__(cfg, [HGRN2Block(cfg.for_layer(i), i) for i in range(cfg.n_layers)], RMSNorm(cfg.d_model, cfg.norm_eps))
         self.lower_bounds = nn.Parameter(torch.zeros(cfg.n_layers, cfg.d_model)) if cfg.use_lower_bound else None
         if self.lower_bounds is not None:
             self.lower_bounds._no_weight_decay = True

@@ -133,7 +133,7 @@ class RWKV6LM(RWKVLM):
         for i in range(cfg.n_layers):
             r10 = depth_ratios(i, cfg.n_layers)[1]
             ffn = ChannelMix(cfg.d_model, cfg.ffn_hidden, mix_power=r10, receptance=True)
-            blocks.append(RWKVBlock(cfg.d_model, cfg.norm_eps, i, RWKV6TimeMix(cfg, i), ffn))
+            blocks.append(RWKVBlock(cfg.d_model, cfg.norm_eps, i, RWKV6TimeMix(cfg.for_layer(i), i), ffn))
         super().__init__(cfg, blocks)
 
 

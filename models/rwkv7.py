@@ -13,8 +13,13 @@ Time mixer per layer, for x [B, T, D] with H = D / N heads of size N, dx = x_pre
     kk = normalize_per_head(k * k_k)                      removal key, unit norm
     k = k * (1 + (a - 1) * k_a)                           replacement key
     S_t = S_{t-1} (diag(exp(w_t)) - kk_t^T (a_t * kk_t)) + v_t^T k_t     per head, S [N_v, N_k]
+                                       (allow_neg_eigval: a_t (1 + exp(w_t)) in the transition)
     o_t = GroupNorm_h(S_t r_t) + (sum_h(r * k * r_k)) v_t                 bonus ("r_k") term
     out = W_o (o * g)
+
+Eigenvalues of the transition (for a scalar a and decay e^w, along kk; the others are e^w): e^w - a
+in (e^w - 1, e^w), i.e. about (-0.46, 1) overall, never -1: parity-like state tracking is out of
+reach at any length. ``allow_neg_eigval`` widens it to (-1, 1) (config field docstring).
 
 The recurrence runs through ``recurlm.kernels.dplr.dplr_delta_rule`` (fla's [key, value] state
 orientation: q = r, a = -kk, b = kk * a, gk = w, scale 1). The log decay -exp(-softplus(-z) - 0.5)
@@ -70,6 +75,13 @@ class RWKV7Config(ModelConfig):
     group_norm_eps: float = 64e-5
     """Epsilon of the per-head GroupNorm ``ln_x`` (official: 64e-5 whatever the head size; fla
     uses head_dim * norm_eps)."""
+    allow_neg_eigval: bool = False
+    """Let the transition reach eigenvalue -1 (Grazzi et al., 2025, "Unlocking State-Tracking in
+    Linear RNNs Through Negative Eigenvalues"): the in-context learning rate of the removal term
+    becomes a (1 + e^w) in (0, 1 + e^w) instead of a in (0, 1), so along kk the eigenvalue
+    e^w - a(1 + e^w) spans (-1, e^w) instead of (e^w - 1, e^w) (at most -0.46 below zero). Up to
+    doubling (no decay: e^w = 1); scaled by 1 + e^w rather than 2 so it never drops below -1
+    (RWKV-7's decay is not multiplied into the rank-one part). The replacement key keeps a."""
 
 
 class FirstLayerValue:
@@ -100,6 +112,7 @@ class RWKV7TimeMix(nn.Module):
         if D % N:
             raise ValueError(f"rwkv7: d_model={D} must be a multiple of head_dim={N}")
         self.layer_idx, self.n_heads, self.head_dim, self.impl = layer_idx, D // N, N, cfg.kernel_impl
+        self.allow_neg_eigval = cfg.allow_neg_eigval
         r01, r10 = depth_ratios(layer_idx, cfg.n_layers)
         n = torch.arange(D, dtype=torch.float32)
         linear = n / (D - 1) - 0.5
@@ -156,6 +169,10 @@ class RWKV7TimeMix(nn.Module):
         k = k * (1 + (a - 1) * self.k_a)
         return r, k, v, a, g, w, kk
 
+    def _removal_rate(self, a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The in-context learning rate in the transition: a, or a (1 + e^w) with ``allow_neg_eigval``."""
+        return a * (1 + w.exp()).to(a.dtype) if self.allow_neg_eigval else a
+
     def _output(self, o: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
                 ) -> torch.Tensor:
         """Recurrence output o and r, k, v [..., H, N], gate g [..., D] -> the mixer's output [..., D]."""
@@ -169,7 +186,7 @@ class RWKV7TimeMix(nn.Module):
         x_prev, new_shift = token_shift(x, resets, shift)
         r, k, v, a, g, w, kk = self._inputs(x, x_prev - x, first_value)
         r, k, v, a, w = (t.unflatten(-1, (self.n_heads, self.head_dim)) for t in (r, k, v, a, w))
-        o, new_wkv = dplr_delta_rule(r, k, v, -kk, kk * a, w, scale=1.0, initial_state=wkv,
+        o, new_wkv = dplr_delta_rule(r, k, v, -kk, kk * self._removal_rate(a, w), w, scale=1.0, initial_state=wkv,
                                      output_final_state=return_state, resets=resets, impl=self.impl,
                                      gk_lower_bound=-LOG_DECAY_LIMIT)
         return self._output(o, r, k, v, g), new_wkv, new_shift
@@ -181,7 +198,7 @@ class RWKV7TimeMix(nn.Module):
         kernel dispatch and the [B, 1, ...] time axis."""
         r, k, v, a, g, w, kk = self._inputs(x, shift - x, first_value)
         r, k, v, a, w = (t.unflatten(-1, (self.n_heads, self.head_dim)) for t in (r, k, v, a, w))
-        o, wkv = dplr_step(r, k, v, -kk, kk * a, w, 1.0, wkv)
+        o, wkv = dplr_step(r, k, v, -kk, kk * self._removal_rate(a, w), w, 1.0, wkv)
         return self._output(o, r, k, v, g), wkv, x
 
     def flops_per_token(self, seq_len: int, chunk: int = 64) -> float:
@@ -200,7 +217,7 @@ class RWKV7LM(RWKVLM):
         for i in range(cfg.n_layers):
             r10 = depth_ratios(i, cfg.n_layers)[1]
             ffn = ChannelMix(cfg.d_model, cfg.ffn_hidden, mix_power=r10 ** 4, receptance=False)
-            blocks.append(RWKVBlock(cfg.d_model, cfg.norm_eps, i, RWKV7TimeMix(cfg, i), ffn))
+            blocks.append(RWKVBlock(cfg.d_model, cfg.norm_eps, i, RWKV7TimeMix(cfg.for_layer(i), i), ffn))
         super().__init__(cfg, blocks)
 
     def block_extras(self):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
 from recurlm.models.layers import token_shift
-from recurlm.models.state import LayerState
+from recurlm.models.state import REAL, LayerState
 
 
 def depth_ratios(layer_idx: int, n_layers: int) -> tuple[float, float]:
@@ -142,6 +142,9 @@ class ChannelMix(nn.Module):
 
 
 class RWKVBlock(Block):
+    state_kinds = {"shift_att": REAL, "shift_ffn": REAL}
+    """The wkv matrices are content; the token-shift buffers hold the previous token."""
+
     """Pre-LayerNorm residual block: ``x = ln0(x)`` (block 0 only), ``x += att(ln1(x))``,
     ``x += ffn(ln2(x))``.
 

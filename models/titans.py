@@ -6,7 +6,7 @@ built from two components.
 **Neural long-term memory** (``NeuralMemory``), per memory head of width Dh = d_model / memory_heads,
 on an input stream u [B, T, d]:
 
-    q = l2norm(Conv4(W_q u)),  k = l2norm(Conv4(W_k u)),  v = Conv4(W_v u)     [B, T, H, Dh]
+    q = l2norm(SiLU(Conv4(W_q u))),  k = l2norm(SiLU(Conv4(W_k u))),  v = SiLU(Conv4(W_v u))   [B, T, H, Dh]
     theta = max_lr * sigmoid(W_theta u + b),  eta = sigmoid(W_eta u + b),  alpha = sigmoid(W_alpha u + b)
     S_t = eta_t S_{t-1} - theta_t grad ||M_base(k_t) - v_t||^2      momentum ("surprise")
     M_t = (1 - alpha_t) M_{t-1} + S_t                                forgetting
@@ -70,7 +70,7 @@ from recurlm.kernels.titans_memory.testing import flops as memory_flops
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
 from recurlm.models.layers import GatedMLP, RMSNorm, ShortConv, linear, rotate_half_rope
-from recurlm.models.state import LayerState
+from recurlm.models.state import REAL, RELATIVE, LayerState
 
 Carry = dict[str, torch.Tensor]
 
@@ -111,6 +111,9 @@ class TitansConfig(ModelConfig):
     """Short causal depthwise convolution on the memory's q, k, v (paper); False for plain projections."""
     memory_qk_l2norm: bool = True
     """l2-normalise the memory's queries and keys per head (paper)."""
+    memory_qkv_silu: bool = True
+    """SiLU on the memory's q, k, v after the convolution (paper, sec. 4.4: "SiLU(.) activation as the
+    non-linear activation for computing query, key, and values"); False: the linear projections only."""
     conv_width: int = 4
     """Width of the short convolutions."""
     rope_theta: float = 10_000.0
@@ -256,7 +259,7 @@ class NeuralMemory(nn.Module):
             raise ValueError(f"titans: memory_depth must be 1 or 2, got {cfg.memory_depth}")
         self.n_heads, self.head_dim, self.chunk_size = h, d // h, cfg.memory_chunk_size
         self.activation, self.impl, self.max_lr = cfg.memory_activation, cfg.kernel_impl, cfg.memory_max_lr
-        self.qk_l2norm = cfg.memory_qk_l2norm
+        self.qk_l2norm, self.qkv_silu = cfg.memory_qk_l2norm, cfg.memory_qkv_silu
         self.q_proj, self.k_proj, self.v_proj = (linear(d, d, cfg.init_std) for _ in range(3))
         self.convs = nn.ModuleDict({n: ShortConv(d, cfg.conv_width) for n in "qkv"}) if cfg.memory_conv else None
         # rows [theta | eta | alpha], H each; biases set the initial gates
@@ -289,12 +292,14 @@ class NeuralMemory(nn.Module):
         return carry
 
     def _project(self, u: torch.Tensor, name: str, carry: Carry, stream: str) -> tuple[torch.Tensor, Carry]:
-        """Projection ``name`` (q, k, v) of u [B, C, d] through its conv (history ``mem_conv_<stream>``),
-        l2-normalised for q and k -> ([B, C, H, Dh], updated carry entries)."""
+        """Projection ``name`` (q, k, v) of u [B, C, d] through its conv (history ``mem_conv_<stream>``)
+        and SiLU, l2-normalised for q and k -> ([B, C, H, Dh], updated carry entries)."""
         z = getattr(self, f"{name}_proj")(u)
         new = {}
         if self.convs is not None:
             z, new[f"mem_conv_{stream}"] = self.convs[name](z, None, carry[f"mem_conv_{stream}"])
+        if self.qkv_silu:
+            z = F.silu(z)
         z = z.unflatten(-1, (self.n_heads, self.head_dim))
         return (l2norm(z) if self.qk_l2norm and name != "v" else z), new
 
@@ -438,6 +443,12 @@ class SlidingWindowAttention(PersistentAttention):
 class TitansBlock(Block):
     """Shared skeleton: positions, the memory's segment scan, the MLP, states."""
 
+    state_kinds = {**{f"mem_{w}{i}": RELATIVE for w in "ws" for i in range(2)},  # memory_depth is 1 or 2
+                   **{f"mem_conv_{s}": REAL for s in ("qx", "q", "k", "v")}, "buffer": REAL, "k": REAL, "v": REAL}
+    """Memory weights and momentum are content around their learnt initial value (noise at the
+    N(0, 1) scale of a linear state turns the memory MLP's outputs into NaN); conv histories, the
+    pending segment and the sliding-window cache hold recent tokens."""
+
     def __init__(self, cfg: TitansConfig, seg_len: int):
         super().__init__()
         d = cfg.d_model
@@ -570,7 +581,7 @@ class TitansLM(RecurrentLM):
 
     def __init__(self, cfg: TitansConfig):
         block = self.BLOCKS[cfg.family]
-        super().__init__(cfg, [block(cfg) for _ in range(cfg.n_layers)], RMSNorm(cfg.d_model, cfg.norm_eps))
+        super().__init__(cfg, [block(cfg.for_layer(i)) for i in range(cfg.n_layers)], RMSNorm(cfg.d_model, cfg.norm_eps))
 
     def block_extras(self):
         layouts: dict[int, SegmentLayout] = {}  # fresh per call: made by the first block, shared by all

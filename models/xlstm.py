@@ -72,7 +72,7 @@ from recurlm.kernels.slstm import SLSTMState, slstm
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
 from recurlm.models.layers import GatedMLP, RMSNorm, ShortConv, init_normal_, linear
-from recurlm.models.state import LayerState
+from recurlm.models.state import POSITIVE, REAL, LayerState
 
 ARCHITECTURES = ("v1", "xlstm7b")
 BLOCK_KINDS = ("mlstm", "slstm")
@@ -414,6 +414,9 @@ class XLSTMBlock(Block):
     def __init__(self, cfg: XLSTMConfig, kind: str, block_idx: int):
         super().__init__()
         d, eps, self.kind = cfg.d_model, norm_eps(cfg), kind
+        # C, c, h and the mLSTM's n are content; the sLSTM's normaliser n must stay positive (h = c / n);
+        # the causal conv buffer holds recent tokens
+        self.state_kinds = {"conv": REAL, **({"n": POSITIVE} if kind == "slstm" else {})}
         if kind == "mlstm7b":
             self.mixer_norm, self.ffn_norm = RMSNorm(d, eps), RMSNorm(d, eps)
             self.mixer = MLSTMLayer7B(cfg)
@@ -469,7 +472,7 @@ class XLSTMLM(RecurrentLM):
         v1 = architecture(cfg) == "v1"
         final_norm = GroupLayerNorm(cfg.d_model, eps=eps, offset=True) if v1 else RMSNorm(cfg.d_model, eps)
         softcap = cfg.logit_softcap if cfg.logit_softcap is not None else (None if v1 else 30.0)
-        super().__init__(cfg, [XLSTMBlock(cfg, kind, i) for i, kind in enumerate(kinds)], final_norm,
+        super().__init__(cfg, [XLSTMBlock(cfg.for_layer(i), kind, i) for i, kind in enumerate(kinds)], final_norm,
                          logit_softcap=softcap or None)
 
 

@@ -1,16 +1,20 @@
 """``recurlm-convert``: move weights between training checkpoints, exports and other formats.
 
     recurlm-convert export <run dir | checkpoint> [--out DIR]
-    recurlm-convert expand-state <run dir | checkpoint | export> --factor 2 --out DIR
+    recurlm-convert expand-state <run dir | checkpoint | export> --out DIR \
+        [--method reinit|inherit] [--layers every:6|all|<i,j,...>] [--merge-heads all|<f>] [--factor f]
     recurlm-convert import <dir | file> --out DIR [--format auto|...]       (recurlm.models.convert.cli)
     recurlm-convert export-hf <run dir | checkpoint | export> --out DIR [--format ...]
 
-``expand-state`` (recurlm.models.expand_state) writes an export whose recurrent state per layer is
-``factor`` times larger (linear-attention families and Titans' linear memory merge heads;
-Griffin/Hawk add sub-states to every RG-LRU channel; Titans' deep memory gets more hidden units),
-prints how far the logits moved on a batch of text (max / mean |diff|, KL, loss before and after;
-also saved as ``<out>/expand_state.json``), and is meant to be followed by
-``recurlm-train recipe=state_expansion recipe.init_from=<out>``.
+``expand-state`` (recurlm.models.expand_state) writes an export whose recurrent state is larger in
+the selected layers, as StateX (Shen et al., 2025) does by default: one expandable layer in six
+(always the last), its token mixer freshly initialised (``--method reinit``), and for
+linear-attention families all heads of that layer merged into one (``--merge-heads all``).
+``--method inherit`` (the paper's ablation) keeps the trained weights, mapped onto the larger
+state. Griffin/Hawk add ``--factor`` sub-states per RG-LRU channel; Titans' deep memory gets
+``--factor`` times the hidden units (default 2). It prints how far the logits moved on a batch of
+text (max / mean |diff|, KL, loss before and after; also saved as ``<out>/expand_state.json``), and
+is meant to be followed by ``recurlm-train recipe=state_expansion recipe.init_from=<out>``.
 """
 from __future__ import annotations
 
@@ -28,7 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", default=None, help="output directory (default <checkpoint>/export)")
     expand = sub.add_parser("expand-state", help="a trained model -> an export with a larger recurrent state")
     expand.add_argument("checkpoint", help="a run directory, a checkpoint or an export directory")
-    expand.add_argument("--factor", type=int, default=2, help="state growth per layer (default 2)")
+    expand.add_argument("--method", choices=("reinit", "inherit"), default="reinit",
+                        help="reinit: fresh token mixers in the expanded layers (StateX, default); "
+                             "inherit: keep the trained weights (the paper's ablation)")
+    expand.add_argument("--layers", default="every:6",
+                        help="every:k (every k-th expandable layer from the last; default every:6), all, "
+                             "or comma-separated indices")
+    expand.add_argument("--merge-heads", default=None,
+                        help="linear-attention families: 'all' (one head per layer, the paper's choice and the "
+                             "default) or a number of adjacent heads to merge")
+    expand.add_argument("--factor", type=int, default=None,
+                        help="state growth per expanded layer for Griffin/Hawk sub-states and Titans' deep "
+                             "memory (default 2); for head-merging families the same as --merge-heads <f>")
     expand.add_argument("--out", required=True, help="output export directory")
     expand.add_argument("--text", default=None,
                         help="text file the logit change is measured on (default: a few stdlib modules)")
@@ -69,6 +84,22 @@ def measurement_batch(tokenizer_path: str | None, vocab_size: int, text_path: st
 STDLIB_SAMPLE = ("argparse.py", "inspect.py", "typing.py")
 
 
+def growth_factor(cfg, merge_heads: str | None, factor: int | None) -> int | str:
+    """The ``factor`` argument of ``expand_state`` from ``--merge-heads`` / ``--factor``."""
+    from recurlm.models.expand_state import merges_heads
+
+    if not merges_heads(cfg):
+        if merge_heads is not None:
+            raise ValueError(f"--merge-heads applies to head-merging families (linear attention, Titans with a "
+                             f"linear memory), not to {cfg.family} with these settings; use --factor")
+        return factor or 2
+    if merge_heads is not None and factor is not None and str(factor) != merge_heads:
+        raise ValueError(f"--merge-heads {merge_heads} and --factor {factor} disagree; give one")
+    if merge_heads is None:
+        return factor or "all"
+    return "all" if merge_heads == "all" else int(merge_heads)
+
+
 def expand_state_command(args) -> int:
     import json
     import os
@@ -78,11 +109,13 @@ def expand_state_command(args) -> int:
     from recurlm.train.export import load_for_inference
 
     model, tokenizer, info = load_for_inference(args.checkpoint)
-    expanded = expand_state(model, args.factor, seed=args.seed)
+    factor = growth_factor(model.config, args.merge_heads, args.factor)
+    expanded = expand_state(model, factor, seed=args.seed, method=args.method, layers=args.layers)
     ids = measurement_batch(tokenizer, model.config.vocab_size, args.text, args.batch_size, args.seq_len)
     change = logit_change(model, expanded, ids)
     save_pretrained(args.out, expanded.config, expanded.state_dict(), tokenizer,
-                    {**info, "expanded_from": os.path.abspath(args.checkpoint), "state_factor": args.factor,
+                    {**info, "expanded_from": os.path.abspath(args.checkpoint), "state_factor": factor,
+                     "method": args.method, "layers": args.layers,
                      "logit_change": change})
     with open(os.path.join(args.out, "expand_state.json"), "w") as f:
         json.dump(change, f, indent=1)

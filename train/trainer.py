@@ -36,7 +36,7 @@ from recurlm.train.engine import batch_geometry, build_engine, global_grad_norm,
 from recurlm.train.errors import EXIT_FAILED, RunLockedError, data_errors
 from recurlm.train.export import export_checkpoint
 from recurlm.train.monitor import Monitor, peak_flops
-from recurlm.train.recipe import RecipeConfig, build_recipe, read_initial_weights
+from recurlm.train.recipe import RecipeConfig, build_recipe, post_training_steps, read_initial_weights
 from recurlm.train.run_dir import default_run_dir, snapshot_code
 from recurlm.train.run_lock import RunLock
 from recurlm.train.schedule import lr_multiplier
@@ -143,6 +143,9 @@ class Trainer:
                     self.data = prepare(data_cfg, progress=False, on_stage=self.stop.set_phase)
         self.recipe_cfg: RecipeConfig = as_dataclass(job.recipe, RecipeConfig)
         self.recipe = build_recipe(self.recipe_cfg, data_cfg.loader_mode, self.env.rank)
+        steps = post_training_steps(self.recipe_cfg, self.loop.global_batch_size * self.loop.seq_len)
+        if steps is not None:
+            self.loop.steps = steps
         init_weights = None
         if self.recipe_cfg.init_from:  # a post-training phase: weights only, fresh optimizer and data
             init_config, init_weights, init_tokenizer = read_initial_weights(self.recipe_cfg.init_from)
@@ -158,6 +161,7 @@ class Trainer:
         self.model_cfg = model_cfg
         OmegaConf.set_struct(job, False)
         job.model = OmegaConf.structured(model_cfg)
+        job.train.steps = self.loop.steps  # recipe.post_train_ratio may have set it
         job.run_dir = self.run_dir
         OmegaConf.set_struct(job, True)
         self.config_yaml = to_yaml(job)
@@ -312,9 +316,30 @@ class Trainer:
                                    checkpoint=self.last_checkpoint or "")
             self.monitor.write(result["summary"])
 
+    @torch.no_grad()
+    def fitting_pass(self, batches: int):
+        """Final states of the current model from its initial state on the first ``batches`` global
+        batches of this rank's training stream (a fresh loader: the training position is untouched),
+        micro-batch by micro-batch: the data Fitted Noise fits its statistics on."""
+        loader = self.data.train_loader(self.loop.seq_len, self.loop.global_batch_size, rank=self.env.rank,
+                                        world_size=self.env.world_size)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for _ in range(batches):
+                batch = next(loader)
+                for i in range(self.accumulation):
+                    rows = slice(i * self.micro, (i + 1) * self.micro)
+                    _, final = self.model(batch.input_ids[rows].to(self.engine.device),
+                                          resets=batch.resets[rows].to(self.engine.device), return_state=True)
+                    yield final
+        finally:
+            self.model.train(was_training)
+
     # -- the loop -------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, bool]:
         """One optimizer step over the global batch. Returns (mean loss over ranks, applied?)."""
+        self.recipe.begin_step(self.step, self.model, self.fitting_pass)
         batch = next(self.loader)
         skipped_before = self.engine.skipped_steps
         loss_sum = torch.zeros((), device=self.engine.device)

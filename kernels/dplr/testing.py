@@ -23,6 +23,7 @@ def make_inputs(
     reset_prob: float = 0.0,
     requires_grad: bool = False,
     seed: int = 0,
+    neg_eigval: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Random inputs shaped like RWKV-7's call of the op.
 
@@ -36,6 +37,8 @@ def make_inputs(
     Returns a dict with q, k, a, b, gk [B, T, H, K], v [B, T, H, V], and when asked
     ``initial_state`` [B, H, K, V] and ``resets`` [B, T] bool (each token starts a document with
     probability ``reset_prob``). Leaf tensors with ``requires_grad`` as given (resets excepted).
+    ``neg_eigval``: RWKV-7's ``allow_neg_eigval``, b = kk * iclr * (1 + e^gk), so the transition's
+    eigenvalue along kk, e^gk - iclr (1 + e^gk), reaches down to -1.
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -47,15 +50,16 @@ def make_inputs(
     kk = F.normalize(raw_k * (0.5 + 0.5 * torch.rand(heads, dk, generator=gen, dtype=torch.float64)), dim=-1)
     iclr = torch.sigmoid(randn(*shape))
     k_a = torch.rand(heads, dk, generator=gen, dtype=torch.float64)
+    # RWKV-7: gk = -e^{-0.5} sigmoid(w0 + lora(x)), w0 spread over channels (slow to fast decay)
+    gk = log_decay_floor * torch.sigmoid(torch.linspace(-6.0, 3.0, dk, dtype=torch.float64) + 0.5 * randn(*shape))
+    removal = iclr * (1 + gk.exp()) if neg_eigval else iclr
     inputs = {
         "q": randn(*shape),
         "k": raw_k * (1 + (iclr - 1) * k_a),  # RWKV-7 scales k by the iclr through k_a
         "v": randn(batch, seq_len, heads, dv),
         "a": -kk,
-        "b": kk * iclr,
-        # RWKV-7: gk = -e^{-0.5} sigmoid(w0 + lora(x)), w0 spread over channels (slow to fast decay)
-        "gk": log_decay_floor * torch.sigmoid(torch.linspace(-6.0, 3.0, dk, dtype=torch.float64)
-                                              + 0.5 * randn(*shape)),
+        "b": kk * removal,
+        "gk": gk,
     }
     if initial_state:
         inputs["initial_state"] = randn(batch, heads, dk, dv)

@@ -9,11 +9,14 @@ from recurlm.kernels.linear_scan.naive import linear_scan_naive
 
 
 def _check_inputs(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None,
-                  resets: torch.Tensor | None, cu_seqlens: torch.Tensor | None) -> None:
+                  resets: torch.Tensor | None, cu_seqlens: torch.Tensor | None,
+                  sign: torch.Tensor | None = None) -> None:
     if x.dim() < 3 or x.shape[1] == 0:
         raise ValueError(f"x must be [B, T, ...] with T >= 1, got {tuple(x.shape)}")
     if g.shape != x.shape:
         raise ValueError(f"g must have the shape of x {tuple(x.shape)}, got {tuple(g.shape)}")
+    if sign is not None and sign.shape != x.shape:
+        raise ValueError(f"sign must have the shape of x {tuple(x.shape)}, got {tuple(sign.shape)}")
     batch, seq_len = x.shape[:2]
     num_states = check_boundaries(batch, seq_len, resets, cu_seqlens)
     if initial_state is not None and initial_state.shape != (num_states, *x.shape[2:]):
@@ -23,11 +26,11 @@ def _check_inputs(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor 
 @autocast_off
 def linear_scan(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None = None,
                 output_final_state: bool = False, resets: torch.Tensor | None = None,
-                cu_seqlens: torch.Tensor | None = None, impl: str = "auto",
+                cu_seqlens: torch.Tensor | None = None, impl: str = "auto", sign: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Diagonal gated linear recurrence, per channel:
 
-        h_t = exp(g_t) * h_{t-1} + x_t,        h_{-1} = initial_state (or 0),
+        h_t = s_t exp(g_t) * h_{t-1} + x_t,        h_{-1} = initial_state (or 0),
 
     the convention of flash-linear-attention's hgrn ops (``naive_recurrent_hgrn``); g is a log
     decay (<= 0 for a contracting recurrence). Griffin's RG-LRU is x_t = sqrt(1 - a_t^2) (i_t * u_t)
@@ -44,13 +47,19 @@ def linear_scan(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | 
             starting from its own initial state. Example: x [1, 7, D], cu_seqlens = [0, 3, 7],
             initial_state [2, D] -> final state [2, D], the states after tokens 2 and 6.
         impl: "auto" (Triton on CUDA, chunk elsewhere), "naive", "chunk" or "triton".
+        sign: optional transition signs s [B, T, *F] of +1 / -1 (x's dtype; default all +1), for
+            transitions in (-1, 1). The naive scan applies them step by step; chunk and Triton stay
+            in log space: with the parity P_t = s_0 ... s_t of the row (of each sequence with
+            cu_seqlens), y_t = P_t h_t obeys y_t = exp(g_t) y_{t-1} + P_t x_t, a positive-decay scan
+            of P x whose output is multiplied by P again (P_t^2 = 1). A reset needs no special case:
+            h_t = P_t (P_t x_t) = x_t.
 
     Returns:
         h [B, T, *F] in x.dtype, and the final state [B, *F] (or [N, *F]) in float32 (float64 for
         float64 inputs) if ``output_final_state`` else None. Differentiable in x, g and
         initial_state.
     """
-    _check_inputs(x, g, initial_state, resets, cu_seqlens)
+    _check_inputs(x, g, initial_state, resets, cu_seqlens, sign)
     impl = resolve_impl(impl, x)
     if impl == "triton":
         from recurlm.kernels.linear_scan.triton import linear_scan_triton as fn
@@ -58,18 +67,38 @@ def linear_scan(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | 
         fn = linear_scan_naive if impl == "naive" else linear_scan_chunk
     batch, seq_len, *features = x.shape
     x, g = x.reshape(batch, seq_len, -1), g.reshape(batch, seq_len, -1)
+    if sign is not None:
+        fn = _signed(fn, impl == "naive")
     if initial_state is not None:
         initial_state = initial_state.reshape(initial_state.shape[0], -1)
+    inputs, pads = ([x, g], [0.0, 0.0]) if sign is None else ([x, g, sign.reshape(batch, seq_len, -1)], [0.0, 0.0, 1.0])
     if cu_seqlens is None:
-        h, final_state = fn(x, g, initial_state, output_final_state, resets)
+        h, final_state = fn(*inputs, initial_state=initial_state, output_final_state=output_final_state,
+                            resets=resets)
     else:
-        # padded steps with x = 0 and g = 0 leave the state unchanged
-        h, final_state = run_varlen(fn, [x, g], [0.0, 0.0], cu_seqlens, initial_state=initial_state,
+        # padded steps with x = 0, g = 0 (and sign 1) leave the state unchanged
+        h, final_state = run_varlen(fn, inputs, pads, cu_seqlens, initial_state=initial_state,
                                     output_final_state=output_final_state)
     h = h.reshape(batch, seq_len, *features)
     if final_state is not None:
         final_state = final_state.reshape(final_state.shape[0], *features)
     return h, final_state
+
+
+def _signed(fn, naive: bool):
+    """``fn(x, g, ...)`` extended by a transition sign (the ``sign`` argument of ``linear_scan``):
+    the naive reference takes it directly, the others through the parity transform."""
+    if naive:
+        return lambda x, g, sign, **kw: fn(x, g, sign=sign, **kw)
+
+    def scan(x: torch.Tensor, g: torch.Tensor, sign: torch.Tensor, initial_state=None, output_final_state=False,
+             resets=None):
+        parity = torch.cumprod(sign.to(torch.promote_types(x.dtype, torch.float32)), dim=1)  # +-1, exact
+        y, final = fn(x * parity.to(x.dtype), g, initial_state, output_final_state, resets)
+        h = y * parity.to(y.dtype)
+        return h, (None if final is None else final * parity[:, -1].to(final.dtype))
+
+    return scan
 
 
 __all__ = ["linear_scan"]

@@ -79,10 +79,10 @@ def test_random_model_is_near_chance_on_state_tracking(tokenizer, make_model):
 
 
 def test_run_tasks_writes_schema_plots_and_summary(tokenizer, synthetic_data, make_model, tmp_path):
-    cfg = EvalConfig(tasks=["ppl", "ppl_by_position", "passkey", "mqar", "state_tracking"], max_batches=1,
+    cfg = EvalConfig(tasks=["ppl", "ppl_by_position", "effrem", "passkey", "mqar", "state_tracking"], max_batches=1,
                      length_multiple=4, position_sequences=2, passkey_lengths=[64, 128], passkey_depths=[0.0, 1.0],
                      passkey_trials=1, mqar_pairs=[2, 4], mqar_examples=2, state_tracking_lengths=[4, 8],
-                     state_tracking_examples=2)
+                     state_tracking_examples=2, effrem_points=3)
     logged = {}
     model = make_model("hgrn2").train()
     result = run_tasks(model, tokenizer, synthetic_data, cfg, str(tmp_path), step=11, train_seq_len=16,
@@ -95,7 +95,7 @@ def test_run_tasks_writes_schema_plots_and_summary(tokenizer, synthetic_data, ma
     for r in doc["results"]:
         assert set(r) == {"task", "metric", "value", "settings", "summary", "step", "config_hash"}
         assert r["config_hash"] == doc["config_hash"] and isinstance(r["value"], float)
-    assert set(doc["plots"]) == {"ppl_by_position", "passkey", "mqar", "state_tracking"}
+    assert set(doc["plots"]) == {"ppl_by_position", "effrem", "passkey", "mqar", "state_tracking"}
     for name in doc["plots"].values():
         assert open(os.path.join(tmp_path, name), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert logged["step"] == 11 and "eval/ppl/loss/seq_len=16/tokens=" in next(k for k in logged if "ppl/loss" in k)

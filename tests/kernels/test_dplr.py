@@ -46,9 +46,10 @@ def assert_all_close(actual, expected, **tol):
     (1, 32, 1, 4, 4, 32, 32, 0.0),    # one sub-block per chunk
     (3, 45, 2, 8, 5, 16, 8, 0.15),    # resets, several documents per row, inside chunks
 ])
-def test_chunk_matches_naive_float64(batch, seq_len, heads, dk, dv, chunk_size, sub, reset_prob, decay_path):
+@pytest.mark.parametrize("neg_eigval", [False, True])
+def test_chunk_matches_naive_float64(batch, seq_len, heads, dk, dv, chunk_size, sub, reset_prob, decay_path, neg_eigval):
     inputs = make_inputs(batch, seq_len, heads, dk, dv, dtype=torch.float64, initial_state=True,
-                         reset_prob=reset_prob, requires_grad=True, seed=seq_len)
+                         reset_prob=reset_prob, requires_grad=True, seed=seq_len, neg_eigval=neg_eigval)
     scale = dk ** -0.5
     expected = run_with_grads(lambda **x: dplr_naive(**x, scale=scale, output_final_state=True), inputs)
     actual = run_with_grads(lambda **x: dplr_chunk(**x, scale=scale, output_final_state=True,
@@ -105,9 +106,11 @@ def test_cu_seqlens(with_resets):
         torch.testing.assert_close(states[n:n + 1], state_n)
 
 
-def test_gradcheck_chunk(decay_path):
+@pytest.mark.parametrize("neg_eigval", [False, True])
+def test_gradcheck_chunk(decay_path, neg_eigval):
     """Two chunks of two sub-blocks, resets inside the second chunk and on its last token."""
-    inputs = make_inputs(1, 7, 1, 3, 2, dtype=torch.float64, initial_state=True, requires_grad=True, seed=11)
+    inputs = make_inputs(1, 7, 1, 3, 2, dtype=torch.float64, initial_state=True, requires_grad=True, seed=11,
+                         neg_eigval=neg_eigval)
     resets = torch.tensor([[False, False, False, False, True, False, True]])
     names = list(inputs)
 
@@ -206,10 +209,12 @@ def fla_interpreter():
         yield
 
 
-def test_triton_matches_naive_under_interpreter(fla_interpreter):
+@pytest.mark.parametrize("neg_eigval", [False, True])
+def test_triton_matches_naive_under_interpreter(fla_interpreter, neg_eigval):
     """fla's chunk_dplr_delta_rule (the CUDA path) in the Triton interpreter, tiny fp32, through
-    the resets adapter: outputs, final states and gradients of every input."""
-    inputs = make_inputs(2, 10, 1, 16, 16, initial_state=True, requires_grad=True, seed=13)
+    the resets adapter: outputs, final states and gradients of every input (also with RWKV-7's
+    allow_neg_eigval removal rate, eigenvalues down to -1)."""
+    inputs = make_inputs(2, 10, 1, 16, 16, initial_state=True, requires_grad=True, seed=13, neg_eigval=neg_eigval)
     inputs["resets"] = torch.tensor([[False] * 4 + [True] + [False] * 5, [True] + [False] * 6 + [True] * 2 + [False]])
     expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive"), inputs)
     actual = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="triton"), inputs)
@@ -286,3 +291,14 @@ def test_flops_count():
     expected = (8 * c * c * k + 2 * c * c * v + c * c * (v + k) + 4 * c * c * v + 2 * c * c * k
                 + 2 * c * k * v + 2 * c * k * k + 4 * c * k * v + 2 * k * k * v)
     assert flops(1, 10, 1, k, v) == expected
+
+
+def test_neg_eigval_inputs_reach_eigenvalue_minus_one():
+    """The transition diag(e^gk) + a b^T of make_inputs(neg_eigval=True) has eigenvalues below
+    e^gk - 1 >= -0.46 (unreachable without the option) and none outside the unit disc."""
+    for neg_eigval in (False, True):
+        x = make_inputs(1, 64, 1, 8, 4, dtype=torch.float64, neg_eigval=neg_eigval, seed=3)
+        transition = torch.diag_embed(x["gk"].exp()) + x["a"][..., :, None] * x["b"][..., None, :]
+        eig = torch.linalg.eigvals(transition[0, :, 0])
+        assert eig.abs().max() <= 1 + 1e-9
+        assert (eig.real.min() < -0.5) == neg_eigval

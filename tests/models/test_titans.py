@@ -65,8 +65,8 @@ def test_memory_matches_titans_pytorch(mini_batch, T):
 
     Matched configuration: titans-pytorch with a plain 2-layer GELU MemoryMLP,
     mem_model_norm_add_residual=False, pre_rmsnorm=False, store chunk_size=1 (per-token gates),
-    TTT batch_size = our memory_chunk_size; ours with memory_conv=False and memory_qk_l2norm=False
-    (titans-pytorch has no short convolutions and no l2 norm), memory_max_lr = 1 / Dh (its loss is
+    TTT batch_size = our memory_chunk_size; ours with memory_conv=False, memory_qk_l2norm=False and
+    memory_qkv_silu=False (titans-pytorch has no short convolutions, no l2 norm, no SiLU), memory_max_lr = 1 / Dh (its loss is
     a mean over Dh, ours a sum). titans-pytorch's per-head retrieve gate and head-combining linear
     are applied to our per-head reads (our block output instead is W_o RMSNorm(heads)). Not matchable:
     its default residual LayerNorm memory (the LayerNorm gain is itself a memory weight) and its
@@ -80,7 +80,8 @@ def test_memory_matches_titans_pytorch(mini_batch, T):
                         model=MemoryMLP(D, depth=2, expansion_factor=2.0), mem_model_norm_add_residual=False,
                         pre_rmsnorm=False, default_step_transform_max_lr=1.0).double()
     cfg = TitansMAGConfig(size="tiny", d_model=D * H, memory_heads=H, n_layers=1, memory_depth=2,
-                          memory_expansion=2, memory_conv=False, memory_qk_l2norm=False, memory_max_lr=1.0 / D,
+                          memory_expansion=2, memory_conv=False, memory_qk_l2norm=False, memory_qkv_silu=False,
+                          memory_max_lr=1.0 / D,
                           memory_chunk_size=mini_batch, kernel_impl="chunk")
     ours = NeuralMemory(cfg).double()
     with torch.no_grad():

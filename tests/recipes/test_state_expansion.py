@@ -18,6 +18,11 @@ def tiny(family, **fields):
     return build_model({"family": family, "size": "tiny", "vocab_size": 97, **fields}).eval()
 
 
+def inherit(model, factor):
+    """The pre-StateX transform: every expandable layer, trained weights kept (the paper's ablation)."""
+    return expand_state(model, factor, method="inherit", layers="all")
+
+
 def perturbed(model):
     """Random weights everywhere (fresh inits zero some output projections, hiding any change)."""
     with torch.no_grad():
@@ -29,7 +34,7 @@ def perturbed(model):
 @pytest.mark.parametrize("family", ["hgrn2", "rwkv6", "rwkv7", "xlstm"])
 def test_head_merge_doubles_the_state_and_keeps_the_parameters(family):
     model = perturbed(tiny(family))
-    big = expand_state(model, 2)
+    big = inherit(model, 2)
     assert big.state_bytes() > 1.8 * model.state_bytes()
     # no new parameters (xLSTM loses the merged heads' gate rows: ~1% of a tiny model)
     assert 0.98 * model.num_params() <= big.num_params() <= model.num_params()
@@ -40,7 +45,7 @@ def test_head_merge_doubles_the_state_and_keeps_the_parameters(family):
 
 def test_xlstm_mlstm_state_doubles_and_gates_are_averaged():
     model = perturbed(tiny("xlstm"))
-    big = expand_state(model, 2)
+    big = inherit(model, 2)
     small_state, big_state = model.init_state(1), big.init_state(1)
     layer = next(i for i, s in enumerate(small_state.layers) if "C" in s)
     assert big_state.layers[layer]["C"].numel() == 2 * small_state.layers[layer]["C"].numel()
@@ -53,7 +58,7 @@ def test_hgrn2_merged_heads_keep_the_old_heads_as_diagonal_blocks():
     """Per-key decays and rank-1 writes act blockwise: block (a, a) of a merged head's state is
     exactly old head a's state; the off-diagonal blocks are the new cross-head memory."""
     model = perturbed(tiny("hgrn2"))
-    big = expand_state(model, 2)
+    big = inherit(model, 2)
     ids = torch.randint(0, 97, (2, 24))
     with torch.no_grad():
         _, small_state = model(ids, return_state=True)
@@ -70,7 +75,7 @@ def test_hgrn2_merged_heads_keep_the_old_heads_as_diagonal_blocks():
 @pytest.mark.parametrize("family", ["griffin", "hawk"])
 def test_rglru_sub_states_preserve_the_function_exactly_within_1pct_parameters(family):
     model = perturbed(tiny(family))
-    big = expand_state(model, 2)
+    big = inherit(model, 2)
     assert big.config.state_expansion == 2 and big.config.lru_width == model.config.lru_width
     h_small = [s["h"].numel() for s in model.init_state(1).layers if "h" in s]
     h_big = [s["h"].numel() for s in big.init_state(1).layers if "h" in s]
@@ -91,8 +96,8 @@ def test_rglru_sub_states_preserve_the_function_exactly_within_1pct_parameters(f
 def test_rglru_sub_states_expand_again_after_training():
     """f = 2 -> 4 with trained mixing weights and decays: the old sub-states keep their decays and
     weights, the new ones read out with weight 0, so the function is still unchanged."""
-    model = perturbed(expand_state(perturbed(tiny("hawk")), 2))
-    big = expand_state(model, 2)
+    model = perturbed(inherit(perturbed(tiny("hawk")), 2))
+    big = inherit(model, 2)
     assert big.config.state_expansion == 4
     old, new = model.blocks[0].mixer.rg_lru, big.blocks[0].mixer.rg_lru
     torch.testing.assert_close(new.extra_a_logit[:, :1], old.extra_a_logit, rtol=0, atol=0)
@@ -110,7 +115,7 @@ def memory_state_numel(model):
 @pytest.mark.parametrize("family", ["titans_mac", "titans_mag", "titans_mal"])
 def test_titans_deep_memory_gets_new_hidden_units_with_zero_read_out(family):
     model = perturbed(tiny(family))
-    big = expand_state(model, 2)
+    big = inherit(model, 2)
     assert big.config.memory_expansion == 2 * model.config.memory_expansion
     assert memory_state_numel(big) == 2 * memory_state_numel(model)
     (w1, w2), (w1_big, w2_big) = model.blocks[0].memory.init_weights, big.blocks[0].memory.init_weights
@@ -125,7 +130,7 @@ def test_titans_deep_memory_gets_new_hidden_units_with_zero_read_out(family):
 
 def test_titans_linear_memory_merges_heads_block_diagonally():
     model = perturbed(tiny("titans_mac", memory_depth=1))
-    big = expand_state(model, 2)
+    big = inherit(model, 2)
     assert big.config.memory_heads == model.config.memory_heads // 2
     assert memory_state_numel(big) == 2 * memory_state_numel(model)
     old, new = model.blocks[0].memory, big.blocks[0].memory
@@ -154,14 +159,15 @@ def test_summary_reports_the_state_knob():
 def test_convert_expand_state_then_continue_training(tiny_job, tmp_path, capsys):
     base = train(tiny_job("train.steps=3", run_dir=str(tmp_path / "base")))
     out = str(tmp_path / "x2")
-    assert convert_main(["expand-state", base.run_dir, "--factor", "2", "--out", out, "--seq-len", "32"]) == 0
+    assert convert_main(["expand-state", base.run_dir, "--factor", "2", "--out", out, "--seq-len", "32",
+                         "--method", "inherit", "--layers", "all"]) == 0
     printed = capsys.readouterr().out
     assert "logit change" in printed and "KL" in printed
     change = json.load(open(os.path.join(out, "expand_state.json")))
     assert change["state_bytes_after"] == 2 * change["state_bytes_before"]
     assert change["params_after"] == change["params_before"] and change["kl"] > 0
 
-    post = Trainer(tiny_job("recipe=state_expansion", f"recipe.init_from={out}", "train.steps=2",
+    post = Trainer(tiny_job("recipe=state_expansion", f"recipe.init_from={out}", "train.steps=2", "recipe.post_train_ratio=0",
                             run_dir=str(tmp_path / "post")))
     assert post.model_cfg.expand_ratio == 2 * base_expand_ratio(base.run_dir)
     assert post.model.state_bytes() == change["state_bytes_after"]
@@ -176,10 +182,11 @@ def test_convert_expand_state_then_continue_training(tiny_job, tmp_path, capsys)
 def test_convert_expand_state_griffin_then_continue_training(tiny_job, tmp_path, capsys):
     base = train(tiny_job("model=griffin", "train.steps=2", run_dir=str(tmp_path / "base")))
     out = str(tmp_path / "x2")
-    assert convert_main(["expand-state", base.run_dir, "--factor", "2", "--out", out, "--seq-len", "32"]) == 0
+    assert convert_main(["expand-state", base.run_dir, "--factor", "2", "--out", out, "--seq-len", "32",
+                         "--method", "inherit", "--layers", "all"]) == 0
     change = json.load(open(os.path.join(out, "expand_state.json")))
     assert change["max_abs_logit_diff"] < 1e-5 and change["params_after"] < 1.01 * change["params_before"]
-    post = Trainer(tiny_job("recipe=state_expansion", f"recipe.init_from={out}", "train.steps=1",
+    post = Trainer(tiny_job("recipe=state_expansion", f"recipe.init_from={out}", "train.steps=1", "recipe.post_train_ratio=0",
                             run_dir=str(tmp_path / "post")))
     assert post.model_cfg.state_expansion == 2 and post.model.state_bytes() == change["state_bytes_after"]
     assert post.run().step == 1
