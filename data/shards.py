@@ -164,8 +164,9 @@ class Shard:
                              "(index not strictly increasing: corrupted or empty document)")
         for path, key in ((tokens_path, "tokens_sample_sha256"), (index_path, "index_sample_sha256")):
             if key in entry and sample_sha256(path) != entry[key]:  # manifests before this check have no sample
-                raise ShardError(f"{path}: its content differs from the manifest in a sampled block (bit rot, "
-                                 "or the file was overwritten): remove this split directory so it is built again")
+                raise ShardError(f"{path}: checksum mismatch in a sampled block, its content differs from the "
+                                 "manifest (bit rot, or the file was overwritten): remove this split directory so it "
+                                 "is built again")
         return cls(tokens_path, index_path, tokens, offsets, entry)
 
 

@@ -177,9 +177,10 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, out_path: str) -
             hard_vocab_limit=True)
     except RuntimeError as e:
         if "Vocabulary size too high" in str(e) or "Vocabulary size is smaller than required_chars" in str(e):
-            raise TokenizerError(f"data.tokenizer.vocab_size={cfg.vocab_size} does not fit this corpus "
-                                 f"({n_sentences} sentences; SentencePiece: {e}). Lower data.tokenizer.vocab_size "
-                                 "to the size SentencePiece names, or add text to the corpus.") from e
+            raise TokenizerError(f"SentencePiece training for {out_path} failed after {n_sentences} sentences: "
+                                 f"data.tokenizer.vocab_size={cfg.vocab_size} does not fit this corpus ({e}). Lower "
+                                 "data.tokenizer.vocab_size to the size SentencePiece names, or add text to the "
+                                 "corpus.") from e
         raise TokenizerError(f"SentencePiece training for {out_path} failed after {n_sentences} sentences: {e}") from e
     with open(out_path + ".tmp", "wb") as f:
         f.write(model.getvalue())
