@@ -100,7 +100,8 @@ def test_statex_post_training_of_an_imported_rwkv7_then_export_hf(tmp_path, help
     config_path.write_text(json.dumps({**expanded, "group_norm_eps": expanded["head_dim"] * expanded["norm_eps"]}))
 
     job = compose([*TINY_DATA, f"data.cache_dir={data_cache}", *TINY_TRAIN, "train.checkpoint_every=1",
-                   "train.steps=1", "recipe=state_expansion", f"recipe.init_from={tmp_path / 'x2'}",
+                   "train.steps=1", "recipe=state_expansion", "recipe.post_train_ratio=0",
+                   f"recipe.init_from={tmp_path / 'x2'}",
                    f"run_dir={tmp_path / 'run'}"])
     assert Trainer(job).run().step == 1
     assert convert(["export", str(tmp_path / "run"), "--out", str(tmp_path / "post")]) == 0
