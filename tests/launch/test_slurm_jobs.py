@@ -68,7 +68,7 @@ def test_two_node_job_trains_and_leaves_checkpoint_and_wandb(slurm_cluster, two_
     assert state["JobState"] == "COMPLETED", log[-3000:]
     assert state["NodeList"] == "node[1-2]" and state["NumNodes"] == "2"
     # the doctor ran on both ranks before training: kernels and an all_reduce across the nodes
-    assert "ok   kernel gla chunk [cpu]" in log
+    assert "ok   kernel gla chunk fwd+bwd [cpu]" in log
     assert "ok   all_reduce gloo over 2 ranks: sum 3 (expected 3)" in log
     assert "[recurlm-doctor rank 1" in log
     with open(os.path.join(run, "checkpoints", "latest")) as f:
