@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from recurlm.launch.doctor import tensors_of
 from recurlm.models.config import preset_table
 
 OP_FAMILY = {"linear_scan": "hawk", "gla": "hgrn2", "rwkv6": "rwkv6", "dplr": "rwkv7", "mlstm": "xlstm",
@@ -100,22 +101,12 @@ def op_call(op: str, size: str, batch: int, seq_len: int) -> OpCall:
                   lambda inputs, impl: fn(**inputs, output_final_state=True, impl=impl, **extra), flops)
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    if hasattr(value, "__dataclass_fields__"):
-        return [t for name in value.__dataclass_fields__ for t in _tensors(getattr(value, name))]
-    return []
-
-
 def outputs_and_grads(call: OpCall, inputs: dict[str, Any], impl: str) -> list[torch.Tensor]:
     """Output, final state and the gradients of a fixed random projection of both w.r.t. every
     floating input (states included)."""
     leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()
               if isinstance(v, torch.Tensor) and v.is_floating_point()}
-    results = _tensors(call.run({**inputs, **leaves}, impl))
+    results = tensors_of(call.run({**inputs, **leaves}, impl))
     generator = torch.Generator().manual_seed(1)
     loss = sum((t.double() * torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t.device)).sum()
                for t in results if t.is_floating_point())

@@ -93,22 +93,22 @@ def _cases(head_dim: int | None = None) -> dict[str, KernelCase]:
     }
 
 
-def _tensors(value: Any) -> list[torch.Tensor]:
+def tensors_of(value: Any) -> list[torch.Tensor]:
     """Every tensor inside an output / state (tensors, tuples, named tuples, dataclasses)."""
     if value is None:
         return []
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
+        return [t for v in value for t in tensors_of(v)]
     if hasattr(value, "__dataclass_fields__"):
-        return [t for name in value.__dataclass_fields__ for t in _tensors(getattr(value, name))]
+        return [t for name in value.__dataclass_fields__ for t in tensors_of(getattr(value, name))]
     return []
 
 
 def max_error(result: Any, reference: Any) -> float:
     """Largest |a - b| / (1 + |b|) over all tensors of two results of one op."""
-    got, want = _tensors(result), _tensors(reference)
+    got, want = tensors_of(result), tensors_of(reference)
     if len(got) != len(want):
         return float("inf")
     worst = 0.0
@@ -155,7 +155,7 @@ def _run(case: KernelCase, device: torch.device, impl: str, dtype: torch.dtype, 
     for key, x in leaves.items():
         rounded = x.detach().to(dtype)
         inputs[key] = (rounded if impl != "naive" else rounded.float()).requires_grad_(backward)
-    result = _tensors(case.op(**inputs, output_final_state=True, impl=impl))
+    result = tensors_of(case.op(**inputs, output_final_state=True, impl=impl))
     if not backward:
         return result
     generator = torch.Generator().manual_seed(0)

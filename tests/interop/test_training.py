@@ -1,7 +1,6 @@
 """An imported checkpoint is an export like any other: ``recipe.init_from=<it>`` starts training from
 its weights, ``recurlm-eval checkpoint=<it>`` evaluates it; ``recipe.init_from=<a foreign dir>``
 imports on the fly."""
-import importlib.util
 import json
 import os
 
@@ -13,11 +12,7 @@ from recurlm.configs import compose
 from recurlm.train.convert import main as convert
 from recurlm.train.trainer import Trainer
 
-_spec = importlib.util.spec_from_file_location(
-    "train_conftest", os.path.join(os.path.dirname(__file__), "..", "train", "conftest.py"))
-_train_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_train_conftest)
-TINY_DATA, TINY_TRAIN = _train_conftest.TINY_DATA, _train_conftest.TINY_TRAIN
+from ..train.conftest import TINY_DATA, TINY_TRAIN
 
 
 @pytest.fixture(scope="module")

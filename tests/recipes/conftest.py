@@ -1,17 +1,12 @@
 """Tiny training jobs for the recipe tests: the trainer tests' tiny data and model settings
 (tests/train/conftest.py), one data cache per session, and a spy on the model's forward."""
-import importlib.util
 import os
 
 import pytest
 
 from recurlm.configs import compose
 
-_spec = importlib.util.spec_from_file_location(
-    "train_conftest", os.path.join(os.path.dirname(__file__), "..", "train", "conftest.py"))
-_train_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_train_conftest)
-TINY_DATA, TINY_TRAIN = _train_conftest.TINY_DATA, _train_conftest.TINY_TRAIN
+from ..train.conftest import TINY_DATA, TINY_TRAIN
 
 
 @pytest.fixture(scope="session")
