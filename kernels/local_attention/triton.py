@@ -41,20 +41,21 @@ class LaunchConfig(NamedTuple):
     """Software-pipelining depth of the key/query loops (buffers per streamed tile)."""
 
 
-def shared_bytes_estimate(block: int, block_d: int, num_stages: int) -> int:
-    """Shared memory of the heaviest kernel (the dk/dv backward) in bytes: the streamed q and do
-    tiles, buffered once per pipeline stage, plus the resident k, v tiles and the [block, block]
-    score tile staged for its tl.dot, all float32. Calibrated against ``recurlm-doctor compile``
-    (sm_80/sm_90, head dim 64-256); the gate checks the real numbers."""
-    return 4 * (num_stages * 2 * block * block_d + 2 * block * block_d + 2 * block * block)
+SHARED_BYTES_PER_TILE_ELEMENT = 24
+"""Shared memory of the heaviest kernel (the dk/dv backward) per element of a [block, block_d]
+tile: measured by ``recurlm-doctor compile`` at 24 * block * block_d bytes (+ under 1 KB) for
+head dims 32-256, blocks 32-64, 1-2 pipeline stages, sm_80 and sm_90 (float32 tiles staged for
+its five tl.dot; the dq backward needs 16, the forward 10-12)."""
 
 
 def launch_config(head_dim: int, arch: int) -> LaunchConfig:
-    """The largest tiles (then the deepest pipeline) whose shared memory fits one block on ``arch``."""
+    """The largest block whose dk/dv backward fits one thread block's shared memory on ``arch``
+    (A100 at head dim 128: 32; H100: 64). Head dims of 128 and up take one pipeline stage and
+    8 warps; at head dim 64 four warps spilled, so only head dims up to 32 take 4."""
     block_d = max(triton.next_power_of_2(head_dim), 16)
-    for block, num_stages in ((64, 2), (64, 1), (32, 2), (32, 1), (16, 1)):
-        if shared_bytes_estimate(block, block_d, num_stages) <= shared_memory_limit(arch):
-            return LaunchConfig(block, block_d, 4 if block_d <= 64 else 8, num_stages)
+    for block in (64, 32, 16):
+        if SHARED_BYTES_PER_TILE_ELEMENT * block * block_d + 1024 <= shared_memory_limit(arch):
+            return LaunchConfig(block, block_d, 4 if block_d <= 32 else 8, 1 if block_d >= 128 else 2)
     raise ValueError(f"local attention head dim {head_dim} does not fit the shared memory of sm_{arch}")
 
 

@@ -150,6 +150,13 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_
     tl.store(dw_ptr + bh * BD * BD + tile_dd, dinit)
 
 
+def _num_warps(block_d: int) -> int:
+    """Warps per program: the backward keeps six [BD, BD] float32 states (W, M, S and their
+    gradients) plus chunk temporaries in registers; at BD = 64 four warps spilled 35 KB per thread
+    on sm_80 (``recurlm-doctor compile``)."""
+    return 4 if block_d <= 32 else 8
+
+
 class _LinearChunkFunction(torch.autograd.Function):
     """Inputs (all fp32, contiguous, padded): q, k, v [BH, N, BT, BD]; fresh, rM, rS, rI, gM, gS
     [BH, N, BT]; Gam [BH, N, BT, BT]; mM, mS, mI, sS [BH, N]; M0, S0, W [BH, BD, BD].
@@ -163,7 +170,7 @@ class _LinearChunkFunction(torch.autograd.Function):
         s_chunks = q.new_empty(BH, N, BD, BD)
         m_end, s_end = torch.empty_like(m0), torch.empty_like(s0)
         _fwd_kernel[(BH,)](q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, m0, s0, w,
-                           y, m_chunks, s_chunks, m_end, s_end, N, BT=BT, BD=BD)
+                           y, m_chunks, s_chunks, m_end, s_end, N, BT=BT, BD=BD, num_warps=_num_warps(BD))
         ctx.save_for_backward(q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, w, m_chunks, s_chunks)
         return y, m_end, s_end
 
@@ -180,7 +187,7 @@ class _LinearChunkFunction(torch.autograd.Function):
         _bwd_kernel[(BH,)](q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, w, m_chunks, s_chunks,
                            zeros_if_none(dy, q), zeros_if_none(dm_end, w), zeros_if_none(ds_end, w),
                            dq, dk, dv, dgam, drm, drs, dri, dgm, dgs, dmm, dms, dmi, dss, dm0, ds0, dw,
-                           N, BT=BT, BD=BD)
+                           N, BT=BT, BD=BD, num_warps=_num_warps(BD))
         return dq, dk, dv, None, dgam, drm, drs, dri, dgm, dgs, dmm, dms, dmi, dss, dm0, ds0, dw
 
 

@@ -10,7 +10,9 @@ seconds is killed and its launch reported as a failure.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
+import signal
 import subprocess
 import tempfile
 import time
@@ -53,6 +55,7 @@ def compile_launch(launch: Launch, arch: int) -> dict[str, Any]:
 
 
 def _worker(launch: Launch, arch: int, conn) -> None:
+    os.setpgrp()  # its own process group: a timeout kills the ptxas it started too
     try:
         conn.send({"ok": True, "error": "", **compile_launch(launch, arch)})
     except Exception as error:  # reported as the launch's compile failure
@@ -60,6 +63,15 @@ def _worker(launch: Launch, arch: int, conn) -> None:
         conn.send({"ok": False, "error": "".join(lines).strip()[-2000:]})
     finally:
         conn.close()
+
+
+def _kill_group(process) -> None:
+    """Kill a timed-out worker and the compiler processes it started (its process group)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone
+        pass
+    process.join()
 
 
 def compile_all(launches: list[Launch], arch: int, jobs: int, timeout: float,
@@ -87,8 +99,7 @@ def compile_all(launches: list[Launch], arch: int, jobs: int, timeout: float,
             progress(sum(r is not None for r in results), len(launches))
         for receiver, (index, process, started) in list(running.items()):
             if time.monotonic() - started > timeout:
-                process.kill()
-                process.join()
+                _kill_group(process)
                 running.pop(receiver)
                 results[index] = {"ok": False, "error": f"compile timed out after {timeout:.0f} s (killed)"}
     return [r for r in results if r is not None]
