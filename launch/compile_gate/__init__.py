@@ -3,6 +3,7 @@ A100 (sm_80) and H100 (sm_90), on a machine without a GPU.
 
     recurlm-doctor compile --arch 80,90 --json compile.json     # the CI gate (all ops, all presets)
     recurlm-doctor compile --arch 90 --ops slstm,mlstm --dtypes float32   # a subset
+    recurlm-doctor compile --arch 80 --presets xlstm/small,hawk/small     # the dims of two presets
 
 Covered: recurlm's own kernels (linear_scan, local_attention, mlstm, slstm, titans_memory) and the
 flash-linear-attention kernels behind gla / rwkv6 / dplr, forward and backward, with and without
@@ -51,7 +52,7 @@ def run_target(arch: int, args: argparse.Namespace, out: str) -> list[dict]:
     """Run one target's capture and compiles in a fresh process (no interpreter: real JIT kernels)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     command = [sys.executable, "-P", "-m", "recurlm.launch.compile_gate.target", "--arch", str(arch), "--out", out,
-               "--ops", args.ops, "--families", args.families, "--dtypes", args.dtypes, "--timeout",
+               "--ops", args.ops, "--families", args.families, "--presets", args.presets, "--dtypes", args.dtypes, "--timeout",
                str(args.timeout), "--jobs", str(args.jobs), "--configs-per-kernel", str(args.configs_per_kernel)]
     subprocess.run(command, env=env, check=True, timeout=args.total_timeout)
     with open(out) as f:
@@ -81,10 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtypes", default="float32,bfloat16,float16", help="input dtypes the ops are run with")
     parser.add_argument("--ops", default=",".join(OWN_OPS + FLA_OPS), help="ops to cover (default: all)")
     parser.add_argument("--families", default="", help="only these families' presets (default: all)")
+    parser.add_argument("--presets", default="", help="only dims some of these presets use, e.g. xlstm/small")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one compile may take")
     parser.add_argument("--total-timeout", type=float, default=3600.0, help="seconds one target may take")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles run in parallel")
-    parser.add_argument("--configs-per-kernel", type=int, default=3,
+    parser.add_argument("--configs-per-kernel", type=int, default=2,
                         help="autotune configs sampled per launch of a kernel without config pruning")
     parser.add_argument("--max-spill", type=int, default=SPILL_FAIL_BYTES,
                         help="spilled bytes per thread above which a launch fails")

@@ -9,6 +9,8 @@ seconds is killed and its launch reported as a failure.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import os
 import re
@@ -27,18 +29,31 @@ _PTXAS_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
 def ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
-    """(registers per thread, spilled bytes = spill stores) of the kernel in ``ptx``, from ``ptxas -v``."""
+    """(registers per thread, spilled bytes = spill stores) of the kernel in ``ptx``, from ``ptxas -v``
+    with the register-allocation flag Triton's own ptxas call uses. Cached next to Triton's cache
+    (keyed by the PTX), so a rerun with a warm Triton cache skips ptxas as well."""
+    from triton import knobs
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
+    cache = os.path.join(knobs.cache.dir, "recurlm_ptxas_usage",
+                         hashlib.sha256(f"{arch}\n{ptx}".encode()).hexdigest() + ".json")
+    if os.path.exists(cache):
+        with open(cache) as f:
+            return tuple(json.load(f))
     with tempfile.NamedTemporaryFile("w", suffix=".ptx") as source:
         source.write(ptx)
         source.flush()
-        result = subprocess.run([get_ptxas(arch).path, "-v", f"--gpu-name={sm_arch_from_capability(arch)}",
-                                 source.name, "-o", "/dev/null"], capture_output=True, text=True, check=True)
+        result = subprocess.run([get_ptxas(arch).path, "-v", "--regAllocOptLevel=2",
+                                 f"--gpu-name={sm_arch_from_capability(arch)}", source.name, "-o", "/dev/null"],
+                                capture_output=True, text=True, check=True)
     report = result.stdout + result.stderr
     registers = _PTXAS_USAGE.search(report)
     spills = _PTXAS_SPILLS.search(report)
-    return (int(registers.group(1)) if registers else -1), (int(spills.group(1)) if spills else 0)
+    usage = (int(registers.group(1)) if registers else -1), (int(spills.group(1)) if spills else 0)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with open(cache, "w") as f:
+        json.dump(usage, f)
+    return usage
 
 
 def compile_launch(launch: Launch, arch: int) -> dict[str, Any]:

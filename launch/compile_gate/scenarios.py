@@ -17,6 +17,9 @@ FLA_OPS = ("gla", "rwkv6", "dplr")
 """Ops whose Triton path is flash-linear-attention's kernels (kernels/fla_adapter.py)."""
 OWN_OPS = ("linear_scan", "local_attention", "mlstm", "slstm", "titans_memory")
 """Ops with recurlm's own Triton kernels."""
+UNTILED_DIMS = ("heads", "kv_heads", "window")
+"""Dims that reach no tile shape (head counts index the grid and pointers, the window is a runtime
+loop bound): presets differing only in them share one scenario (the first preset's values)."""
 STATE_OP = {"hgrn2": "gla", "rwkv6": "rwkv6", "rwkv7": "dplr"}
 """The fla op behind a family's [H, K, V] matrix state."""
 
@@ -65,7 +68,7 @@ def preset_scenarios(families: Iterable[str] | None = None) -> list[Scenario]:
     from recurlm.models.config import preset_table
     from recurlm.models.registry import FAMILIES, build_model, to_model_config
 
-    found: dict[tuple[str, tuple], list[str]] = {}
+    found: dict[tuple[str, tuple], tuple[dict, list[str]]] = {}
     for family in families or FAMILIES:
         for size in preset_table(family):
             cfg = to_model_config({"family": family, "size": size, "vocab_size": 256})
@@ -74,8 +77,9 @@ def preset_scenarios(families: Iterable[str] | None = None) -> list[Scenario]:
             for block in model.blocks:
                 state = {k: tuple(t.shape[1:]) for k, t in (block.init_state(1, device="meta") or {}).items()}
                 for op, dims in _layer_scenarios(family, cfg, state):
-                    presets = found.setdefault((op, tuple(dims.items())), [])
+                    key = tuple((k, v) for k, v in dims.items() if k not in UNTILED_DIMS)
+                    _, presets = found.setdefault((op, key), (dims, []))
                     if f"{family}/{size}" not in presets:
                         presets.append(f"{family}/{size}")
-    return sorted((Scenario(op, dims, tuple(presets)) for (op, dims), presets in found.items()),
+    return sorted((Scenario(op, tuple(dims.items()), tuple(presets)) for (op, _), (dims, presets) in found.items()),
                   key=lambda s: (s.op, s.dims))

@@ -22,15 +22,15 @@ from recurlm.launch.compile_gate.scenarios import FLA_OPS, OWN_OPS, preset_scena
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def capture_launches(recorded: list[Launch], ops: list[str], families: list[str] | None, dtypes: list[str]
-                     ) -> tuple[list[Launch], list[dict], list[dict]]:
+def capture_launches(recorded: list[Launch], ops: list[str], families: list[str] | None, dtypes: list[str],
+                     presets: list[str] | None = None) -> tuple[list[Launch], list[dict], list[dict]]:
     """(distinct launches, where each came from, capture failures) over the preset grid; ``recorded``
     is the list ``capturing`` appends to."""
     launches: dict[str, Launch] = {}
     origins: dict[str, dict] = {}
     failures = []
     for scenario in preset_scenarios(families):
-        if scenario.op not in ops:
+        if scenario.op not in ops or (presets and not set(presets) & set(scenario.presets)):
             continue
         for dtype in dtypes:
             recorded.clear()
@@ -58,17 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--ops", default=",".join(OWN_OPS + FLA_OPS))
     parser.add_argument("--families", default="")
+    parser.add_argument("--presets", default="")
     parser.add_argument("--dtypes", default="float32,bfloat16,float16")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--configs-per-kernel", type=int, default=3)
+    parser.add_argument("--configs-per-kernel", type=int, default=2)
     args = parser.parse_args(argv)
 
     recorded: list[Launch] = []
     capturing(args.arch, recorded, args.configs_per_kernel)
     start = time.perf_counter()
     launches, origins, failures = capture_launches(recorded, args.ops.split(","), [f for f in args.families.split(",") if f],
-                                                   args.dtypes.split(","))
+                                                   args.dtypes.split(","), [p for p in args.presets.split(",") if p])
     print(f"sm_{args.arch}: {len(launches)} distinct launches captured in {time.perf_counter() - start:.0f} s; "
           f"compiling with {args.jobs} workers", file=sys.stderr, flush=True)
 
