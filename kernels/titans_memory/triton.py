@@ -157,17 +157,23 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_
     tl.store(dw_ptr + bh * BD * BD + tile_dc, dinit)
 
 
-COLUMN_BLOCK = 32
+COLUMN_BLOCK = 16
 """Value columns of the memory per program: the [BD, BV] state tiles of a program shrink with it.
 At one program per head (BV = BD = 64) the kernels spilled 13 KB (forward) and 35 KB (backward) per
-thread on sm_80 (``recurlm-doctor compile``); the columns of M and S evolve independently (their
-updates mix rows only), so heads split over BD / BV programs, and the gradients that sum over
-columns (q, k, the coefficients) are summed over the column blocks afterwards."""
+thread on sm_80, at BV = 32 the backward still 2.2 KB (``recurlm-doctor compile``). The columns of
+M and S evolve independently (their updates mix rows only), so a head splits over BD / BV
+programs, and the gradients that sum over columns (q, k, the coefficients) are summed over the
+column blocks afterwards."""
+
+MAX_REGISTERS = 255
+"""Registers per thread allowed to ptxas (``maxnreg``; 255 x 256 threads fits the 64K register
+file). Left to itself, ptxas gave these kernels 32 registers on sm_80 and spilled 8-15 KB."""
 
 
-def _num_warps(block_d: int) -> int:
-    """Warps per program: 8 from head dim 64 (the [BD, BD] Gram-like temporaries of the backward)."""
-    return 4 if block_d <= 32 else 8
+def _launch_options(block_d: int) -> dict:
+    """Warps per program (8 from head dim 64: the [BT, BD] and [BD, BV] tiles of the backward) and
+    the register cap."""
+    return dict(num_warps=4 if block_d <= 32 else 8, maxnreg=MAX_REGISTERS)
 
 
 class _LinearChunkFunction(torch.autograd.Function):
@@ -185,7 +191,7 @@ class _LinearChunkFunction(torch.autograd.Function):
         m_end, s_end = torch.empty_like(m0), torch.empty_like(s0)
         _fwd_kernel[(BH, BD // BV)](q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, m0, s0, w,
                                     y, m_chunks, s_chunks, m_end, s_end, N, BT=BT, BD=BD, BV=BV,
-                                    num_warps=_num_warps(BD))
+                                    **_launch_options(BD))
         ctx.save_for_backward(q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, w, m_chunks, s_chunks)
         return y, m_end, s_end
 
@@ -205,7 +211,7 @@ class _LinearChunkFunction(torch.autograd.Function):
         _bwd_kernel[(BH, blocks)](q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, w, m_chunks, s_chunks,
                                   zeros_if_none(dy, q), zeros_if_none(dm_end, w), zeros_if_none(ds_end, w),
                                   dq, dk, dv, dgam, drm, drs, dri, dgm, dgs, dmm, dms, dmi, dss, dm0, ds0, dw,
-                                  N, BT=BT, BD=BD, BV=BV, num_warps=_num_warps(BD))
+                                  N, BT=BT, BD=BD, BV=BV, **_launch_options(BD))
         dq, dk, dgam, drm, drs, dri, dgm, dgs, dmm, dms, dmi, dss = (
             x.sum(0) for x in (dq, dk, dgam, drm, drs, dri, dgm, dgs, dmm, dms, dmi, dss))
         return dq, dk, dv, None, dgam, drm, drs, dri, dgm, dgs, dmm, dms, dmi, dss, dm0, ds0, dw
