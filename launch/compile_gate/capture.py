@@ -36,6 +36,7 @@ class Launch:
     attrs: dict[tuple, Any]
     options: dict[str, Any]
     config: str                     # which autotune config ("" without autotune)
+    site: str                       # the autotuned launch it is a candidate of ("" without autotune)
 
     @property
     def key(self) -> str:
@@ -110,23 +111,25 @@ def capturing(arch: int, launches: list[Launch], configs_per_kernel: int) -> Non
     torch.cuda.get_device_capability = lambda *args, **kwargs: (arch // 10, arch % 10)
     torch.cuda.get_device_name = lambda *args, **kwargs: f"compile target sm_{arch}"
     dispatch.triton_interpreting = lambda: True    # lets impl="triton" accept the CPU tensors
-    current_config = [""]
+    current_config = ["", ""]                      # (config description, autotuned launch id)
+    sites = iter(range(1 << 62))
 
     def record(self, *args, grid, warmup, **kwargs):
         _, _, _, backend, binder = self.device_caches[0]
         bound, specialization, options = binder(*args, **kwargs)
         options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, specialization, options)
-        launches.append(Launch(self, signature, constexprs, attrs, dict(options.__dict__), current_config[0]))
+        launches.append(Launch(self, signature, constexprs, attrs, dict(options.__dict__), *current_config))
 
     def record_configs(self, *args, **kwargs):
         self.nargs = dict(zip(self.arg_names, args))
         pruned = self.early_config_prune is not None or self.perf_model is not None
         kept = self.prune_configs(kwargs) if pruned else sample_configs(self.configs, configs_per_kernel)
+        site = f"{self.base_fn.__name__}#{next(sites)}"
         for n, config in enumerate(kept):
-            current_config[0] = (f"{'kept by pruning' if pruned else 'sampled'} {n + 1}/{len(kept)} "
-                                 f"of {len(self.configs)}: {config}")
+            current_config[:] = (f"{'kept by pruning' if pruned else 'sampled'} {n + 1}/{len(kept)} "
+                                 f"of {len(self.configs)}: {config}", site)
             self.fn.run(*args, **kwargs, **config.all_kwargs())
-        current_config[0] = ""
+        current_config[:] = ("", "")
         self.nargs = None
 
     JITFunction.run = record

@@ -44,10 +44,13 @@ def capture_launches(recorded: list[Launch], ops: list[str], families: list[str]
                 continue
             for launch in recorded:
                 origin = origins.setdefault(launch.key, {"op": scenario.op, "scenario": scenario.label,
-                                                         "presets": list(scenario.presets), "dtypes": []})
+                                                         "presets": list(scenario.presets), "dtypes": [],
+                                                         "autotune_sites": []})
                 launches.setdefault(launch.key, launch)
                 if dtype not in origin["dtypes"]:
                     origin["dtypes"].append(dtype)
+                if launch.site:
+                    origin["autotune_sites"].append(launch.site)
     keys = list(launches)
     return [launches[k] for k in keys], [origins[k] for k in keys], failures
 
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"kernel": launch.fn.__name__, "module": launch.fn.module, "arch": args.arch,
                      "op": origin["op"], "dtype": ",".join(origin["dtypes"]), "scenario": origin["scenario"],
                      "presets": origin["presets"], "constexprs": launch.named_constexprs(),
-                     "config": launch.config, "num_warps": launch.options["num_warps"],
+                     "config": launch.config, "autotune_sites": origin["autotune_sites"], "num_warps": launch.options["num_warps"],
                      "num_stages": launch.options["num_stages"], **result,
                      "shared_limit": shared_memory_limit(args.arch)})
     for row in failures:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from recurlm.kernels.gpu_arch import SHARED_MEMORY_PER_BLOCK
-from recurlm.launch.compile_gate import SPILL_FAIL_BYTES, classify
+from recurlm.launch.compile_gate import SPILL_FAIL_BYTES, classify, excuse_autotune_candidates
 from recurlm.launch.compile_gate.scenarios import preset_scenarios
 
 
@@ -58,3 +58,11 @@ def test_grid_comes_from_every_preset():
     assert {384, 512} <= slstm_dims                         # xLSTM 760m and 1.3b
     windows = {(dict(s.dims)["head_dim"], dict(s.dims)["window"]) for s in scenarios if s.op == "local_attention"}
     assert (128, 1025) in windows and (256, 2049) in windows  # Griffin 100m-14b, RecurrentGemma
+
+
+def test_autotune_candidate_fails_only_without_a_usable_config():
+    """A spilling candidate is skipped by the autotuner when its launch has another usable config."""
+    rows = [{"status": "spill", "autotune_sites": ["k#1"]}, {"status": "ok", "autotune_sites": ["k#1"]},
+            {"status": "shared-memory", "autotune_sites": ["k#2"]}, {"status": "spill", "autotune_sites": []}]
+    excuse_autotune_candidates(rows)
+    assert [row["status"] for row in rows] == ["autotune-skip", "ok", "shared-memory", "spill"]
