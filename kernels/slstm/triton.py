@@ -212,10 +212,10 @@ def _slstm_bwd_kernel(R, resets, raw, c_seq, n_seq, m_seq, h_seq, dh_seq, final_
 
 
 FUSED_MAX_HEAD_DIM = 64
-"""Largest head dim ``path="auto"`` runs with the fused kernel (above it: the steps path). Measured
-by ``recurlm-doctor compile`` (docs/gpu.md): at head dim 128 the fused backward already spills
-(its eight [D, D] weight and gradient tiles exceed the registers of one program), at 384 and
-above ptxas does not finish."""
+"""Largest head dim ``slstm_triton`` runs with the fused kernel (above it: the steps path). At head
+dim 128 the fused backward spilled 12 KB per thread (its eight [D, D] weight and gradient tiles
+exceed one program's registers) and at 384-512 ptxas ran past 300 s (issue 16); at 16-64 it passes
+``recurlm-doctor compile`` on sm_80 and sm_90 without spills (docs/gpu.md)."""
 
 
 def _num_warps(block: int) -> int:
