@@ -3,6 +3,8 @@
     recurlm-doctor                               # versions + every kernel, this process only
     recurlm-doctor --family hgrn2                # only the kernels HGRN2 uses
     torchrun --nproc-per-node 2 -m recurlm.launch.doctor --family griffin   # + all_reduce over the ranks
+    recurlm-doctor compile --arch 80,90 --json out.json   # compile every Triton kernel for A100/H100
+                                                          # (no GPU needed: recurlm.launch.compile_gate)
 
 1. versions: Python, torch (+ CUDA and driver), Triton, DeepSpeed, flash-linear-attention, recurlm;
 2. kernels: each recurrence the model uses (``recurlm/kernels/<op>``) at small shapes on this
@@ -284,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compile"]:
+        from recurlm.launch.compile_gate import main as compile_gate
+        return compile_gate(argv[1:])
     args = build_parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     tag = f"[recurlm-doctor rank {rank} {platform.node()}]"

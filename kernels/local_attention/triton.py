@@ -13,20 +13,50 @@ documents match. A block of BLOCK_M queries therefore reads only the keys in
   dv_s = sum_i p_is do_i,  ds = p (do v^T - D),  dq = scale ds k,  dk_s = scale sum_i ds_is q_i;
   one kernel per query block for dq, one per key block for dk and dv (per query head, summed over
   the heads sharing a key/value head afterwards).
-Everything is computed in float32 (the inputs are promoted), block sizes are fixed (no autotune:
-the interpreter cannot benchmark).
+Everything is computed in float32 (the inputs are promoted). Block sizes are chosen per head dim
+and GPU by ``launch_config`` (no autotune: the interpreter cannot benchmark, and a fixed choice
+per target is what ``recurlm-doctor compile`` checks); the interpreter runs the H100 choice.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from recurlm.kernels.dispatch import triton_interpreting
+from recurlm.kernels.gpu_arch import shared_memory_limit, target_arch
 from recurlm.kernels.local_attention.state import LocalAttentionState, extend_with_state, final_state_from
 
-# queries and keys per block: the smallest tl.dot tile when interpreting (speed), 64 on GPUs
-BLOCK = 16 if triton_interpreting() else 64
+
+class LaunchConfig(NamedTuple):
+    """Tile sizes and compile options shared by the three kernels."""
+
+    block: int
+    """Queries per query block and keys per key block (BLOCK_M = BLOCK_N)."""
+    block_d: int
+    """Head dim padded to a power of two >= 16 (a tl.dot dimension)."""
+    num_warps: int
+    num_stages: int
+    """Software-pipelining depth of the key/query loops (buffers per streamed tile)."""
+
+
+SHARED_BYTES_PER_TILE_ELEMENT = 24
+"""Shared memory of the heaviest kernel (the dk/dv backward) per element of a [block, block_d]
+tile: measured by ``recurlm-doctor compile`` at 24 * block * block_d bytes (+ under 1 KB) for
+head dims 32-256, blocks 32-64, 1-2 pipeline stages, sm_80 and sm_90 (float32 tiles staged for
+its five tl.dot; the dq backward needs 16, the forward 10-12)."""
+
+
+def launch_config(head_dim: int, arch: int) -> LaunchConfig:
+    """The largest block whose dk/dv backward fits one thread block's shared memory on ``arch``
+    (A100 at head dim 128: 32; H100: 64). Head dims of 128 and up take one pipeline stage and
+    8 warps; at head dim 64 four warps spilled, so only head dims up to 32 take 4."""
+    block_d = max(triton.next_power_of_2(head_dim), 16)
+    for block in (64, 32, 16):
+        if SHARED_BYTES_PER_TILE_ELEMENT * block * block_d + 1024 <= shared_memory_limit(arch):
+            return LaunchConfig(block, block_d, 4 if block_d <= 32 else 8, 1 if block_d >= 128 else 2)
+    raise ValueError(f"local attention head dim {head_dim} does not fit the shared memory of sm_{arch}")
 
 
 @triton.jit
@@ -160,6 +190,12 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, d
     tl.store(dv_ptr + out_rows[:, None] * dim + offs_d[None, :], dv, mask=d_mask)
 
 
+def _meta(heads: int, kv_heads: int, config: LaunchConfig) -> dict:
+    """Constexprs and compile options of a launch."""
+    return dict(HEADS=heads, KV_HEADS=kv_heads, BLOCK_M=config.block, BLOCK_N=config.block, BLOCK_D=config.block_d,
+                num_warps=config.num_warps, num_stages=config.num_stages)
+
+
 class TritonLocalAttention(torch.autograd.Function):
     """o = sliding-window attention of q [B, T, H, D] over k_ext, v_ext [B, E, Hkv, D] (float32)."""
 
@@ -172,10 +208,10 @@ class TritonLocalAttention(torch.autograd.Function):
         ext_len, kv_heads = k_ext.shape[1], k_ext.shape[2]
         o = torch.empty_like(q)
         lse = torch.empty(batch, seq_len, heads, dtype=torch.float32, device=q.device)
-        _fwd_kernel[(triton.cdiv(seq_len, BLOCK), batch * heads)](
+        config = launch_config(dim, target_arch())
+        _fwd_kernel[(triton.cdiv(seq_len, config.block), batch * heads)](
             q, k_ext, v_ext, doc_ext, o, lse, scale, seq_len, ext_len, window, dim,
-            triton.cdiv(BLOCK + window - 1, BLOCK), HEADS=heads, KV_HEADS=kv_heads, BLOCK_M=BLOCK, BLOCK_N=BLOCK,
-            BLOCK_D=max(triton.next_power_of_2(dim), 16))
+            triton.cdiv(config.block + window - 1, config.block), **_meta(heads, kv_heads, config))
         ctx.save_for_backward(q, k_ext, v_ext, doc_ext, o, lse)
         ctx.window, ctx.scale = window, scale
         return o
@@ -192,12 +228,12 @@ class TritonLocalAttention(torch.autograd.Function):
         dq = torch.empty_like(q)
         dk = torch.empty(batch, ext_len, heads, dim, dtype=q.dtype, device=q.device)
         dv = torch.empty_like(dk)
-        sizes = dict(HEADS=heads, KV_HEADS=kv_heads, BLOCK_M=BLOCK, BLOCK_N=BLOCK,
-                     BLOCK_D=max(triton.next_power_of_2(dim), 16))
-        num_blocks = triton.cdiv(BLOCK + window - 1, BLOCK)
-        _bwd_dq_kernel[(triton.cdiv(seq_len, BLOCK), batch * heads)](
+        config = launch_config(dim, target_arch())
+        sizes = _meta(heads, kv_heads, config)
+        num_blocks = triton.cdiv(config.block + window - 1, config.block)
+        _bwd_dq_kernel[(triton.cdiv(seq_len, config.block), batch * heads)](
             q, k_ext, v_ext, doc_ext, do, lse, delta, dq, scale, seq_len, ext_len, window, dim, num_blocks, **sizes)
-        _bwd_dkdv_kernel[(triton.cdiv(ext_len, BLOCK), batch * heads)](
+        _bwd_dkdv_kernel[(triton.cdiv(ext_len, config.block), batch * heads)](
             q, k_ext, v_ext, doc_ext, do, lse, delta, dk, dv, scale, seq_len, ext_len, window, dim, num_blocks,
             **sizes)
         group = heads // kv_heads  # heads sharing a key/value head are adjacent (h // group)

@@ -186,11 +186,21 @@ def _gate_gradients(q_dq: torch.Tensor, k_dk: torch.Tensor, i: torch.Tensor, f: 
     return d_i, d_log_f * torch.sigmoid(-f), d_m0
 
 
-def _launch_config(dk: int, dv: int, block_v: int | None) -> tuple[int, int, int]:
-    """(BK, BV, number of value blocks)."""
+STATE_TILE_ELEMENTS = 4096
+"""Elements of the [BK, BV] state tile one program keeps in registers: 32 float32 registers per
+thread at 4 warps. The backward holds two such tiles (dC and a product) plus vectors; larger tiles
+spilled (mLSTM at head dim 768+ spilled 4.7-16 KB per thread with BV = 64, ``recurlm-doctor compile``)."""
+
+
+def _launch_config(dk: int, dv: int, block_v: int | None) -> tuple[int, int, int, int]:
+    """(BK, BV, number of value blocks, warps). The key dim is not split (h needs the whole q . C
+    column), so large heads take narrower value blocks (more programs per head) to keep the tile
+    at ``STATE_TILE_ELEMENTS``; warps grow only where even BV = 8 exceeds it."""
     block_k = triton.next_power_of_2(dk)
-    block_v = block_v or min(triton.next_power_of_2(dv), 64)
-    return block_k, block_v, triton.cdiv(dv, block_v)
+    if block_v is None:
+        block_v = max(8, min(triton.next_power_of_2(dv), 64, STATE_TILE_ELEMENTS // block_k))
+    num_warps = max(4, min(16, 4 * block_k * block_v // STATE_TILE_ELEMENTS))
+    return block_k, block_v, triton.cdiv(dv, block_v), num_warps
 
 
 class _MLSTMFunction(torch.autograd.Function):
@@ -198,12 +208,12 @@ class _MLSTMFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, i, f, resets, has_initial, eps, block_v, C0, n0, m0):
         batch, seq_len, heads, dk = q.shape
         dv = v.shape[-1]
-        block_k, block_v, num_v_blocks = _launch_config(dk, dv, block_v)
+        block_k, block_v, num_v_blocks, num_warps = _launch_config(dk, dv, block_v)
         h = q.new_empty(batch, seq_len, heads, dv)
         m_seq, qn_seq = q.new_empty(2, batch, seq_len, heads)
         CT, nT, mT = torch.empty_like(C0), torch.empty_like(n0), torch.empty_like(m0)
         common = dict(H=heads, K=dk, V=dv, BK=block_k, BV=block_v, HAS_RESETS=resets is not None,
-                      HAS_INITIAL=has_initial)
+                      HAS_INITIAL=has_initial, num_warps=num_warps)
         resets_arg = resets.to(torch.int8) if resets is not None else q
         _mlstm_fwd_kernel[(num_v_blocks, batch * heads)](
             q, k, v, i, f, resets_arg, C0, n0, m0, h, m_seq, qn_seq, CT, nT, mT, h, qn_seq, h,
@@ -218,7 +228,7 @@ class _MLSTMFunction(torch.autograd.Function):
         eps, block_v, has_resets, has_initial = ctx.config
         batch, seq_len, heads, dk = q.shape
         dv = v.shape[-1]
-        block_k, block_v, num_v_blocks = _launch_config(dk, dv, block_v)
+        block_k, block_v, num_v_blocks, num_warps = _launch_config(dk, dv, block_v)
         dh = torch.zeros_like(h) if dh is None else dh.contiguous()
         has_dfinal = dCT is not None or dnT is not None
         dCT = torch.zeros_like(CT) if dCT is None else dCT.contiguous()
@@ -234,7 +244,7 @@ class _MLSTMFunction(torch.autograd.Function):
         dnum = dh / den[..., None]
 
         common = dict(H=heads, K=dk, V=dv, BK=block_k, BV=block_v, HAS_RESETS=has_resets,
-                      HAS_INITIAL=has_initial)
+                      HAS_INITIAL=has_initial, num_warps=num_warps)
         grid = (num_v_blocks, batch * heads)
         bth = batch * seq_len * heads
         dq = q.new_empty(num_v_blocks, batch, seq_len, heads, dk)
@@ -260,7 +270,7 @@ def mlstm_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Ten
                  resets: torch.Tensor | None = None, eps: float = 1e-6, block_v: int | None = None,
                  ) -> tuple[torch.Tensor, MLSTMState | None]:
     """Same contract as ``mlstm_naive``; runs in float32 on chip. ``block_v``: value columns per
-    program (default min(64, next power of 2 of V))."""
+    program (default: ``_launch_config``, at most 64 and at most STATE_TILE_ELEMENTS / BK)."""
     batch, seq_len, heads, dk = q.shape
     state = initial_mlstm_state(initial_state, batch, heads, dk, v.shape[-1], torch.float32, q.device)
     args = [x.float().contiguous() for x in (q, k, v, i, f)]

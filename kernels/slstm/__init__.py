@@ -52,7 +52,9 @@ def slstm(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None = None,
         resets: [B, T] bool, True where a document starts (the incoming state is discarded).
         cu_seqlens: [N + 1] offsets of N sequences packed in one row (B = 1). Example: x
             [1, 7, 4, H, D], cu_seqlens = [0, 3, 7] -> final states [2, H, D] (after tokens 2, 6).
-        impl: "auto" (Triton on CUDA, chunk elsewhere), "naive", "chunk" or "triton".
+        impl: "auto" (Triton on CUDA, chunk elsewhere), "naive", "chunk" or "triton". The Triton
+            path is the fused kernel for head dims up to 64 and, above (xLSTM 125m and up), a
+            per-token batched GEMM plus a Triton cell kernel (``recurlm.kernels.slstm.triton``).
 
     Returns:
         h [B, T, H, D] in x.dtype, and ``SLSTMState`` in float32 (float64 for float64 inputs) if

@@ -1,6 +1,12 @@
-"""Fused sequential sLSTM in Triton (FlashRNN-style): forward and backward, exact gradients.
+"""sLSTM in Triton: forward and backward, exact gradients, two paths chosen by head dim.
 
-One program per (batch row, head) loads that head's recurrent weights R[h] (four [D, D] gate
+- head dim <= ``FUSED_MAX_HEAD_DIM`` (64): the fused kernel below (FlashRNN-style);
+- larger heads (xLSTM 125m and up: 192-640): ``recurlm.kernels.slstm.triton_steps``, a batched
+  GEMM per token for the recurrent matmul and a Triton kernel for the cell; it runs at any head dim.
+``impl="auto"`` on CUDA takes ``slstm_triton``, hence this choice. Why the fused kernel stops at 64:
+its backward holds eight [D, D] tiles per program (``recurlm-doctor compile``, docs/gpu.md).
+
+Fused kernel: one program per (batch row, head) loads that head's recurrent weights R[h] (four [D, D] gate
 blocks) on chip once and walks the sequence; each step is four on-chip matrix-vector products
 plus the pointwise cell. The forward saves the gate preactivations and the states (c, n, m, h)
 of every token (index 0 holds the initial state); the backward walks back with the explicit step
@@ -80,6 +86,52 @@ def _discard_state(resets, reset_index, c, n, m, h):
 
 
 @triton.jit
+def _store_state(c_ptr, n_ptr, m_ptr, h_ptr, offsets, mask, c, n, m, h):
+    tl.store(c_ptr + offsets, c, mask=mask)
+    tl.store(n_ptr + offsets, n, mask=mask)
+    tl.store(m_ptr + offsets, m, mask=mask)
+    tl.store(h_ptr + offsets, h, mask=mask)
+
+
+@triton.jit
+def _cell_forward(i_raw, f_raw, z_raw, o_raw, c, n, m):
+    """One sLSTM cell step from the gate preactivations (recurrent part included) -> (c, n, m, h)."""
+    log_f_plus_m = tl.minimum(f_raw, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_raw))) + m
+    m = tl.maximum(i_raw, log_f_plus_m)
+    i_gate = tl.exp(i_raw - m)
+    f_gate = tl.exp(log_f_plus_m - m)
+    c = f_gate * c + i_gate * _tanh(z_raw)
+    n = f_gate * n + i_gate
+    return c, n, m, _sigmoid(o_raw) * c / n
+
+
+@triton.jit
+def _cell_backward(i_raw, f_raw, z_raw, o_raw, c_prev, n_prev, m_prev, c, n, m, h, dc, dn, dm, dh):
+    """Adjoint of ``_cell_forward`` (the step adjoint of ``recurlm.kernels.slstm.chunk``).
+
+    dc, dn, dm: gradients reaching the step's state from later steps; dh: the total gradient of
+    h_t. Returns the preactivation gradients (di, df, dz, do) and the gradients carried to
+    (c, n, m)_{t-1}; the one to h_{t-1} is R times the preactivation gradients (the caller's)."""
+    log_f_plus_m = tl.minimum(f_raw, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_raw))) + m_prev
+    i_gate = tl.exp(i_raw - m)
+    f_gate = tl.exp(log_f_plus_m - m)
+    z = _tanh(z_raw)
+    o = _sigmoid(o_raw)
+    do_raw = dh * c / n * o * (1.0 - o)
+    dc += dh * o / n
+    dn -= dh * h / n
+    df_gate = (dc * c_prev + dn * n_prev) * f_gate
+    di_gate = (dc * z + dn) * i_gate
+    dm = dm - df_gate - di_gate
+    i_wins = i_raw >= log_f_plus_m
+    di_raw = di_gate + tl.where(i_wins, dm, 0.0)
+    d_log_f_plus_m = df_gate + tl.where(i_wins, 0.0, dm)
+    df_raw = d_log_f_plus_m * _sigmoid(-f_raw)
+    dz_raw = dc * i_gate * (1.0 - z * z)
+    return di_raw, df_raw, dz_raw, do_raw, dc * f_gate, dn * f_gate, d_log_f_plus_m
+
+
+@triton.jit
 def _slstm_fwd_kernel(x, R, resets, raw, c_seq, n_seq, m_seq, h_seq, T,
                       H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, HAS_RESETS: tl.constexpr):
     i_bh, i_b, i_h, od, mask_d, mask_dd = _program_head(H, D, BD)
@@ -96,18 +148,9 @@ def _slstm_fwd_kernel(x, R, resets, raw, c_seq, n_seq, m_seq, h_seq, T,
         z_raw += tl.sum(h[:, None] * R_z, axis=0)
         o_raw += tl.sum(h[:, None] * R_o, axis=0)
         _store_gates(raw, gates, mask_d, H * D, i_raw, f_raw, z_raw, o_raw)
-        log_f_plus_m = tl.minimum(f_raw, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_raw))) + m
-        m = tl.maximum(i_raw, log_f_plus_m)
-        i_gate = tl.exp(i_raw - m)
-        f_gate = tl.exp(log_f_plus_m - m)
-        c = f_gate * c + i_gate * _tanh(z_raw)
-        n = f_gate * n + i_gate
-        h = _sigmoid(o_raw) * c / n
+        c, n, m, h = _cell_forward(i_raw, f_raw, z_raw, o_raw, c, n, m)
         state += H * D
-        tl.store(c_seq + state, c, mask=mask_d)
-        tl.store(n_seq + state, n, mask=mask_d)
-        tl.store(m_seq + state, m, mask=mask_d)
-        tl.store(h_seq + state, h, mask=mask_d)
+        _store_state(c_seq, n_seq, m_seq, h_seq, state, mask_d, c, n, m, h)
 
 
 @triton.jit
@@ -143,22 +186,8 @@ def _slstm_bwd_kernel(R, resets, raw, c_seq, n_seq, m_seq, h_seq, dh_seq, final_
         gates = ((i_b * T + t) * 4 * H + i_h) * D + od
         i_raw, f_raw, z_raw, o_raw = _load_gates(raw, gates, mask_d, H * D)
 
-        log_f_plus_m = tl.minimum(f_raw, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_raw))) + m_prev
-        i_gate = tl.exp(i_raw - m)
-        f_gate = tl.exp(log_f_plus_m - m)
-        z = _tanh(z_raw)
-        o = _sigmoid(o_raw)
-        do_raw = dh * c / n * o * (1.0 - o)
-        dc += dh * o / n
-        dn -= dh * h / n
-        df_gate = (dc * c_prev + dn * n_prev) * f_gate
-        di_gate = (dc * z + dn) * i_gate
-        dm = dm - df_gate - di_gate
-        i_wins = i_raw >= log_f_plus_m
-        di_raw = di_gate + tl.where(i_wins, dm, 0.0)
-        d_log_f_plus_m = df_gate + tl.where(i_wins, 0.0, dm)
-        df_raw = d_log_f_plus_m * _sigmoid(-f_raw)
-        dz_raw = dc * i_gate * (1.0 - z * z)
+        di_raw, df_raw, dz_raw, do_raw, dc_carry, dn_carry, dm_carry = _cell_backward(
+            i_raw, f_raw, z_raw, o_raw, c_prev, n_prev, m_prev, c, n, m, h, dc, dn, dm, dh)
         _store_gates(draw, gates, mask_d, H * D, di_raw, df_raw, dz_raw, do_raw)
         dR_i += h_prev[:, None] * di_raw[None, :]
         dR_f += h_prev[:, None] * df_raw[None, :]
@@ -168,9 +197,7 @@ def _slstm_bwd_kernel(R, resets, raw, c_seq, n_seq, m_seq, h_seq, dh_seq, final_
               + tl.sum(R_z * dz_raw[None, :], axis=1) + tl.sum(R_o * do_raw[None, :], axis=1))
         if HAS_RESETS:
             dh = tl.where(fresh, 0.0, dh)
-        dc = dc * f_gate
-        dn = dn * f_gate
-        dm = d_log_f_plus_m
+        dc, dn, dm = dc_carry, dn_carry, dm_carry
     out = dR + (i_bh * D + od[:, None]) * 4 * D + od[None, :]      # partial dR [B, H, D, 4, D]
     tl.store(out, dR_i, mask=mask_dd)
     tl.store(out + D, dR_f, mask=mask_dd)
@@ -184,18 +211,39 @@ def _slstm_bwd_kernel(R, resets, raw, c_seq, n_seq, m_seq, h_seq, dh_seq, final_
     tl.store(d_initial + 3 * BHD + init, dh, mask=mask_d)
 
 
+FUSED_MAX_HEAD_DIM = 64
+"""Largest head dim ``slstm_triton`` runs with the fused kernel (above it: the steps path). At head
+dim 128 the fused backward spilled 12 KB per thread (its eight [D, D] weight and gradient tiles
+exceed one program's registers) and at 384-512 ptxas ran past 300 s (issue 16); at 16-64 it passes
+``recurlm-doctor compile`` on sm_80 and sm_90 without spills (docs/gpu.md)."""
+
+
 def _num_warps(block: int) -> int:
     """Warps per program: the backward holds eight [BD, BD] fp32 tiles (R and dR per gate)."""
     return 4 if block <= 32 else 8
+
+
+def state_buffers(x: torch.Tensor, has_initial_state: bool, c0, n0, m0, h0) -> list[torch.Tensor]:
+    """c, n, m, h [B, T + 1, H, D] for x [B, T, 4, H, D]; index 0 holds the initial state (m = -inf
+    without one: a fresh state)."""
+    batch, seq_len, _, heads, dim = x.shape
+    states = [torch.empty(batch, seq_len + 1, heads, dim, dtype=x.dtype, device=x.device) for _ in range(4)]
+    for buffer, value in zip(states, (c0, n0, m0 if has_initial_state else torch.full_like(m0, float("-inf")), h0)):
+        buffer[:, 0] = value
+    return states
+
+
+def outputs(states: list[torch.Tensor], final_positions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(h [B, T, H, D], c, n, m, h [B, H, D] after token ``final_positions[b]`` of each row)."""
+    rows = torch.arange(states[0].shape[0], device=states[0].device)
+    return (states[3][:, 1:], *(buffer[rows, final_positions + 1] for buffer in states))
 
 
 class _SLSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, R, resets, final_positions, has_initial_state, c0, n0, m0, h0):
         batch, seq_len, _, heads, dim = x.shape
-        states = [torch.empty(batch, seq_len + 1, heads, dim, dtype=x.dtype, device=x.device) for _ in range(4)]
-        for buffer, value in zip(states, (c0, n0, m0 if has_initial_state else torch.full_like(m0, float("-inf")), h0)):
-            buffer[:, 0] = value
+        states = state_buffers(x, has_initial_state, c0, n0, m0, h0)
         raw = torch.empty_like(x)
         resets_arg = resets.to(torch.int8) if resets is not None else x
         block = triton.next_power_of_2(dim)
@@ -203,8 +251,7 @@ class _SLSTMFunction(torch.autograd.Function):
                                             HAS_RESETS=resets is not None, num_warps=_num_warps(block))
         ctx.save_for_backward(R, resets_arg, raw, final_positions, *states)
         ctx.config = (resets is not None, has_initial_state)
-        rows = torch.arange(batch, device=x.device)
-        return (states[3][:, 1:], *(buffer[rows, final_positions + 1] for buffer in states))
+        return outputs(states, final_positions)
 
     @staticmethod
     def backward(ctx, dh_seq, *d_final):
@@ -230,12 +277,19 @@ def slstm_triton(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor,
                  initial_state: SLSTMState | None = None, output_final_state: bool = False,
                  resets: torch.Tensor | None = None, final_positions: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, SLSTMState | None]:
-    """Same contract as ``slstm_naive``; runs in float32 on chip."""
+    """Same contract as ``slstm_naive``; runs in float32. Heads up to ``FUSED_MAX_HEAD_DIM`` run
+    the fused kernel (one program per head walks the sequence with R[h] on chip), larger ones the
+    steps path (per token a batched GEMM for the recurrent matmul and one Triton kernel for the
+    cell, ``recurlm.kernels.slstm.triton_steps``), which runs at any head dim."""
     batch, seq_len, _, heads, dim = x.shape
     state = initial_slstm_state(initial_state, batch, heads, dim, torch.float32, x.device)
     if final_positions is None:
         final_positions = torch.full((batch,), seq_len - 1, dtype=torch.long, device=x.device)
     x_bias = (x.float() + bias.float()).contiguous()
-    h, *final = _SLSTMFunction.apply(x_bias, R.float().contiguous(), resets, final_positions,
-                                     initial_state is not None, *(s.contiguous() for s in state))
+    if dim > FUSED_MAX_HEAD_DIM:
+        from recurlm.kernels.slstm.triton_steps import SLSTMStepsFunction as function
+    else:
+        function = _SLSTMFunction
+    h, *final = function.apply(x_bias, R.float().contiguous(), resets, final_positions,
+                               initial_state is not None, *(s.contiguous() for s in state))
     return h.to(x.dtype), (SLSTMState(*final) if output_final_state else None)

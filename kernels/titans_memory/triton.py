@@ -28,15 +28,16 @@ from recurlm.kernels.titans_memory.common import TitansMemoryState, Weights, sta
 
 
 @triton.jit
-def _load_chunk(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_ptr, gs_ptr, chunk, mem, init,
+def _load_chunk(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_ptr, gs_ptr, chunk, mem, init, cols,
                 BT: tl.constexpr, BD: tl.constexpr):
-    """Load chunk ``chunk`` (q, k, v [BT, BD], the fresh mask and coefficient rows [BT], Gam [BT, BT])
-    and compute u = 2 (k M_base - v) [BT, BD], M_base = init for fresh tokens, else mem."""
+    """Load chunk ``chunk`` (q, k [BT, BD], v [BT, BV] at value columns ``cols``, the fresh mask and
+    coefficient rows [BT], Gam [BT, BT]) and compute u = 2 (k M_base - v) [BT, BV] for those columns,
+    M_base = init for fresh tokens, else mem (both [BD, BV])."""
     t = tl.arange(0, BT)
     tile_td = t[:, None] * BD + tl.arange(0, BD)[None, :]
     q = tl.load(q_ptr + chunk * BT * BD + tile_td)
     k = tl.load(k_ptr + chunk * BT * BD + tile_td)
-    v = tl.load(v_ptr + chunk * BT * BD + tile_td)
+    v = tl.load(v_ptr + chunk * BT * BD + t[:, None] * BD + cols[None, :])
     fresh = tl.load(f_ptr + chunk * BT + t)
     gam = tl.load(gam_ptr + chunk * BT * BT + t[:, None] * BT + t[None, :])
     rm = tl.load(rm_ptr + chunk * BT + t)
@@ -45,39 +46,41 @@ def _load_chunk(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_
     gm = tl.load(gm_ptr + chunk * BT + t)
     gs = tl.load(gs_ptr + chunk * BT + t)
     u = 2.0 * (fresh[:, None] * tl.dot(k, init) + (1.0 - fresh[:, None]) * tl.dot(k, mem) - v)
-    return q, k, v, fresh, gam, rm, rs, ri, gm, gs, u
+    return q, k, fresh, gam, rm, rs, ri, gm, gs, u
 
 
 @triton.jit
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_ptr, gs_ptr,
                 mm_ptr, ms_ptr, mi_ptr, ss_ptr, m0_ptr, s0_ptr, w_ptr,
                 y_ptr, m_chunks_ptr, s_chunks_ptr, m_end_ptr, s_end_ptr,
-                N, BT: tl.constexpr, BD: tl.constexpr):
+                N, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr):
     bh = tl.program_id(0)
+    cols = tl.program_id(1) * BV + tl.arange(0, BV)          # this program's value columns
     t = tl.arange(0, BT)
     d = tl.arange(0, BD)
-    tile_td = t[:, None] * BD + d[None, :]
-    tile_dd = d[:, None] * BD + d[None, :]
-    mem = tl.load(m0_ptr + bh * BD * BD + tile_dd)
-    mom = tl.load(s0_ptr + bh * BD * BD + tile_dd)
-    init = tl.load(w_ptr + bh * BD * BD + tile_dd)
+    tile_tc = t[:, None] * BD + cols[None, :]
+    tile_dc = d[:, None] * BD + cols[None, :]
+    mem = tl.load(m0_ptr + bh * BD * BD + tile_dc)
+    mom = tl.load(s0_ptr + bh * BD * BD + tile_dc)
+    init = tl.load(w_ptr + bh * BD * BD + tile_dc)
     for n in range(N):
         chunk = bh * N + n
-        tl.store(m_chunks_ptr + chunk * BD * BD + tile_dd, mem)
-        tl.store(s_chunks_ptr + chunk * BD * BD + tile_dd, mom)
-        q, k, v, fresh, gam, rm, rs, ri, gm, gs, u = _load_chunk(
-            q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_ptr, gs_ptr, chunk, mem, init, BT, BD)
+        tl.store(m_chunks_ptr + chunk * BD * BD + tile_dc, mem)
+        tl.store(s_chunks_ptr + chunk * BD * BD + tile_dc, mom)
+        q, k, fresh, gam, rm, rs, ri, gm, gs, u = _load_chunk(
+            q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_ptr, gs_ptr, chunk, mem, init, cols,
+            BT, BD)
         scores = gam * tl.dot(q, tl.trans(k))
         y = (rm[:, None] * tl.dot(q, mem) + rs[:, None] * tl.dot(q, mom) + ri[:, None] * tl.dot(q, init)
              - tl.dot(scores, u))
-        tl.store(y_ptr + chunk * BT * BD + tile_td, y)
+        tl.store(y_ptr + chunk * BT * BD + tile_tc, y)
         kt = tl.trans(k)
         mem_next = (tl.load(mm_ptr + chunk) * mem + tl.load(ms_ptr + chunk) * mom + tl.load(mi_ptr + chunk) * init
                     - tl.dot(kt, gm[:, None] * u))
         mom = tl.load(ss_ptr + chunk) * mom - tl.dot(kt, gs[:, None] * u)
         mem = mem_next
-    tl.store(m_end_ptr + bh * BD * BD + tile_dd, mem)
-    tl.store(s_end_ptr + bh * BD * BD + tile_dd, mom)
+    tl.store(m_end_ptr + bh * BD * BD + tile_dc, mem)
+    tl.store(s_end_ptr + bh * BD * BD + tile_dc, mom)
 
 
 @triton.jit
@@ -86,68 +89,91 @@ def _bwd_kernel(q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_
                 dy_ptr, dm_end_ptr, ds_end_ptr,
                 dq_ptr, dk_ptr, dv_ptr, dgam_ptr, drm_ptr, drs_ptr, dri_ptr, dgm_ptr, dgs_ptr,
                 dmm_ptr, dms_ptr, dmi_ptr, dss_ptr, dm0_ptr, ds0_ptr, dw_ptr,
-                N, BT: tl.constexpr, BD: tl.constexpr):
+                N, BT: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr):
+    """Gradients of value columns ``cols``: dv, dM0, dS0, dW are column-local; every other
+    gradient sums over all columns, so this program writes its partial sum at partial block
+    ``program_id(1)`` of a [column blocks, ...] buffer (summed by the caller)."""
     bh = tl.program_id(0)
+    cols = tl.program_id(1) * BV + tl.arange(0, BV)
+    part = tl.program_id(1) * tl.num_programs(0) * N          # offset of this column block's partials, in chunks
     t = tl.arange(0, BT)
     d = tl.arange(0, BD)
     tile_td = t[:, None] * BD + d[None, :]
+    tile_tc = t[:, None] * BD + cols[None, :]
     tile_tt = t[:, None] * BT + t[None, :]
-    tile_dd = d[:, None] * BD + d[None, :]
-    init = tl.load(w_ptr + bh * BD * BD + tile_dd)
-    dmem = tl.load(dm_end_ptr + bh * BD * BD + tile_dd)       # gradient w.r.t. the chunk-end M
-    dmom = tl.load(ds_end_ptr + bh * BD * BD + tile_dd)
-    dinit = tl.zeros([BD, BD], dtype=tl.float32)
+    tile_dc = d[:, None] * BD + cols[None, :]
+    init = tl.load(w_ptr + bh * BD * BD + tile_dc)
+    dmem = tl.load(dm_end_ptr + bh * BD * BD + tile_dc)       # gradient w.r.t. the chunk-end M
+    dmom = tl.load(ds_end_ptr + bh * BD * BD + tile_dc)
+    dinit = tl.zeros([BD, BV], dtype=tl.float32)
     for i in range(N):
         n = N - 1 - i
         chunk = bh * N + n
-        mem = tl.load(m_chunks_ptr + chunk * BD * BD + tile_dd)
-        mom = tl.load(s_chunks_ptr + chunk * BD * BD + tile_dd)
-        dy = tl.load(dy_ptr + chunk * BT * BD + tile_td)
+        mem = tl.load(m_chunks_ptr + chunk * BD * BD + tile_dc)
+        mom = tl.load(s_chunks_ptr + chunk * BD * BD + tile_dc)
+        dy = tl.load(dy_ptr + chunk * BT * BD + tile_tc)
         # recompute the forward quantities of this chunk
-        q, k, v, fresh, gam, rm, rs, ri, gm, gs, u = _load_chunk(
-            q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_ptr, gs_ptr, chunk, mem, init, BT, BD)
+        q, k, fresh, gam, rm, rs, ri, gm, gs, u = _load_chunk(
+            q_ptr, k_ptr, v_ptr, f_ptr, gam_ptr, rm_ptr, rs_ptr, ri_ptr, gm_ptr, gs_ptr, chunk, mem, init, cols,
+            BT, BD)
         mm = tl.load(mm_ptr + chunk)
         ms = tl.load(ms_ptr + chunk)
         mi = tl.load(mi_ptr + chunk)
         ss = tl.load(ss_ptr + chunk)
         qk = tl.dot(q, tl.trans(k))
-        q_mem = tl.dot(q, mem)
-        q_mom = tl.dot(q, mom)
-        q_init = tl.dot(q, init)
         k_dmem = tl.dot(k, dmem)
         k_dmom = tl.dot(k, dmom)
-        # coefficient gradients
-        tl.store(drm_ptr + chunk * BT + t, tl.sum(dy * q_mem, axis=1))
-        tl.store(drs_ptr + chunk * BT + t, tl.sum(dy * q_mom, axis=1))
-        tl.store(dri_ptr + chunk * BT + t, tl.sum(dy * q_init, axis=1))
-        tl.store(dgm_ptr + chunk * BT + t, -tl.sum(k_dmem * u, axis=1))
-        tl.store(dgs_ptr + chunk * BT + t, -tl.sum(k_dmom * u, axis=1))
-        tl.store(dmm_ptr + chunk, tl.sum(tl.sum(dmem * mem, axis=1), axis=0))
-        tl.store(dms_ptr + chunk, tl.sum(tl.sum(dmem * mom, axis=1), axis=0))
-        tl.store(dmi_ptr + chunk, tl.sum(tl.sum(dmem * init, axis=1), axis=0))
-        tl.store(dss_ptr + chunk, tl.sum(tl.sum(dmom * mom, axis=1), axis=0))
-        d_scores = -tl.dot(dy, tl.trans(u))                   # d(Gam * q k^T)
-        tl.store(dgam_ptr + chunk * BT * BT + tile_tt, d_scores * qk)
+        # coefficient gradients (partial sums over this program's columns)
+        tl.store(drm_ptr + (part + chunk) * BT + t, tl.sum(dy * tl.dot(q, mem), axis=1))
+        tl.store(drs_ptr + (part + chunk) * BT + t, tl.sum(dy * tl.dot(q, mom), axis=1))
+        tl.store(dri_ptr + (part + chunk) * BT + t, tl.sum(dy * tl.dot(q, init), axis=1))
+        tl.store(dgm_ptr + (part + chunk) * BT + t, -tl.sum(k_dmem * u, axis=1))
+        tl.store(dgs_ptr + (part + chunk) * BT + t, -tl.sum(k_dmom * u, axis=1))
+        tl.store(dmm_ptr + part + chunk, tl.sum(tl.sum(dmem * mem, axis=1), axis=0))
+        tl.store(dms_ptr + part + chunk, tl.sum(tl.sum(dmem * mom, axis=1), axis=0))
+        tl.store(dmi_ptr + part + chunk, tl.sum(tl.sum(dmem * init, axis=1), axis=0))
+        tl.store(dss_ptr + part + chunk, tl.sum(tl.sum(dmom * mom, axis=1), axis=0))
+        d_scores = -tl.dot(dy, tl.trans(u))                   # d(Gam * q k^T), partial
+        tl.store(dgam_ptr + (part + chunk) * BT * BT + tile_tt, d_scores * qk)
         d_qk = d_scores * gam
-        # gradient of u = 2 (k M_base - v) from y, M' and S'
+        # gradient of u = 2 (k M_base - v) from y, M' and S' (column-local)
         du = -tl.dot(tl.trans(gam * qk), dy) - gm[:, None] * k_dmem - gs[:, None] * k_dmom
         dq = (rm[:, None] * tl.dot(dy, tl.trans(mem)) + rs[:, None] * tl.dot(dy, tl.trans(mom))
               + ri[:, None] * tl.dot(dy, tl.trans(init)) + tl.dot(d_qk, k))
         dk = (tl.dot(tl.trans(d_qk), q) - gm[:, None] * tl.dot(u, tl.trans(dmem))
               - gs[:, None] * tl.dot(u, tl.trans(dmom))
               + 2.0 * (fresh[:, None] * tl.dot(du, tl.trans(init)) + (1.0 - fresh[:, None]) * tl.dot(du, tl.trans(mem))))
-        tl.store(dq_ptr + chunk * BT * BD + tile_td, dq)
-        tl.store(dk_ptr + chunk * BT * BD + tile_td, dk)
-        tl.store(dv_ptr + chunk * BT * BD + tile_td, -2.0 * du)
+        tl.store(dq_ptr + (part + chunk) * BT * BD + tile_td, dq)
+        tl.store(dk_ptr + (part + chunk) * BT * BD + tile_td, dk)
+        tl.store(dv_ptr + chunk * BT * BD + tile_tc, -2.0 * du)
         qt = tl.trans(q)
         kt = tl.trans(k)
         dinit += tl.dot(qt, ri[:, None] * dy) + mi * dmem + 2.0 * tl.dot(kt, fresh[:, None] * du)
         dmem_prev = tl.dot(qt, rm[:, None] * dy) + mm * dmem + 2.0 * tl.dot(kt, (1.0 - fresh[:, None]) * du)
         dmom = tl.dot(qt, rs[:, None] * dy) + ms * dmem + ss * dmom
         dmem = dmem_prev
-    tl.store(dm0_ptr + bh * BD * BD + tile_dd, dmem)
-    tl.store(ds0_ptr + bh * BD * BD + tile_dd, dmom)
-    tl.store(dw_ptr + bh * BD * BD + tile_dd, dinit)
+    tl.store(dm0_ptr + bh * BD * BD + tile_dc, dmem)
+    tl.store(ds0_ptr + bh * BD * BD + tile_dc, dmom)
+    tl.store(dw_ptr + bh * BD * BD + tile_dc, dinit)
+
+
+COLUMN_BLOCK = 16
+"""Value columns of the memory per program: the [BD, BV] state tiles of a program shrink with it.
+At one program per head (BV = BD = 64) the kernels spilled 13 KB (forward) and 35 KB (backward) per
+thread on sm_80, at BV = 32 the backward still 2.2 KB (``recurlm-doctor compile``). The columns of
+M and S evolve independently (their updates mix rows only), so a head splits over BD / BV
+programs, and the gradients that sum over columns (q, k, the coefficients) are summed over the
+column blocks afterwards."""
+
+MAX_REGISTERS = 255
+"""Registers per thread allowed to ptxas (``maxnreg``; 255 x 256 threads fits the 64K register
+file). Left to itself, ptxas gave these kernels 32 registers on sm_80 and spilled 8-15 KB."""
+
+
+def _launch_options(block_d: int) -> dict:
+    """Warps per program (8 from head dim 64: the [BT, BD] and [BD, BV] tiles of the backward) and
+    the register cap."""
+    return dict(num_warps=4 if block_d <= 32 else 8, maxnreg=MAX_REGISTERS)
 
 
 class _LinearChunkFunction(torch.autograd.Function):
@@ -158,12 +184,14 @@ class _LinearChunkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, m0, s0, w):
         BH, N, BT, BD = q.shape
+        BV = min(BD, COLUMN_BLOCK)
         y = torch.empty_like(q)
         m_chunks = q.new_empty(BH, N, BD, BD)
         s_chunks = q.new_empty(BH, N, BD, BD)
         m_end, s_end = torch.empty_like(m0), torch.empty_like(s0)
-        _fwd_kernel[(BH,)](q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, m0, s0, w,
-                           y, m_chunks, s_chunks, m_end, s_end, N, BT=BT, BD=BD)
+        _fwd_kernel[(BH, BD // BV)](q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, m0, s0, w,
+                                    y, m_chunks, s_chunks, m_end, s_end, N, BT=BT, BD=BD, BV=BV,
+                                    **_launch_options(BD))
         ctx.save_for_backward(q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, w, m_chunks, s_chunks)
         return y, m_end, s_end
 
@@ -171,16 +199,21 @@ class _LinearChunkFunction(torch.autograd.Function):
     def backward(ctx, dy, dm_end, ds_end):
         q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, w, m_chunks, s_chunks = ctx.saved_tensors
         BH, N, BT, BD = q.shape
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        dgam = torch.empty_like(gam)
-        drm, drs, dri, dgm, dgs = (torch.empty_like(rm) for _ in range(5))
-        dmm, dms, dmi, dss = (torch.empty_like(mm) for _ in range(4))
+        BV = min(BD, COLUMN_BLOCK)
+        blocks = BD // BV
+        partial = lambda x: x.new_empty(blocks, *x.shape)    # one partial sum per column block
+        dq, dk, dgam = partial(q), partial(k), partial(gam)
+        dv = torch.empty_like(v)
+        drm, drs, dri, dgm, dgs = (partial(rm) for _ in range(5))
+        dmm, dms, dmi, dss = (partial(mm) for _ in range(4))
         dm0, ds0, dw = (torch.empty_like(w) for _ in range(3))
         zeros_if_none = lambda g, like: torch.zeros_like(like) if g is None else g.contiguous()
-        _bwd_kernel[(BH,)](q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, w, m_chunks, s_chunks,
-                           zeros_if_none(dy, q), zeros_if_none(dm_end, w), zeros_if_none(ds_end, w),
-                           dq, dk, dv, dgam, drm, drs, dri, dgm, dgs, dmm, dms, dmi, dss, dm0, ds0, dw,
-                           N, BT=BT, BD=BD)
+        _bwd_kernel[(BH, blocks)](q, k, v, fresh, gam, rm, rs, ri, gm, gs, mm, ms, mi, ss, w, m_chunks, s_chunks,
+                                  zeros_if_none(dy, q), zeros_if_none(dm_end, w), zeros_if_none(ds_end, w),
+                                  dq, dk, dv, dgam, drm, drs, dri, dgm, dgs, dmm, dms, dmi, dss, dm0, ds0, dw,
+                                  N, BT=BT, BD=BD, BV=BV, **_launch_options(BD))
+        dq, dk, dgam, drm, drs, dri, dgm, dgs, dmm, dms, dmi, dss = (
+            x.sum(0) for x in (dq, dk, dgam, drm, drs, dri, dgm, dgs, dmm, dms, dmi, dss))
         return dq, dk, dv, None, dgam, drm, drs, dri, dgm, dgs, dmm, dms, dmi, dss, dm0, ds0, dw
 
 

@@ -209,3 +209,26 @@ def test_bad_inputs_raise():
 
 def test_flops_counts_the_band():
     assert flops(1, 3, 1, 1, 2) == 4 * (1 + 2 + 2)
+
+
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("head_dim", [32, 64, 128, 256])
+def test_launch_config_fits_shared_memory(arch, head_dim):
+    """Blocks per head dim and GPU: the dk/dv backward's measured 24 B per tile element stays within
+    one block's shared memory (the compile gate checks the compiled kernels); A100 takes smaller
+    blocks than H100 from head dim 128 on."""
+    from recurlm.kernels.gpu_arch import shared_memory_limit
+    from recurlm.kernels.local_attention.triton import SHARED_BYTES_PER_TILE_ELEMENT, launch_config
+
+    config = launch_config(head_dim, arch)
+    assert config.block_d == head_dim
+    assert SHARED_BYTES_PER_TILE_ELEMENT * config.block * config.block_d < shared_memory_limit(arch)
+    assert launch_config(128, 80).block < launch_config(128, 90).block
+
+
+def test_interpreter_runs_the_h100_config():
+    """Without a GPU the launchers pick the H100 configuration, so the interpreter tests above run it."""
+    from recurlm.kernels.gpu_arch import target_arch
+    from recurlm.kernels.local_attention.triton import launch_config
+
+    assert target_arch() == 90 and launch_config(16, target_arch()).block == 64

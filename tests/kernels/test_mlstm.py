@@ -251,3 +251,13 @@ def test_triton_cu_seqlens_matches_naive_interpreter():
     assert all(torch.isfinite(g).all() for g in grads)
     assert_all_close(out, ref_out, atol=2e-6, rtol=1e-5)
     assert_all_close(grads, ref_grads, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("head_dim", [64, 384, 1024, 1280])
+def test_state_tile_is_capped(head_dim):
+    """Large heads take narrower value blocks (and more warps) instead of an uncapped [BK, BV] tile."""
+    from recurlm.kernels.mlstm.triton import STATE_TILE_ELEMENTS, _launch_config
+
+    block_k, block_v, num_blocks, num_warps = _launch_config(head_dim, head_dim, None)
+    assert block_k >= head_dim and num_blocks * block_v >= head_dim
+    assert block_k * block_v * 4 // num_warps <= STATE_TILE_ELEMENTS

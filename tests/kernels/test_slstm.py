@@ -162,10 +162,20 @@ def test_flops_counts_recurrent_matmul_and_pointwise():
     assert flops(2, 10, 3, 8) == 2 * 10 * 3 * (2 * 8 * 32 + 20 * 8)
 
 
+@pytest.fixture(params=["fused", "steps"])
+def triton_path(request, monkeypatch) -> str:
+    """Each Triton path of ``impl="triton"``: tiny heads take the fused kernel; "steps" lowers
+    ``FUSED_MAX_HEAD_DIM`` so that they take the per-token GEMM + cell path that large heads take."""
+    if request.param == "steps":
+        from recurlm.kernels.slstm import triton as slstm_triton_module
+        monkeypatch.setattr(slstm_triton_module, "FUSED_MAX_HEAD_DIM", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("reset_prob,initial_state,dim", [(0.0, False, 4), (0.3, True, 3)])
-def test_triton_matches_naive_interpreter(reset_prob, initial_state, dim):
-    """Fused sequential Triton kernel (fwd + bwd) under TRITON_INTERPRET=1, float32, tiny shapes;
-    dim = 3 exercises the masked lanes of a padded head block."""
+def test_triton_matches_naive_interpreter(triton_path, reset_prob, initial_state, dim):
+    """Both Triton paths (fwd + bwd) under TRITON_INTERPRET=1, float32, tiny shapes; dim = 3
+    exercises the masked lanes of a padded head block."""
     inputs = make_inputs(2, 7, 2, dim, seed=21, reset_prob=reset_prob, initial_state=initial_state,
                          requires_grad=True)
     if reset_prob:
@@ -176,7 +186,7 @@ def test_triton_matches_naive_interpreter(reset_prob, initial_state, dim):
     assert_all_close(grads, ref_grads, atol=1e-5, rtol=1e-5)
 
 
-def test_triton_cu_seqlens_matches_naive_interpreter():
+def test_triton_cu_seqlens_matches_naive_interpreter(triton_path):
     cu_seqlens = torch.tensor([0, 2, 7])
     inputs = make_inputs(2, 7, 1, 4, seed=22, initial_state=True, requires_grad=True)
     inputs = {**inputs, "x": inputs["x"][:1].detach().clone().requires_grad_(True), "resets": None}

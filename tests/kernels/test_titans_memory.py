@@ -266,13 +266,15 @@ def test_coefficients_match_fla_titans():
 
 # ----------------------------------------------------------------------------- triton (interpreter)
 
-@pytest.mark.parametrize("T,chunk_size,with_resets", [(13, 4, True), (1, 16, False), (20, 16, True)])
-def test_triton_matches_naive(T, chunk_size, with_resets):
-    """fp32 Triton kernel (forward and backward) vs the float64 naive form, all gradients."""
+@pytest.mark.parametrize("T,chunk_size,with_resets,D", [(13, 4, True, 5), (1, 16, False, 5), (20, 16, True, 5),
+                                                        (9, 4, True, 40)])
+def test_triton_matches_naive(T, chunk_size, with_resets, D):
+    """fp32 Triton kernel (forward and backward) vs the float64 naive form, all gradients. D = 40 pads
+    to 64: two column blocks per head (COLUMN_BLOCK), whose partial gradients are summed."""
     B = 2
     results = []
     for impl, dtype in (("naive", torch.float64), ("triton", torch.float32)):
-        x = make_inputs(B=B, T=T, H=2, D=5, dtype=dtype, requires_grad=True)
+        x = make_inputs(B=B, T=T, H=2, D=D, dtype=dtype, requires_grad=True)
         state = random_state(B, x["init_weights"])
         resets = random_resets(B, T) if with_resets else None
         outs, grads = run_with_grads(x, state, impl, resets=resets, chunk_size=chunk_size)
