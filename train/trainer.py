@@ -133,14 +133,13 @@ class Trainer:
 
     def _build(self, job: DictConfig) -> None:
         data_cfg: DataConfig = as_dataclass(job.data, DataConfig)
-        with data_errors():
+        # rank 0 builds the cache first; the others then reuse it
+        with data_errors(), self.stop.interruptible("preparing data"):
             if self.env.is_main:
-                with self.stop.interruptible("preparing data"):
-                    self.data = prepare(data_cfg, progress=self.logger_cfg.progress, on_stage=self.stop.set_phase)
+                self.data = prepare(data_cfg, progress=self.logger_cfg.progress, on_stage=self.stop.set_phase)
             barrier()
             if not self.env.is_main:
-                with self.stop.interruptible("preparing data"):
-                    self.data = prepare(data_cfg, progress=False, on_stage=self.stop.set_phase)
+                self.data = prepare(data_cfg, progress=False, on_stage=self.stop.set_phase)
         self.recipe_cfg: RecipeConfig = as_dataclass(job.recipe, RecipeConfig)
         self.recipe = build_recipe(self.recipe_cfg, data_cfg.loader_mode, self.env.rank)
         steps = post_training_steps(self.recipe_cfg, self.loop.global_batch_size * self.loop.seq_len)
