@@ -88,16 +88,14 @@ def parse_args(argv: Sequence[str]) -> EvalCommand:
 
 def describe_checkpoint(path: str, export_dir: str, info: dict) -> CheckpointContext:
     """Find the checkpoint, run dir, step, run config and W&B id behind ``path``."""
-    from recurlm.train import checkpoint as ckpt
+    from recurlm.models import checkpoint_files as ckpt
 
     checkpoint_dir = None
     source = info.get("source")
     if source and ckpt.is_valid(source):
         checkpoint_dir = source
     elif not os.path.samefile(path, export_dir):
-        from recurlm.train.export import resolve_checkpoint
-
-        checkpoint_dir = resolve_checkpoint(path)
+        checkpoint_dir = ckpt.resolve_checkpoint(path)
     if checkpoint_dir is None:
         return CheckpointContext(export_dir, None, None, int(info.get("step", 0)), None, None)
     state = ckpt.read_state(checkpoint_dir)
@@ -146,8 +144,7 @@ def evaluate_checkpoint(command: EvalCommand) -> dict[str, Any]:
     """Load, evaluate, write results; returns run_tasks' result plus ``out_dir``."""
     from recurlm.data import Tokenizer
     from recurlm.eval.runner import check_tasks, run_tasks
-    from recurlm.models.pretrained import is_export
-    from recurlm.train.export import export_checkpoint, load_for_inference
+    from recurlm.models.pretrained import export_checkpoint, is_export, load_for_inference
 
     path = os.path.abspath(os.path.expanduser(command.checkpoint))
     if not os.path.exists(path):

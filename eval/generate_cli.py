@@ -59,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"recurlm-generate: error: {err}", file=sys.stderr)
         return 2
     from recurlm.data import Tokenizer
-    from recurlm.train.export import load_for_inference
+    from recurlm.models.pretrained import load_for_inference
 
     texts = ([cmd.prompt] if cmd.prompt else []) + list(cmd.prompts)
     if cmd.prompt_file:

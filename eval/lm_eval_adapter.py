@@ -41,7 +41,7 @@ class RecurLMHarness(LM):
             if not pretrained:
                 raise ValueError("recurlm lm-eval model: pass pretrained=<export dir, checkpoint or run dir>")
             from recurlm.data import Tokenizer
-            from recurlm.train.export import load_for_inference
+            from recurlm.models.pretrained import load_for_inference
 
             model, tokenizer_path, _ = load_for_inference(pretrained, device=device)
             if tokenizer_path is None:

@@ -4,6 +4,10 @@
     <dir>/config.json         the model config (family, size, every field)
     <dir>/tokenizer.model     the SentencePiece model the weights were trained with (if known)
     <dir>/export.json         provenance (source checkpoint, step, tokenizer sha256)
+
+``export_checkpoint`` writes one from a training checkpoint (any ZeRO stage, any world size:
+``recurlm.models.checkpoint_files`` verifies and consolidates it); ``load_for_inference`` takes an
+export, a checkpoint or a run dir, so evaluation and generation run without DeepSpeed.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recurlm.models.base import RecurrentLM
+from recurlm.models.checkpoint_files import consolidated_state_dict, read_state, resolve_checkpoint
 from recurlm.models.registry import build_model, to_model_config
 
 WEIGHTS, CONFIG, TOKENIZER, INFO = "model.safetensors", "config.json", "tokenizer.model", "export.json"
@@ -73,3 +78,26 @@ def load_pretrained(path: str, device: str | torch.device = "cpu", dtype: torch.
 def tokenizer_file(path: str) -> Optional[str]:
     candidate = os.path.join(path, TOKENIZER)
     return candidate if os.path.isfile(candidate) else None
+
+
+def export_checkpoint(path: str, out_dir: Optional[str] = None) -> str:
+    """Write an export of the checkpoint at ``path`` (default ``<checkpoint>/export``); returns it."""
+    checkpoint_dir = resolve_checkpoint(path)
+    out_dir = out_dir or os.path.join(checkpoint_dir, "export")
+    if is_export(out_dir):
+        return out_dir
+    state = read_state(checkpoint_dir)
+    weights = consolidated_state_dict(checkpoint_dir)
+    tokenizer = state.get("tokenizer_path")
+    info = {"source": os.path.abspath(checkpoint_dir), "step": state["step"], "tokens": state["tokens"],
+            "tokenizer_sha256": state.get("tokenizer_sha256")}
+    return save_pretrained(out_dir, state["model_config"], weights,
+                           tokenizer if tokenizer and os.path.isfile(tokenizer) else None, info)
+
+
+def load_for_inference(path: str, device: str | torch.device = "cpu") -> tuple[RecurrentLM, Optional[str], dict]:
+    """(model, tokenizer path or None, info) from an export dir, a checkpoint, or a run dir."""
+    export = path if is_export(path) else export_checkpoint(path)
+    with open(os.path.join(export, INFO)) as f:
+        info = json.load(f)
+    return load_pretrained(export, device=device), tokenizer_file(export), info

@@ -8,7 +8,7 @@ Layout under ``<run_dir>/checkpoints/``::
         recipe/rank<r>.pt    every rank's recipe state (e.g. state passing's carried recurrent
                              states), when the recipe carries one
         config.yaml          the resolved job config
-        manifest.json        every file above with its size and sha256 (``manifest.py``)
+        manifest.json        every file above with its size and sha256 (``recurlm.models.checkpoint_files``)
     latest                   a text file naming the newest published step
 
 A save writes into ``.tmp-<step>/``; once every rank is done, rank 0 fsyncs the files and
@@ -32,16 +32,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-from recurlm.train import safe_load
+from recurlm.models.checkpoint_files import (LATEST, MANIFEST, STATE_FILE, CheckpointError, broadcast_from_rank0,
+                                             candidate_steps, is_valid, load_weights_only, mark_verified, problem,
+                                             published_steps, read_state, unsafe_file, verify, write_manifest)
 from recurlm.train.distributed import all_reduce_max, barrier
 from recurlm.train.durable import fsync_tree, publish, remove_file, tree_bytes, write_atomic
-from recurlm.train.errors import CheckpointError
-from recurlm.train.manifest import MANIFEST, manifest_problem, write_manifest
 
-STATE_FILE = "trainer_state.json"
-LATEST = "latest"
 TMP_PREFIX = ".tmp-"
 """A save in progress (or interrupted): ``.tmp-<step>/``."""
 TRASH_PREFIX = ".trash-"
@@ -49,7 +46,8 @@ TRASH_PREFIX = ".trash-"
 ROOM_MARGIN = 1.05
 """A save needs the previous checkpoint's size times this in free space before retention is applied early."""
 
-__all__ = ["CheckpointError", "CheckpointManager", "STATE_FILE", "LATEST"]
+# what the trainer reads of a checkpoint lives with the model (evaluation and export need it without training)
+__all__ = ["CheckpointError", "CheckpointManager", "STATE_FILE", "LATEST", "is_valid", "problem", "verify", "read_state"]
 
 
 def rng_state() -> dict[str, Any]:
@@ -80,15 +78,6 @@ def _universal_info() -> dict[str, Any]:
                                                 UNIVERSAL_CHECKPOINT_VERSION_VALUE)
 
     return {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
-
-
-def _broadcast(value: Any) -> Any:
-    """Rank 0's ``value`` on every rank."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return value
 
 
 @dataclass
@@ -156,7 +145,7 @@ class CheckpointManager:
             except OSError as err:  # the new checkpoint is published: a failed deletion is only a note
                 self.log(f"retention after saving step {step} failed ({err}); older checkpoints stay")
         barrier()
-        _VERIFIED.add(os.path.realpath(final))
+        mark_verified(final)
         return final
 
     def _point_latest(self, step: int) -> None:
@@ -230,19 +219,11 @@ class CheckpointManager:
 
     def published_steps(self) -> list[int]:
         """Steps whose directory holds a manifest (files are not checked: see :func:`problem`)."""
-        if not os.path.isdir(self.root):
-            return []
-        return sorted(int(n) for n in os.listdir(self.root) if n.isdigit() and is_valid(self.path(int(n))))
+        return published_steps(self.root)
 
     def _candidates(self) -> list[int]:
         """Published steps, the one ``latest`` names first, then the others newest first."""
-        steps = self.published_steps()[::-1]
-        pointer = os.path.join(self.root, LATEST)
-        named = open(pointer).read().strip() if os.path.isfile(pointer) else ""
-        if named.isdigit() and int(named) in steps:
-            steps.remove(int(named))
-            steps.insert(0, int(named))
-        return steps
+        return candidate_steps(self.root)
 
     def latest(self) -> Optional[str]:
         """The newest published checkpoint (the one ``latest`` names, else the highest step), unverified."""
@@ -260,63 +241,15 @@ class CheckpointManager:
                     found = self.path(step)
                     break
                 skipped.append(f"skipped {self.path(step)}: {reason}")
-        found, skipped = _broadcast((found, skipped))
+        found, skipped = broadcast_from_rank0((found, skipped))
         if found is not None:
-            _VERIFIED.add(os.path.realpath(found))
+            mark_verified(found)
         return found, skipped
 
 
 def _has_checkpoint_files(path: str) -> bool:
     """Has the files of a checkpoint written before manifests existed (kept: the user may want it)."""
     return os.path.isfile(os.path.join(path, STATE_FILE)) and os.path.isdir(os.path.join(path, "ds", "state"))
-
-
-def is_valid(path: str) -> bool:
-    """A published checkpoint directory: it has a manifest and a trainer state (cheap, unverified)."""
-    return os.path.isfile(os.path.join(path, MANIFEST)) and os.path.isfile(os.path.join(path, STATE_FILE))
-
-
-def problem(path: str) -> Optional[str]:
-    """None if ``path`` is a complete, undamaged checkpoint that loads without running code: its
-    files match the manifest (sizes, sha256), its trainer state parses, every ``.pt`` file loads
-    weights-only. Else what is wrong, naming the file."""
-    if not os.path.isdir(path):
-        return f"{path} is not a directory"
-    reason = manifest_problem(path)
-    if reason is None:
-        try:
-            with open(os.path.join(path, STATE_FILE)) as f:
-                json.load(f)
-        except (OSError, ValueError) as err:
-            reason = f"{os.path.join(path, STATE_FILE)} is unreadable ({err})"
-    return reason or safe_load.unsafe_file(path)
-
-
-_VERIFIED: set[str] = set()
-"""Checkpoints this process wrote or verified: not hashed again (a rollback, a resume after the search)."""
-
-
-def verify(path: str) -> None:
-    """Raise :class:`CheckpointError` naming the file if ``path`` fails :func:`problem`
-    (rank 0 checks, every rank raises). DeepSpeed's loaders run only after this passed."""
-    key = os.path.realpath(path)
-    if key in _VERIFIED:
-        return
-    reason = _broadcast(problem(path) if not dist.is_initialized() or dist.get_rank() == 0 else None)
-    if reason is not None:
-        raise CheckpointError(f"refusing checkpoint {path}: {reason}. resume=auto takes the newest checkpoint "
-                              "that verifies; resume=none starts over (in a new run_dir, to keep this one's records)")
-    _VERIFIED.add(key)
-
-
-def read_state(path: str) -> dict[str, Any]:
-    if not is_valid(path):
-        raise CheckpointError(f"{path} is not a published recurlm checkpoint (need {MANIFEST} and {STATE_FILE})")
-    try:
-        with open(os.path.join(path, STATE_FILE)) as f:
-            return json.load(f)
-    except ValueError as err:
-        raise CheckpointError(f"{os.path.join(path, STATE_FILE)} is unreadable ({err})") from None
 
 
 def check_compatible(saved: dict[str, Any], model_identity: dict[str, Any], tokenizer_sha256: str, path: str) -> None:
@@ -358,7 +291,7 @@ def make_universal(path: str, rank: int) -> None:
         if result.returncode != 0:
             raise CheckpointError(f"converting {path} to a universal checkpoint failed:\n{result.stderr[-2000:]}")
         os.replace(tmp, target)
-    reason = _broadcast(safe_load.unsafe_file(target) if rank == 0 else None)
+    reason = broadcast_from_rank0(unsafe_file(target) if rank == 0 else None)
     if reason is not None:
         raise CheckpointError(f"refusing the universal conversion of {path}: {reason}")
 
@@ -376,7 +309,7 @@ def load(engine, path: str, rank: int, load_optimizer: bool = True, universal: b
         raise CheckpointError(f"DeepSpeed could not load {path}/ds/state")
     rng_file = os.path.join(path, "rng", f"rank{rank}.pt")
     if load_optimizer and os.path.isfile(rng_file) and not universal:
-        set_rng_state(safe_load.load(rng_file))
+        set_rng_state(load_weights_only(rng_file))
     return state
 
 
@@ -386,4 +319,4 @@ def load_recipe_state(path: str, rank: int, world_size: int) -> dict[str, Any]:
     recipe_file = os.path.join(path, "recipe", f"rank{rank}.pt")
     if not os.path.isfile(recipe_file) or read_state(path).get("world_size", world_size) != world_size:
         return {}
-    return safe_load.load(recipe_file)
+    return load_weights_only(recipe_file)

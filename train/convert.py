@@ -106,7 +106,7 @@ def expand_state_command(args) -> int:
 
     from recurlm.models.expand_state import expand_state, logit_change
     from recurlm.models.pretrained import save_pretrained
-    from recurlm.train.export import load_for_inference
+    from recurlm.models.pretrained import load_for_inference
 
     model, tokenizer, info = load_for_inference(args.checkpoint)
     factor = growth_factor(model.config, args.merge_heads, args.factor)

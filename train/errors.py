@@ -1,6 +1,6 @@
 """Failures a user can act on, and how ``recurlm-train`` reports them.
 
-A known failure (a bad config key, a damaged shard or checkpoint, a run directory held by another
+A known failure (a damaged shard or checkpoint, a bad ``data.*`` value, a run directory held by another
 trainer, a stopped run) prints one block: what failed, naming the file or key, and what to do. Its
 traceback goes to ``<run_dir>/error.log`` for whoever needs it. Anything else is a bug and keeps
 its traceback on the console.
@@ -14,10 +14,10 @@ import time
 import traceback
 from typing import Iterator, Optional
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or resumed from (damaged, missing files, another model
-    or tokenizer); the message names the checkpoint and the file."""
+from recurlm.data.shards import ShardError
+from recurlm.data.tokenizer import TokenizerError
+from recurlm.data.workers import WorkerError
+from recurlm.models.checkpoint_files import CheckpointError
 
 
 class RunLockedError(RuntimeError):
@@ -49,17 +49,12 @@ EXIT_FAILED = 1
 
 
 def known_failures() -> tuple[type[BaseException], ...]:
-    """The exception types reported without a traceback (imported late: data and configs are heavy)."""
-    from recurlm.configs import ConfigError
-    from recurlm.data.shards import ShardError
-    from recurlm.data.tokenizer import TokenizerError
-    from recurlm.data.workers import WorkerError
-
-    return ConfigError, ShardError, TokenizerError, WorkerError, DataError, CheckpointError, RunLockedError
+    """The exception types reported without a traceback. A configuration error is not among them:
+    it is raised while composing the job, before training, and reported there (``recurlm.cli``)."""
+    return ShardError, TokenizerError, WorkerError, DataError, CheckpointError, RunLockedError
 
 
 WHAT_TO_DO = {  # for the types whose messages do not say it themselves
-    "ConfigError": "Fix the key named above (`recurlm-train --cfg job [overrides]` prints the composed config).",
     "ShardError": "Remove the split directory named above: the next run tokenizes it again.",
     "TokenizerError": "Change the data.tokenizer setting named above.",
     "DataError": "Fix the data source or data.* setting named above.",

@@ -320,7 +320,7 @@ def pretraining_tokens(path: str) -> Optional[int]:
 
     from recurlm.models.pretrained import INFO, is_export
     from recurlm.train import checkpoint as ckpt
-    from recurlm.train.export import resolve_checkpoint
+    from recurlm.models.checkpoint_files import resolve_checkpoint
 
     if is_export(path):
         info_path = os.path.join(path, INFO)
@@ -341,7 +341,7 @@ def read_initial_weights(path: str) -> tuple[dict, dict[str, torch.Tensor], Opti
     from recurlm.models.convert.formats import foreign_format, import_checkpoint
     from recurlm.models.pretrained import CONFIG, INFO, WEIGHTS, is_export
     from recurlm.train import checkpoint as ckpt
-    from recurlm.train.export import consolidated_state_dict, resolve_checkpoint
+    from recurlm.models.checkpoint_files import consolidated_state_dict, resolve_checkpoint
 
     if not is_export(path) and foreign_format(path):
         with tempfile.TemporaryDirectory() as tmp:

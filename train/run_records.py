@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from recurlm.train.errors import CheckpointError
+from recurlm.models.checkpoint_files import CheckpointError
 
 IGNORED_KEYS = ("run_dir", "resume", "launch", "logger")
 """Keys that say where, how and with which logging a run is started, not what it trains."""

@@ -34,7 +34,7 @@ from recurlm.train.config import LoopConfig, LoggerConfig, OptimConfig, Schedule
 from recurlm.train.distributed import DistEnv, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from recurlm.train.engine import batch_geometry, build_engine, global_grad_norm, set_lr
 from recurlm.train.errors import EXIT_FAILED, RunLockedError, data_errors
-from recurlm.train.export import export_checkpoint
+from recurlm.models.pretrained import export_checkpoint
 from recurlm.train.monitor import Monitor, peak_flops
 from recurlm.train.recipe import RecipeConfig, build_recipe, post_training_steps, read_initial_weights
 from recurlm.train.run_dir import default_run_dir, snapshot_code

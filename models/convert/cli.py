@@ -46,7 +46,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from recurlm.models.convert.formats import export_checkpoint, import_checkpoint
     from recurlm.models.convert.io import ConversionError
-    from recurlm.train.checkpoint import CheckpointError
+    from recurlm.models.checkpoint_files import CheckpointError
 
     try:
         if args.command == "import":

@@ -236,7 +236,7 @@ def import_checkpoint(path: str, out: str, format: str = "auto", tokenizer: Opti
         tokenizer = source_tokenizer
     info = {"imported_from": os.path.abspath(path), "format": fmt.name}
     if tokenizer is not None:
-        from recurlm.data.tokenizer import file_sha256
+        from recurlm.models.checkpoint_files import file_sha256
 
         info["tokenizer_sha256"] = file_sha256(tokenizer)
     else:
@@ -264,7 +264,7 @@ def export_checkpoint(path: str, out: str, format: Optional[str] = None,
     """Write the recurlm model at ``path`` (run dir, checkpoint or export) in a foreign format into ``out``."""
     from recurlm.models.pretrained import CONFIG, is_export, tokenizer_file
     from recurlm.models.registry import to_model_config
-    from recurlm.train.export import export_checkpoint as export_recurlm
+    from recurlm.models.pretrained import export_checkpoint as export_recurlm
 
     export = path if is_export(path) else export_recurlm(path)
     with open(os.path.join(export, CONFIG)) as f:

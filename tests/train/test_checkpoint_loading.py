@@ -10,7 +10,7 @@ import torch
 
 from recurlm.configs import compose
 from recurlm.train import checkpoint as ckpt
-from recurlm.train.manifest import write_manifest
+from recurlm.models.checkpoint_files import write_manifest
 from recurlm.train.trainer import Trainer
 
 from .conftest import TINY_DATA, TINY_TRAIN

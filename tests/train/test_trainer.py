@@ -87,7 +87,7 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(tiny_job, tmp_path,
 
 def test_export_gives_the_training_models_logits(tiny_job, tmp_path):
     from recurlm.train.convert import main as convert_main
-    from recurlm.train.export import load_for_inference
+    from recurlm.models.pretrained import load_for_inference
 
     trainer = Trainer(tiny_job("train.steps=2", run_dir=str(tmp_path / "e")))
     result = trainer.run()
