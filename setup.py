@@ -79,12 +79,12 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "recurlm-train=recurlm.train.cli:main",
+            "recurlm-train=recurlm.cli:train_main",
             "recurlm-data=recurlm.data.cli:main",
             "recurlm-eval=recurlm.eval.cli:main",
             "recurlm-generate=recurlm.eval.generate_cli:main",
             "recurlm-convert=recurlm.train.convert:main",
-            "recurlm-launch=recurlm.launch.cli:main",
+            "recurlm-launch=recurlm.cli:launch_main",
             "recurlm-doctor=recurlm.launch.doctor:main",
         ],
     },

@@ -8,6 +8,10 @@ Overrides are recurlm-train's (``model=griffin launch.slurm.nodes=4 launch.slurm
 A sweep is the cartesian product of every ``--grid key=a,b,...`` and of every override in Hydra's
 multirun syntax (``optim.lr=1e-3,3e-3``, ``seed=range(3)``, ``model=hgrn2,griffin``): one job array,
 one run directory per element (``<sweep dir>/<i>/``), at most ``--parallel`` elements at once.
+
+The entry point is ``recurlm.cli.launch_main``: it parses with :func:`build_parser`, composes each
+job, and hands them to ``launch.slurm.submit_from_train`` (``submit``) or :func:`submit_sweep`; ``status``
+is :func:`show_status`.
 """
 from __future__ import annotations
 
@@ -18,7 +22,13 @@ import sys
 import time
 from typing import Sequence
 
-from recurlm.configs import ConfigError, compose
+from recurlm.launch.slurm import (Element, SubmitError, launch_config, print_submission, read_jobs, status_lines,
+                                  submit, worker_overrides)
+from recurlm.train.config import JobConfig
+
+
+class SweepError(ValueError):
+    """Sweep overrides that do not parse; the message is Hydra's, naming the override."""
 
 
 def expand_sweep(grid: Sequence[str], overrides: Sequence[str]) -> list[list[str]]:
@@ -30,7 +40,7 @@ def expand_sweep(grid: Sequence[str], overrides: Sequence[str]) -> list[list[str
     try:
         parsed = parser.parse_overrides(list(grid) + list(overrides))
     except Exception as err:  # Hydra's parser errors name the override
-        raise ConfigError(f"cannot parse the sweep overrides: {err}") from None
+        raise SweepError(f"cannot parse the sweep overrides: {err}") from None
     axes: list[list[str]] = []
     for override in parsed:
         key = override.get_key_element()
@@ -47,26 +57,8 @@ def as_slurm(overrides: Sequence[str]) -> list[str]:
     return [o for o in overrides if not o.startswith("launch=")] + ["launch=slurm"]
 
 
-def _submit(args: argparse.Namespace) -> int:
-    from recurlm.launch.slurm import submit_from_train
-
-    try:
-        job = compose(as_slurm(args.overrides))
-    except ConfigError as err:
-        print(f"recurlm-launch: configuration error:\n{err}", file=sys.stderr)
-        return 2
-    return submit_from_train(job, args.overrides, dry_run=args.dry_run)
-
-
-def _sweep(args: argparse.Namespace) -> int:
-    from recurlm.launch.slurm import Element, SubmitError, launch_config, print_submission, submit, worker_overrides
-
-    try:
-        combos = expand_sweep(args.grid, args.overrides)
-        jobs = [compose(as_slurm(combo)) for combo in combos]
-    except ConfigError as err:
-        print(f"recurlm-launch: configuration error:\n{err}", file=sys.stderr)
-        return 2
+def submit_sweep(args: argparse.Namespace, combos: Sequence[Sequence[str]], jobs: Sequence[JobConfig]) -> int:
+    """``sweep``: one job array over ``combos`` (from :func:`expand_sweep`) and their composed ``jobs``."""
     first = jobs[0]
     sweep_dir = os.path.abspath(args.sweep_dir or os.path.join(
         "outputs", f"sweep-{first.model.family}-{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -93,9 +85,8 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
-    from recurlm.launch.slurm import read_jobs, status_lines
-
+def show_status(args: argparse.Namespace) -> int:
+    """``status``: the Slurm jobs of a run or sweep directory, and its progress."""
     if not read_jobs(args.run_dir) and not os.path.isdir(args.run_dir):
         print(f"recurlm-launch: {args.run_dir} is not a run directory", file=sys.stderr)
         return 2
@@ -122,12 +113,3 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the Slurm jobs of a run or sweep, and its progress")
     status.add_argument("run_dir")
     return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return {"submit": _submit, "sweep": _sweep, "status": _status}[args.command](args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

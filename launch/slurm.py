@@ -33,10 +33,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from recurlm.configs import as_dataclass
 from recurlm.launch.config import LaunchConfig
+from recurlm.train.run_dir import default_run_dir
 
 SLURM_DIR = "slurm"
 SECRETS_FILE = "secrets.env"
@@ -93,12 +93,11 @@ def worker_overrides(overrides: Sequence[str]) -> list[str]:
 
 
 def launch_config(job: DictConfig) -> LaunchConfig:
-    return as_dataclass(job.launch, LaunchConfig)
+    """The job's typed launch config (a composed job's ``launch`` node is typed by LaunchConfig)."""
+    return job.launch if isinstance(job.launch, LaunchConfig) else OmegaConf.to_object(job.launch)
 
 
 def default_job_run_dir(job: DictConfig) -> str:
-    from recurlm.train.run_dir import default_run_dir
-
     return os.path.abspath(job.run_dir or default_run_dir(job.model.family, job.model.size))
 
 

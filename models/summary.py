@@ -1,8 +1,10 @@
 """Size of a model configuration without building it in memory: parameters, recurrent state, FLOPs.
 
-    python -m recurlm.models.summary model=hgrn2 model.size=1b
-    python -m recurlm.models.summary model=griffin model.size=14b model.lru_width=16384 train.seq_len=4096
-    python -m recurlm.models.summary --presets [family ...]   # every preset vs the papers' counts
+The command (``recurlm.configs.summary``, which composes the job the model comes from):
+
+    python -m recurlm.configs.summary model=hgrn2 model.size=1b
+    python -m recurlm.configs.summary model=griffin model.size=14b model.lru_width=16384 train.seq_len=4096
+    python -m recurlm.configs.summary --presets [family ...]   # every preset vs the papers' counts
 
 The model is built on the meta device (no storage), so even 14B parameters cost no memory.
 Reported: parameters (total and without the input embedding), recurrent state bytes per sequence
@@ -17,7 +19,6 @@ against (``configs/model_sizes/paper_sizes.yaml``, also read by ``tests/models/t
 """
 from __future__ import annotations
 
-import sys
 from importlib import resources
 from typing import Any, Sequence
 
@@ -142,27 +143,3 @@ def format_preset_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| {r['family']} | {r['size']} | {r['d_model']} | {r['n_layers']} | {r['vocab']} | "
                      f"{_human(r['params'])} | {_human(r['non_embedding'])} | {_human(r['state_bytes'])}B | {paper} |")
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from recurlm.configs import ConfigError, compose
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["--presets"]:
-        unknown = sorted(set(args[1:]) - set(FAMILIES))
-        if unknown:
-            print(f"recurlm.models.summary: unknown families {unknown}; choose from {sorted(FAMILIES)}", file=sys.stderr)
-            return 2
-        print(format_preset_table(preset_rows(args[1:] or None)))
-        return 0
-    try:
-        job = compose(args)
-    except ConfigError as err:
-        print(f"recurlm.models.summary: configuration error:\n{err}", file=sys.stderr)
-        return 2
-    print(format_summary(summarize(job.model, job.train.seq_len)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

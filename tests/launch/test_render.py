@@ -9,15 +9,15 @@ import time
 
 import pytest
 
+from recurlm import cli
 from recurlm.configs import compose
 from recurlm.launch import cli as launch_cli
 from recurlm.launch import doctor, node
 from recurlm.launch.slurm import Element, render_eval, render_train, worker_overrides
-from recurlm.train import cli as train_cli
 
 
 def dry_run(capsys, *args) -> str:
-    assert launch_cli.main(["submit", "--dry-run", *args]) == 0
+    assert cli.launch_main(["submit", "--dry-run", *args]) == 0
     return capsys.readouterr().out
 
 
@@ -94,7 +94,7 @@ def test_deepspeed_launcher_gets_a_hostfile_and_its_node_rank(capsys, tiny, tmp_
 
 def test_train_cli_launch_slurm_dry_run(capsys, tiny, tmp_path):
     """recurlm-train launch=slurm goes through recurlm.launch.slurm.submit_from_train."""
-    assert train_cli.main([*tiny, "launch=slurm", "launch.slurm.dry_run=true", f"run_dir={tmp_path}/r"]) == 0
+    assert cli.train_main([*tiny, "launch=slurm", "launch.slurm.dry_run=true", f"run_dir={tmp_path}/r"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"# ---- {tmp_path}/r/slurm/train.sbatch") and "#SBATCH --nodes=1" in out
 
@@ -113,7 +113,7 @@ def test_sweep_grid_and_multirun_syntax_make_one_array(capsys, tiny, tmp_path):
     assert combos == [["optim.lr=0.001", "seed=0", "train.steps=5"], ["optim.lr=0.001", "seed=1", "train.steps=5"],
                       ["optim.lr=0.003", "seed=0", "train.steps=5"], ["optim.lr=0.003", "seed=1", "train.steps=5"]]
     sweep_dir = tmp_path / "sweep"
-    assert launch_cli.main(["sweep", "--dry-run", "--parallel", "2", "--sweep-dir", str(sweep_dir),
+    assert cli.launch_main(["sweep", "--dry-run", "--parallel", "2", "--sweep-dir", str(sweep_dir),
                             "--grid", "optim.lr=1e-3,3e-3", "seed=range(2)", *tiny,
                             "launch.slurm.eval_command=echo evaluated"]) == 0
     out = capsys.readouterr().out
@@ -132,9 +132,9 @@ def test_worker_overrides_drop_what_the_script_sets():
 
 
 def test_status_of_a_run_without_jobs(capsys, tmp_path):
-    assert launch_cli.main(["status", str(tmp_path)]) == 0
+    assert cli.launch_main(["status", str(tmp_path)]) == 0
     assert "no Slurm jobs recorded" in capsys.readouterr().out
-    assert launch_cli.main(["status", str(tmp_path / "missing")]) == 2
+    assert cli.launch_main(["status", str(tmp_path / "missing")]) == 2
 
 
 # -- the node wrapper --------------------------------------------------------------------------

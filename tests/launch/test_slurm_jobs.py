@@ -13,9 +13,9 @@ import time
 
 import pytest
 
+from recurlm import cli
 from recurlm.launch import cli as launch_cli
 from recurlm.launch.slurm import status_lines
-from recurlm.train import cli as train_cli
 
 pytestmark = pytest.mark.slurm
 STEPS = 300  # long enough to signal the run mid-training (~0.05-0.2 s per step here)
@@ -38,9 +38,9 @@ def two_runs(slurm_cluster, tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("two-node")
     common = [*tiny, f"train.steps={STEPS}", "launch=slurm", "launch.slurm.nodes=2", "launch.slurm.time=00:15:00"]
     reference, preempted = str(root / "reference"), str(root / "preempted")
-    assert train_cli.main([*common, f"run_dir={reference}", "launch.slurm.chain=1",
+    assert cli.train_main([*common, f"run_dir={reference}", "launch.slurm.chain=1",
                            "launch.slurm.eval_command=recurlm-convert export $RUN_DIR"]) == 0
-    assert train_cli.main([*common, f"run_dir={preempted}", "launch.slurm.doctor=false"]) == 0
+    assert cli.train_main([*common, f"run_dir={preempted}", "launch.slurm.doctor=false"]) == 0
     victim = slurm.jobs_of(preempted)[0]["job_id"]
 
     deadline = time.monotonic() + JOB_TIMEOUT
@@ -117,7 +117,7 @@ def test_signalled_job_saves_requeues_resumes_and_matches_the_uninterrupted_run(
 def test_sweep_array_and_a_dependent_job_per_element(slurm_cluster, tiny, tmp_path):
     slurm = slurm_cluster
     sweep = str(tmp_path / "sweep")
-    code = launch_cli.main(["sweep", "--sweep-dir", sweep, "--parallel", "2", "--grid", "optim.lr=1e-3,3e-3",
+    code = cli.launch_main(["sweep", "--sweep-dir", sweep, "--parallel", "2", "--grid", "optim.lr=1e-3,3e-3",
                             *tiny, "train.steps=8", "launch.slurm.time=00:10:00", "launch.slurm.doctor=false",
                             "launch.slurm.eval_command=recurlm-convert export $RUN_DIR"])
     assert code == 0
@@ -142,14 +142,14 @@ def test_sweep_array_and_a_dependent_job_per_element(slurm_cluster, tiny, tmp_pa
 
 
 def test_a_wrong_partition_shows_slurms_error(slurm_cluster, tiny, tmp_path, capsys):
-    code = launch_cli.main(["submit", *tiny, f"run_dir={tmp_path}/r", "launch.slurm.partition=no_such_partition"])
+    code = cli.launch_main(["submit", *tiny, f"run_dir={tmp_path}/r", "launch.slurm.partition=no_such_partition"])
     assert code == 1
     err = capsys.readouterr().err
     assert "sbatch rejected" in err and "invalid partition" in err.lower()
 
 
 def test_an_impossible_resource_request_shows_slurms_error(slurm_cluster, tiny, tmp_path, capsys):
-    code = launch_cli.main(["submit", *tiny, f"run_dir={tmp_path}/r", "launch.slurm.mem=100G"])  # nodes have 4000M
+    code = cli.launch_main(["submit", *tiny, f"run_dir={tmp_path}/r", "launch.slurm.mem=100G"])  # nodes have 4000M
     assert code == 1
     err = capsys.readouterr().err
     assert "sbatch rejected" in err and "Requested node configuration is not available" in err

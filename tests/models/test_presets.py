@@ -3,10 +3,11 @@
 configs/model_sizes/paper_sizes.yaml (count, vocabulary, tolerance and source listed there)."""
 import pytest
 
+from recurlm.configs.summary import main
 from recurlm.models.config import preset_table
 from recurlm.models.registry import FAMILIES
-from recurlm.models.summary import (DEFAULT_VOCAB, build_preset, count_params, format_preset_table, main,
-                                    preset_rows, reference_sizes)
+from recurlm.models.summary import (DEFAULT_VOCAB, build_preset, count_params, format_preset_table, preset_rows,
+                                    reference_sizes)
 
 REFERENCES = reference_sizes()
 CI_SIZES = ("tiny", "small")

@@ -29,7 +29,7 @@ def slow_encode(texts):
 def main() -> int:
     phase, overrides = sys.argv[1], sys.argv[2:]
     from recurlm.train import checkpoint, trainer
-    from recurlm.train.cli import main as train_main
+    from recurlm.cli import train_main
 
     # the modules themselves (``recurlm.data.prepare`` is also the name of a function)
     build, prepare = sys.modules["recurlm.data.build"], sys.modules["recurlm.data.prepare"]

@@ -3,7 +3,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from recurlm.configs import ConfigError, compose
-from recurlm.train.cli import main
+from recurlm.cli import train_main as main
 
 
 def test_default_composes_with_every_group():

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from recurlm.train.cli import main
+from recurlm.cli import train_main as main
 
 
 def test_a_known_failure_prints_one_block_and_logs_the_traceback(tiny_overrides, data_cache, tmp_path, capsys):

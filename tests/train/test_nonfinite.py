@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recurlm.train import checkpoint as ckpt
-from recurlm.train.cli import main
+from recurlm.cli import train_main as main
 from recurlm.train.trainer import Trainer, TrainingAborted
 
 from .test_failures import events, poison

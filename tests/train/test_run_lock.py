@@ -55,7 +55,7 @@ def test_second_trainer_on_a_run_dir_fails_before_writing(tiny_job, tmp_path):
 
 def test_recurlm_train_on_a_locked_run_dir_exits_at_once_naming_the_holder(tiny_overrides, data_cache, tmp_path,
                                                                            capsys):
-    from recurlm.train.cli import main
+    from recurlm.cli import train_main as main
 
     run_dir = tmp_path / "held"
     lock = RunLock(str(run_dir))

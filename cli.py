@@ -1,0 +1,78 @@
+"""The entry points that compose a job: ``recurlm-train`` and ``recurlm-launch``.
+
+They sit above every package (docs/dev-guide.md, "Package graph"): each composes the Hydra
+config into the job once, then hands it down. ``recurlm-train``'s ``launch.mode`` decides where:
+
+    recurlm-train                                   # the embedded default run (HGRN2 on the stdlib corpus)
+    recurlm-train model=griffin model.size=tiny train.steps=100 deepspeed=zero2
+    recurlm-train --cfg job [overrides]             # print the composed config and exit
+    recurlm-train launch=local launch.nproc_per_node=2 ...   # start the workers here
+    recurlm-train launch=slurm ...                  # render and submit an sbatch script
+    torchrun --nproc-per-node 2 -m recurlm.train ...         # or start the workers yourself
+
+``python -m recurlm.train`` (what the local and Slurm launchers start on every rank) is
+``recurlm-train``. ``recurlm-launch`` (submit, sweep, status) is ``recurlm.launch.cli``'s parser
+with its jobs composed here.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from recurlm.configs import ConfigError, compose, to_yaml
+from recurlm.launch.cli import SweepError, as_slurm, build_parser, expand_sweep, show_status, submit_sweep
+from recurlm.launch.local import start_local
+from recurlm.launch.slurm import submit_from_train
+from recurlm.train.cli import train_job
+
+_TRAIN_USAGE = ("recurlm-train: compose the Hydra config from command-line overrides and train.\n\n"
+                + next(block for block in __doc__.split("\n\n") if block.startswith("    recurlm-train")) + "\n\nGroups: model, data, optim, schedule, deepspeed, logger, launch, "
+                "recipe, eval.\n")
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """``recurlm-train [--cfg job] [overrides]``: compose, then train here, start local workers or submit to Slurm."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # the deepspeed launcher passes --local_rank=N; the rank also arrives in $LOCAL_RANK
+    args = [a for a in args if not a.startswith(("--local_rank", "--local-rank"))]
+    if any(a in ("-h", "--help") for a in args):
+        print(_TRAIN_USAGE)
+        return 0
+    print_cfg = False
+    if "--cfg" in args:
+        i = args.index("--cfg")
+        print_cfg = True
+        del args[i:i + 2]
+    try:
+        job = compose(args)
+    except ConfigError as err:
+        print(f"recurlm-train: configuration error:\n{err}", file=sys.stderr)
+        return 2
+    if print_cfg:
+        print(to_yaml(job))
+        return 0
+    mode = job.launch.mode
+    if mode == "none":
+        return train_job(job)
+    if mode == "local":
+        return start_local(job, args)
+    if mode == "slurm":
+        return submit_from_train(job, args)
+    print(f"recurlm-train: launch.mode must be none, local or slurm, got {mode!r}", file=sys.stderr)
+    return 2
+
+
+def launch_main(argv: Sequence[str] | None = None) -> int:
+    """``recurlm-launch submit|sweep|status ...``."""
+    args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return show_status(args)
+    try:
+        combos = [args.overrides] if args.command == "submit" else expand_sweep(args.grid, args.overrides)
+        jobs = [compose(as_slurm(combo)) for combo in combos]
+    except (ConfigError, SweepError) as err:
+        print(f"recurlm-launch: configuration error:\n{err}", file=sys.stderr)
+        return 2
+    if args.command == "submit":
+        return submit_from_train(jobs[0], args.overrides, dry_run=args.dry_run)
+    return submit_sweep(args, combos, jobs)
