@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED_DIRS = {"tests", "build", "docs"}
-SKIPPED_FILES = {"setup.py"}  # the build script: installed by accident of package_dir, imports no recurlm
+SKIPPED_FILES = {"setup.py"}  # the build script (not in the wheel)
 
 KERNELS, DATA, MODELS, EVAL, TRAIN, LAUNCH, CONFIGS, CLI, BENCHMARKS = (
     "kernels", "data", "models", "eval", "train", "launch", "configs", "cli", "benchmarks")

@@ -1,5 +1,7 @@
 """The wheel holds only the ``recurlm`` package (the repository root mapped onto it), with every
 subpackage and the YAML configs, and no bare top-level ``models``/``data``/``train``/``eval``."""
+import configparser
+import importlib
 import subprocess
 import sys
 import zipfile
@@ -22,3 +24,11 @@ def test_wheel_contains_only_the_recurlm_package(tmp_path):
     assert "recurlm/configs/model_sizes/griffin.yaml" in names
     assert "recurlm/configs/recipe/length_gen/state_passing.yaml" in names
     assert not any(n.startswith("recurlm/tests/") for n in names)
+    assert "recurlm/cli.py" in names  # the root entry points (recurlm-train, recurlm-launch)
+    entry_points = configparser.ConfigParser()
+    entry_points.read_string(zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode())
+    scripts = dict(entry_points["console_scripts"])
+    assert scripts["recurlm-train"] == "recurlm.cli:train_main"
+    for script, target in scripts.items():  # every console script names a function that exists
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function, None)), f"{script} = {target}"
