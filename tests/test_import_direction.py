@@ -47,7 +47,7 @@ class Edge:
     target: str
     """Package of the imported module (``ROOT_PACKAGE`` for ``recurlm`` itself)."""
     module: str
-    """The imported module, e.g. ``recurlm.train.export``."""
+    """The imported module, e.g. ``recurlm.models.pretrained``."""
     where: str
     """``<file relative to the root>:<line>``."""
 
@@ -68,7 +68,7 @@ def module_of_file(relative: Path) -> str:
 
 
 def package_of_module(module: str) -> str:
-    """``recurlm.train.export`` -> ``train``; ``recurlm`` and ``recurlm.__version__`` -> ``ROOT_PACKAGE``."""
+    """``recurlm.train.trainer`` -> ``train``; ``recurlm`` and ``recurlm.__version__`` -> ``ROOT_PACKAGE``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 and parts[1] in MAY_IMPORT else ROOT_PACKAGE
 

@@ -19,8 +19,19 @@ is meant to be followed by ``recurlm-train recipe=state_expansion recipe.init_fr
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import sysconfig
 from typing import Sequence
+
+import torch
+
+from recurlm.data.tokenizer import Tokenizer
+from recurlm.models.checkpoint_files import CheckpointError
+from recurlm.models.convert.cli import add_subcommands, run
+from recurlm.models.expand_state import expand_state, logit_change, merges_heads
+from recurlm.models.pretrained import export_checkpoint, load_for_inference, save_pretrained
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
     expand.add_argument("--seq-len", type=int, default=256, help="tokens per row of the measurement batch")
     expand.add_argument("--seed", type=int, default=0,
                         help="seed of the new parameters (Griffin/Hawk decays, Titans memory units)")
-    from recurlm.models.convert.cli import add_subcommands
-
     add_subcommands(sub)
     return parser
 
@@ -61,15 +70,8 @@ def measurement_batch(tokenizer_path: str | None, vocab_size: int, text_path: st
                       seq_len: int):
     """input_ids [B, T]: the text (default: the stdlib modules in STDLIB_SAMPLE) tokenized and cut
     into rows; uniform random tokens when the model has no tokenizer."""
-    import os
-    import sysconfig
-
-    import torch
-
     if tokenizer_path is None:
         return torch.randint(0, vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(0))
-    from recurlm.data.tokenizer import Tokenizer
-
     paths = [text_path] if text_path else [os.path.join(sysconfig.get_paths()["stdlib"], name) for name in STDLIB_SAMPLE]
     ids: list[int] = []
     tokenizer = Tokenizer(tokenizer_path)
@@ -86,8 +88,6 @@ STDLIB_SAMPLE = ("argparse.py", "inspect.py", "typing.py")
 
 def growth_factor(cfg, merge_heads: str | None, factor: int | None) -> int | str:
     """The ``factor`` argument of ``expand_state`` from ``--merge-heads`` / ``--factor``."""
-    from recurlm.models.expand_state import merges_heads
-
     if not merges_heads(cfg):
         if merge_heads is not None:
             raise ValueError(f"--merge-heads applies to head-merging families (linear attention, Titans with a "
@@ -101,13 +101,6 @@ def growth_factor(cfg, merge_heads: str | None, factor: int | None) -> int | str
 
 
 def expand_state_command(args) -> int:
-    import json
-    import os
-
-    from recurlm.models.expand_state import expand_state, logit_change
-    from recurlm.models.pretrained import save_pretrained
-    from recurlm.models.pretrained import load_for_inference
-
     model, tokenizer, info = load_for_inference(args.checkpoint)
     factor = growth_factor(model.config, args.merge_heads, args.factor)
     expanded = expand_state(model, factor, seed=args.seed, method=args.method, layers=args.layers)
@@ -132,21 +125,14 @@ def expand_state_command(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "export":
-        from recurlm.train.checkpoint import CheckpointError
-        from recurlm.train.export import export_checkpoint
-
         try:
             print(export_checkpoint(args.checkpoint, args.out))
         except CheckpointError as err:
             print(f"recurlm-convert: {err}", file=sys.stderr)
             return 2
     elif args.command in ("import", "export-hf"):
-        from recurlm.models.convert.cli import run
-
         return run(args)
     elif args.command == "expand-state":
-        from recurlm.train.checkpoint import CheckpointError
-
         try:
             return expand_state_command(args)
         except (CheckpointError, NotImplementedError, ValueError) as err:
