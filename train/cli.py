@@ -12,12 +12,13 @@ import sys
 from recurlm.train.config import JobConfig
 from recurlm.train.errors import EXIT_FAILED, known_failures, report_failure
 from recurlm.train.signals import EXIT_REQUEUE, Preempted
-from recurlm.train.trainer import TrainingAborted, train
+from recurlm.train import trainer
+from recurlm.train.trainer import TrainingAborted
 
 
 def train_job(job: JobConfig) -> int:
     try:
-        result = train(job)
+        result = trainer.train(job)
     except TrainingAborted as err:
         report_failure(err, job.run_dir)
         return 3
