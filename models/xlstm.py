@@ -71,7 +71,7 @@ from recurlm.kernels.mlstm import MLSTMState, mlstm
 from recurlm.kernels.slstm import SLSTMState, slstm
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
-from recurlm.models.layers import GatedMLP, RMSNorm, ShortConv, init_normal_, linear
+from recurlm.models.layers import GatedMLP, RMSNorm, ShortConv, TruncNormalLinear, divide_width, init_normal_
 from recurlm.models.state import POSITIVE, REAL, LayerState
 
 ARCHITECTURES = ("v1", "xlstm7b")
@@ -253,7 +253,7 @@ class MLSTMLayerV1(nn.Module):
         self.inner, self.heads, self.conv_width = inner, heads, cfg.conv_width
         self.impl, self.eps = cfg.kernel_impl, cfg.mlstm_eps
         small = small_init_std(d)
-        self.proj_up = linear(d, 2 * inner, small)
+        self.proj_up = TruncNormalLinear(d, 2 * inner, small)
         self.conv = ShortConv(inner, cfg.conv_width)
         blocks = inner // cfg.qkv_blocksize
         self.q_proj = HeadwiseLinear(inner, blocks, small)
@@ -263,7 +263,7 @@ class MLSTMLayerV1(nn.Module):
         self.fgate = GateLinear(3 * inner, heads, forget_bias_linspace)
         self.norm = GroupLayerNorm(inner, heads, norm_eps(cfg), offset=True)
         self.skip = nn.Parameter(torch.ones(inner))
-        self.proj_down = linear(inner, d, wang_init_std(d, cfg.n_layers))
+        self.proj_down = TruncNormalLinear(inner, d, wang_init_std(d, cfg.n_layers))
 
     def forward(self, x: torch.Tensor, resets: Optional[torch.Tensor], state: Optional[LayerState],
                 return_state: bool) -> tuple[torch.Tensor, Optional[LayerState]]:
@@ -306,9 +306,7 @@ class SLSTMLayer(nn.Module):
     def __init__(self, cfg: XLSTMConfig, block_idx: int):
         super().__init__()
         d, heads = cfg.d_model, cfg.slstm_heads
-        if d % heads:
-            raise ValueError(f"xlstm: d_model={d} must be a multiple of slstm_heads={heads}")
-        self.d_model, self.heads, self.head_dim = d, heads, d // heads
+        self.d_model, self.heads, self.head_dim = d, heads, divide_width("xlstm", d, heads, "slstm_heads")
         self.conv_width, self.impl = cfg.conv_width, cfg.kernel_impl
         small = small_init_std(d)
         self.conv = ShortConv(d, cfg.conv_width)
@@ -371,14 +369,14 @@ class MLSTMLayer7B(nn.Module):
                              f"of n_heads={heads}")
         self.heads, self.impl, self.eps, self.gate_soft_cap = heads, cfg.kernel_impl, cfg.mlstm_eps, cfg.gate_soft_cap
         small = small_init_std(d)
-        self.q = linear(d, self.qk_dim, small)
-        self.k = linear(d, self.qk_dim, small)
-        self.v = linear(d, self.v_dim, small)
-        self.o_gate = linear(d, self.v_dim, small)
+        self.q = TruncNormalLinear(d, self.qk_dim, small)
+        self.k = TruncNormalLinear(d, self.qk_dim, small)
+        self.v = TruncNormalLinear(d, self.v_dim, small)
+        self.o_gate = TruncNormalLinear(d, self.v_dim, small)
         self.igate = GateLinear(d, heads, lambda b: b.fill_(-10.0))
         self.fgate = GateLinear(d, heads, forget_bias_linspace)
         self.norm = GroupLayerNorm(self.v_dim, heads, norm_eps(cfg))
-        self.out_proj = linear(self.v_dim, d, wang_init_std(d, cfg.n_layers))
+        self.out_proj = TruncNormalLinear(self.v_dim, d, wang_init_std(d, cfg.n_layers))
 
     def forward(self, u: torch.Tensor, resets: Optional[torch.Tensor], state: Optional[LayerState],
                 return_state: bool) -> tuple[torch.Tensor, Optional[LayerState]]:
