@@ -19,7 +19,6 @@ def _where_rows(mask: torch.Tensor, a: Carry, b: Carry) -> Carry:
     return {key: torch.where(mask.view(-1, *[1] * (a[key].dim() - 1)), a[key], b[key]) for key in a}
 
 
-
 def document_slots(valid: torch.Tensor, pos: torch.Tensor, seg_len: int) -> tuple[torch.Tensor, int]:
     """Where every element goes when each document is laid out from a multiple of ``seg_len``.
 
