@@ -22,8 +22,8 @@ import sys
 import time
 from typing import Sequence
 
-from recurlm.launch.slurm import (Element, SubmitError, launch_config, print_submission, read_jobs, status_lines,
-                                  submit, worker_overrides)
+from recurlm.launch.sbatch import Element, worker_overrides
+from recurlm.launch.slurm import SubmitError, launch_config, print_submission, read_jobs, status_lines, submit
 from recurlm.train.config import JobConfig
 
 
