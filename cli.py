@@ -25,9 +25,9 @@ from recurlm.launch.local import start_local
 from recurlm.launch.slurm import submit_from_train
 from recurlm.train.cli import train_job
 
+_TRAIN_EXAMPLES = next(block for block in __doc__.split("\n\n") if block.startswith("    recurlm-train"))
 _TRAIN_USAGE = ("recurlm-train: compose the Hydra config from command-line overrides and train.\n\n"
-                + next(block for block in __doc__.split("\n\n") if block.startswith("    recurlm-train")) + "\n\nGroups: model, data, optim, schedule, deepspeed, logger, launch, "
-                "recipe, eval.\n")
+                f"{_TRAIN_EXAMPLES}\n\nGroups: model, data, optim, schedule, deepspeed, logger, launch, recipe, eval.\n")
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
