@@ -105,7 +105,7 @@ def _bhtd(*names: str, rest: tuple[str, ...] = ()) -> Callable[[Inputs], dict]:
 
 
 def build_ops(B: int, H: int, D: int, scan_dim: int, window: int) -> dict[str, OpBench]:
-    from recurlm.kernels.dplr import dplr_delta_rule, testing as dplr_t
+    from recurlm.kernels.dplr_delta_rule import dplr_delta_rule, testing as dplr_t
     from recurlm.kernels.gla import gla, testing as gla_t
     from recurlm.kernels.linear_scan import linear_scan, testing as scan_t
     from recurlm.kernels.local_attention import local_attention, testing as la_t

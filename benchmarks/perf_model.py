@@ -64,7 +64,7 @@ ACTIVATION_BYTES = 34
 """Bytes x d_model per layer per token of saved activations without recomputation (Korthikanti et al.)."""
 CHUNK = {"gla": 64, "rwkv6": 64, "dplr": 64, "mlstm": 64, "titans_memory": 16}
 """Chunk lengths C of the Triton paths (fla's chunk 64; RWKV-7's DPLR at chunk 64 with its decay
-bound, ``kernels/dplr/triton.py``; the Titans memory's mini-batch of 16)."""
+bound, ``kernels/dplr_delta_rule/triton.py``; the Titans memory's mini-batch of 16)."""
 FAMILY_OPS = {"hgrn2": {"HGRN2Block": "gla"}, "rwkv6": {"*": "rwkv6"}, "rwkv7": {"*": "dplr"},
               "hawk": {"*": "linear_scan"}, "griffin": {"recurrent": "linear_scan", "attention": "local_attention"},
               "xlstm": {"mlstm": "mlstm", "mlstm7b": "mlstm", "slstm": "slstm"},

@@ -60,7 +60,7 @@ def _cases(head_dim: int | None = None) -> dict[str, KernelCase]:
     head dims 8-16 (scan width 32), or ``head_dim`` for every op (scan width 2 x ``head_dim``)."""
     hd, small = head_dim or 16, head_dim or 8
     from recurlm import kernels
-    from recurlm.kernels.dplr import testing as dplr_t
+    from recurlm.kernels.dplr_delta_rule import testing as dplr_t
     from recurlm.kernels.gla import testing as gla_t
     from recurlm.kernels.linear_scan import testing as scan_t
     from recurlm.kernels.local_attention import testing as attn_t

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import torch
 
+from recurlm.kernels.dispatch import compute_dtype
 from recurlm.kernels.local_attention.state import LocalAttentionState, extend_with_state, final_state_from
 
 
-def local_attention_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
+def naive_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
                           initial_state: LocalAttentionState | None = None, output_final_state: bool = False,
                           resets: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
                           ) -> tuple[torch.Tensor, LocalAttentionState | None]:
     """q [B, T, H, D], k, v [B, T, Hkv, D] -> (o [B, T, H, D] in q.dtype, state or None).
 
     ``lengths`` [B] (right-padded rows) only moves where the final state is read."""
-    dtype = torch.promote_types(q.dtype, torch.float32)
+    dtype = compute_dtype(q.dtype)
     seq_len, kv_heads = q.shape[1], k.shape[2]
     k_ext, v_ext, doc_ext = extend_with_state(k, v, initial_state, resets, window, dtype)
     outputs = []

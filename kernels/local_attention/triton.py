@@ -242,7 +242,7 @@ class TritonLocalAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
+def triton_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
                            initial_state: LocalAttentionState | None = None, output_final_state: bool = False,
                            resets: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
                            ) -> tuple[torch.Tensor, LocalAttentionState | None]:

@@ -6,8 +6,8 @@ from functools import partial
 import torch
 
 from recurlm.kernels.dispatch import autocast_off, check_boundaries, resolve_impl, run_varlen
-from recurlm.kernels.mlstm.chunk import mlstm_chunk
-from recurlm.kernels.mlstm.naive import mlstm_naive
+from recurlm.kernels.mlstm.chunk import chunk_mlstm
+from recurlm.kernels.mlstm.naive import naive_mlstm
 from recurlm.kernels.mlstm.state import MLSTMState
 
 __all__ = ["mlstm", "MLSTMState"]
@@ -67,9 +67,9 @@ def mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f:
     _check_inputs(q, k, v, i, f, resets, cu_seqlens)
     impl = resolve_impl(impl, q)
     if impl == "triton":
-        from recurlm.kernels.mlstm.triton import mlstm_triton as fn
+        from recurlm.kernels.mlstm.triton import triton_mlstm as fn
     else:
-        fn = mlstm_naive if impl == "naive" else mlstm_chunk
+        fn = naive_mlstm if impl == "naive" else chunk_mlstm
     fn = partial(fn, eps=eps)
     if initial_state is not None:
         initial_state = MLSTMState(*initial_state)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from recurlm.kernels.dispatch import autocast_off
-from recurlm.kernels.gla.frontend import dispatch_gated
+from recurlm.kernels.gla import dispatch_gated
 from recurlm.kernels.rwkv6.chunk import chunk_rwkv6
 from recurlm.kernels.rwkv6.naive import naive_rwkv6
 from recurlm.kernels.rwkv6.triton import triton_rwkv6

@@ -3,7 +3,7 @@
 - head dim <= ``FUSED_MAX_HEAD_DIM`` (64): the fused kernel below (FlashRNN-style);
 - larger heads (xLSTM 125m and up: 192-640): ``recurlm.kernels.slstm.triton_steps``, a batched
   GEMM per token for the recurrent matmul and a Triton kernel for the cell; it runs at any head dim.
-``impl="auto"`` on CUDA takes ``slstm_triton``, hence this choice. Why the fused kernel stops at 64:
+``impl="auto"`` on CUDA takes ``triton_slstm``, hence this choice. Why the fused kernel stops at 64:
 its backward holds eight [D, D] tiles per program (``recurlm-doctor compile``, docs/gpu.md).
 
 Fused kernel: one program per (batch row, head) loads that head's recurrent weights R[h] (four [D, D] gate
@@ -212,7 +212,7 @@ def _slstm_bwd_kernel(R, resets, raw, c_seq, n_seq, m_seq, h_seq, dh_seq, final_
 
 
 FUSED_MAX_HEAD_DIM = 64
-"""Largest head dim ``slstm_triton`` runs with the fused kernel (above it: the steps path). At head
+"""Largest head dim ``triton_slstm`` runs with the fused kernel (above it: the steps path). At head
 dim 128 the fused backward spilled 12 KB per thread (its eight [D, D] weight and gradient tiles
 exceed one program's registers) and at 384-512 ptxas ran past 300 s (issue 16); at 16-64 it passes
 ``recurlm-doctor compile`` on sm_80 and sm_90 without spills (docs/gpu.md)."""
@@ -273,11 +273,11 @@ class _SLSTMFunction(torch.autograd.Function):
         return draw, dR.sum(0), None, None, None, *d_state
 
 
-def slstm_triton(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor,
+def triton_slstm(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor,
                  initial_state: SLSTMState | None = None, output_final_state: bool = False,
                  resets: torch.Tensor | None = None, final_positions: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, SLSTMState | None]:
-    """Same contract as ``slstm_naive``; runs in float32. Heads up to ``FUSED_MAX_HEAD_DIM`` run
+    """Same contract as ``naive_slstm``; runs in float32. Heads up to ``FUSED_MAX_HEAD_DIM`` run
     the fused kernel (one program per head walks the sequence with R[h] on chip), larger ones the
     steps path (per token a batched GEMM for the recurrent matmul and one Triton kernel for the
     cell, ``recurlm.kernels.slstm.triton_steps``), which runs at any head dim."""

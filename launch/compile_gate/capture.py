@@ -170,7 +170,7 @@ def _inputs(scenario: Scenario, dtype: torch.dtype, with_state: bool) -> tuple[C
         make = gla_inputs if scenario.op == "gla" else rwkv6_inputs
         return getattr(kernels, scenario.op), make(BATCH, SEQ_LEN, d["heads"], d["dk"], d["dv"], **common)
     if scenario.op == "dplr":
-        from recurlm.kernels.dplr.testing import make_inputs
+        from recurlm.kernels.dplr_delta_rule.testing import make_inputs
         return kernels.dplr_delta_rule, make_inputs(BATCH, SEQ_LEN, d["heads"], d["dk"], d["dv"], **common)
     raise ValueError(f"no capture recipe for op {scenario.op!r}")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recurlm.kernels.dplr import dplr_delta_rule, dplr_step, testing as dplr_t
+from recurlm.kernels.dplr_delta_rule import dplr_delta_rule, dplr_step, testing as dplr_t
 from recurlm.kernels.gla import gla, testing as gla_t
 from recurlm.kernels.linear_scan import linear_scan, testing as scan_t
 from recurlm.kernels.local_attention import local_attention, testing as la_t

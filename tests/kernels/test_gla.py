@@ -7,7 +7,7 @@ from fla.ops.gla.naive import naive_recurrent_gla
 from recurlm.kernels.dispatch import triton_interpreting
 from recurlm.kernels.gla import chunk as chunk_module
 from recurlm.kernels.gla import gla
-from recurlm.kernels.gla.chunk import chunk_gated_attention
+from recurlm.kernels.gla.chunk import chunk_gla
 from recurlm.kernels.gla.naive import naive_gla
 from recurlm.kernels.gla.testing import assert_results_close, flops, fla_interpreter, make_inputs, outputs_and_grads
 
@@ -46,7 +46,7 @@ def test_chunk_geometries_match_naive(chunk_size, decays, monkeypatch):
     inputs["resets"] = resets
 
     def chunked(q, k, v, g, initial_state, resets, output_final_state):
-        return chunk_gated_attention(q, k, v, g, 0.4, initial_state, resets, chunk_size=chunk_size)
+        return chunk_gla(q, k, v, g, 0.4, initial_state, resets, chunk_size=chunk_size)
 
     def naive(q, k, v, g, initial_state, resets, output_final_state):
         return naive_gla(q, k, v, g, 0.4, initial_state, resets)
@@ -115,7 +115,7 @@ def test_gradcheck_chunk(factorisable, monkeypatch):
     resets[1, 0] = True
 
     def fn(q, k, v, g, initial_state):  # three chunks
-        return chunk_gated_attention(q, k, v, g, 0.7, initial_state, resets, chunk_size=4)
+        return chunk_gla(q, k, v, g, 0.7, initial_state, resets, chunk_size=4)
 
     names = ("q", "k", "v", "g", "initial_state")
     assert torch.autograd.gradcheck(fn, tuple(inputs[n] for n in names), fast_mode=True)
@@ -145,14 +145,14 @@ def test_mixed_input_dtypes_accumulate_in_the_queries_dtype():
     everything is converted before any arithmetic, so the result is float64-exact."""
     inputs = make_inputs(2, 13, 2, 8, 4, dtype=torch.float64, seed=18)
     inputs["g"] = inputs["g"].float()
-    o, _ = chunk_gated_attention(**inputs, scale=0.3)
+    o, _ = chunk_gla(**inputs, scale=0.3)
     torch.testing.assert_close(o, naive_gla(**inputs, scale=0.3)[0], atol=1e-13, rtol=1e-12)
 
 
 def test_chunk_size_must_be_a_power_of_two():
     inputs = make_inputs(1, 8, 1, 4, 4, seed=17)
     with pytest.raises(ValueError, match="power of two"):
-        chunk_gated_attention(**inputs, scale=1.0, chunk_size=12)
+        chunk_gla(**inputs, scale=1.0, chunk_size=12)
 
 
 @pytest.mark.parametrize("impl", ["chunk", "naive"])

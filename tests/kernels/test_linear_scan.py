@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from recurlm.kernels.linear_scan import linear_scan
-from recurlm.kernels.linear_scan.chunk import linear_scan_chunk
-from recurlm.kernels.linear_scan.naive import linear_scan_naive
+from recurlm.kernels.linear_scan.chunk import chunk_linear_scan
+from recurlm.kernels.linear_scan.naive import naive_linear_scan
 from recurlm.kernels.linear_scan.testing import flops, make_inputs
 
 GRAD_NAMES = ("x", "g", "initial_state")
@@ -40,7 +40,7 @@ def test_chunk_matches_naive_float64(batch, seq_len, dim, chunk_size, reset_prob
     inputs = make_inputs(batch, seq_len, dim, torch.float64, seed=seq_len, reset_prob=reset_prob,
                          initial_state=initial_state, requires_grad=True)
     expected = run_with_grads(naive, inputs)
-    actual = run_with_grads(lambda **kw: linear_scan_chunk(**kw, output_final_state=True, chunk_size=chunk_size),
+    actual = run_with_grads(lambda **kw: chunk_linear_scan(**kw, output_final_state=True, chunk_size=chunk_size),
                             inputs)
     assert_all_close(actual, expected, rtol=1e-10, atol=1e-10)
 
@@ -92,7 +92,7 @@ def test_cu_seqlens_equals_separate_sequences(impl):
     def separate(x, g, initial_state, resets):
         outs, finals = [], []
         for n, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())):
-            h, f = linear_scan_naive(x[:, start:end], g[:, start:end], initial_state[n:n + 1], True)
+            h, f = naive_linear_scan(x[:, start:end], g[:, start:end], initial_state[n:n + 1], True)
             outs.append(h)
             finals.append(f)
         return torch.cat(outs, 1), torch.cat(finals, 0)
@@ -106,14 +106,14 @@ def test_gradcheck_chunk():
     resets = inputs["resets"]
 
     def fn(x, g, h0):
-        return linear_scan_chunk(x, g, h0, True, resets, chunk_size=4)
+        return chunk_linear_scan(x, g, h0, True, resets, chunk_size=4)
 
     assert torch.autograd.gradcheck(fn, (inputs["x"], inputs["g"], inputs["initial_state"]))
 
 
 def test_gradcheck_naive():
     inputs = make_inputs(1, 5, 2, torch.float64, seed=6, reset_prob=0.3, initial_state=True, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, g, h0: linear_scan_naive(x, g, h0, True, inputs["resets"]),
+    assert torch.autograd.gradcheck(lambda x, g, h0: naive_linear_scan(x, g, h0, True, inputs["resets"]),
                                     (inputs["x"], inputs["g"], inputs["initial_state"]))
 
 

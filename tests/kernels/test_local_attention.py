@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from recurlm.kernels.local_attention import LocalAttentionState, local_attention
-from recurlm.kernels.local_attention.chunk import local_attention_chunk
+from recurlm.kernels.local_attention.chunk import chunk_local_attention
 from recurlm.kernels.local_attention.testing import banded_sdpa_reference, flops, make_inputs
 
 
@@ -49,7 +49,7 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, kv_heads, head_dim, 
     assert_all_close(run_with_grads(with_impl("chunk"), inputs), expected, rtol=1e-10, atol=1e-10)
     # other blockings (one query per block; blocks shorter and longer than the window) agree
     for block_size in (1, 3, window + 2):
-        blocked = lambda **kw: local_attention_chunk(  # noqa: E731
+        blocked = lambda **kw: chunk_local_attention(  # noqa: E731
             **{k: kw[k] for k in ("q", "k", "v", "window", "initial_state", "resets")}, scale=head_dim ** -0.5,
             output_final_state=True, block_size=block_size)
         assert_all_close(run_with_grads(blocked, inputs), expected, rtol=1e-10, atol=1e-10)
@@ -134,7 +134,7 @@ def test_gradcheck_chunk():
     state, resets = inputs["initial_state"], inputs["resets"]
 
     def fn(q, k, v, cache_k, cache_v):
-        out, final = local_attention_chunk(q, k, v, 3, 0.5, LocalAttentionState(cache_k, cache_v, state.valid), True,
+        out, final = chunk_local_attention(q, k, v, 3, 0.5, LocalAttentionState(cache_k, cache_v, state.valid), True,
                                            resets, block_size=2)
         return out, final.k, final.v
 
@@ -202,7 +202,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="batch size must be 1"):
         local_attention(q, k, v, 3, cu_seqlens=torch.tensor([0, 8]))
     with pytest.raises(ValueError, match="block_size must be"):
-        local_attention_chunk(q, k, v, 5, 1.0, block_size=0)
+        chunk_local_attention(q, k, v, 5, 1.0, block_size=0)
     with pytest.raises(TypeError, match="float64"):
         local_attention(q.double(), k.double(), v.double(), 3, impl="triton")
 

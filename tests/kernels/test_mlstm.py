@@ -10,7 +10,7 @@ import torch
 from recurlm.kernels.testing import assert_all_close, outputs_and_grads
 
 from recurlm.kernels.mlstm import MLSTMState, mlstm
-from recurlm.kernels.mlstm.chunk import mlstm_chunk
+from recurlm.kernels.mlstm.chunk import chunk_mlstm
 from recurlm.kernels.mlstm.testing import flops, make_inputs
 
 GATE_NAMES = ("q", "k", "v", "i", "f")
@@ -44,7 +44,7 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, dk, dv, reset_prob, 
         inputs["resets"][:, 16] = True  # a reset exactly on a chunk border
         inputs["resets"][0, 0] = True   # row 0 discards its initial state
     ref_out, ref_grads = _run(naive, inputs)
-    out, grads = _run(partial(mlstm_chunk, chunk_size=chunk_size), inputs)
+    out, grads = _run(partial(chunk_mlstm, chunk_size=chunk_size), inputs)
     assert_all_close(out, ref_out, atol=1e-10)
     assert_all_close(grads, ref_grads, atol=1e-9)
 
@@ -55,7 +55,7 @@ def test_segments_match_naive_float64(reset_prob):
     inputs = make_inputs(2, 61, 2, 4, 6, dtype=torch.float64, seed=5, reset_prob=reset_prob,
                          initial_state=True, requires_grad=True)
     ref_out, ref_grads = _run(naive, inputs)
-    out, grads = _run(partial(mlstm_chunk, chunk_size=4, segment_chunks=3), inputs)  # 6 segments
+    out, grads = _run(partial(chunk_mlstm, chunk_size=4, segment_chunks=3), inputs)  # 6 segments
     assert_all_close(out, ref_out, atol=1e-10)
     assert_all_close(grads, ref_grads, atol=1e-9)
 
@@ -103,7 +103,7 @@ def test_varlen_padding_over_whole_chunks_stays_exact():
 
     def padded_chunk(q, k, v, i, f, initial_state=None, output_final_state=False, resets=None):
         inf = float("inf")
-        return run_varlen(partial(mlstm_chunk, chunk_size=16), [q, k, v, i, f], [0.0, 0.0, 0.0, -inf, inf],
+        return run_varlen(partial(chunk_mlstm, chunk_size=16), [q, k, v, i, f], [0.0, 0.0, 0.0, -inf, inf],
                           cu_seqlens, initial_state=initial_state, output_final_state=output_final_state)
 
     out, grads = _run(padded_chunk, inputs)
@@ -118,7 +118,7 @@ def test_gradcheck_chunk_float64():
 
     def fn(*leaves):
         q, k, v, i, f, C, n, m = leaves
-        h, state = mlstm_chunk(q, k, v, i, f, MLSTMState(C, n, m), True, resets, chunk_size=4)
+        h, state = chunk_mlstm(q, k, v, i, f, MLSTMState(C, n, m), True, resets, chunk_size=4)
         return h, *state
 
     assert torch.autograd.gradcheck(fn, _leaves(inputs), eps=1e-6, atol=1e-6, fast_mode=True)
@@ -228,7 +228,7 @@ def test_triton_matches_naive_interpreter(reset_prob, initial_state, block_v, st
     """Fused recurrent Triton kernel (fwd + bwd) under TRITON_INTERPRET=1, float32, tiny shapes;
     block_v = 4 splits V = 8 over two programs; strong: forget preactivations down to -20 and
     input gates of scale 10."""
-    from recurlm.kernels.mlstm.triton import mlstm_triton
+    from recurlm.kernels.mlstm.triton import triton_mlstm
 
     gates = dict(forget_range=(-20.0, 8.0), input_scale=10.0) if strong else {}
     inputs = make_inputs(2, 9, 2, 4, 8, seed=21, reset_prob=reset_prob, initial_state=initial_state,
@@ -236,7 +236,7 @@ def test_triton_matches_naive_interpreter(reset_prob, initial_state, block_v, st
     if reset_prob:
         inputs["resets"][0, 0] = True
     ref_out, ref_grads = _run(naive, inputs)
-    out, grads = _run(partial(mlstm_triton, block_v=block_v), inputs)
+    out, grads = _run(partial(triton_mlstm, block_v=block_v), inputs)
     assert_all_close(out, ref_out, atol=2e-6, rtol=1e-5)
     assert_all_close(grads, ref_grads, atol=2e-5, rtol=1e-5)
 

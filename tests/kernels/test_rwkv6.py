@@ -7,7 +7,7 @@ from fla.ops.rwkv6.recurrent_naive import naive_recurrent_rwkv6
 
 from recurlm.kernels.dispatch import triton_interpreting
 from recurlm.kernels.gla import chunk as chunk_module
-from recurlm.kernels.gla.chunk import chunk_gated_attention
+from recurlm.kernels.gla.chunk import chunk_gla
 from recurlm.kernels.gla.testing import assert_results_close, fla_interpreter, outputs_and_grads
 from recurlm.kernels.rwkv6 import rwkv6
 from recurlm.kernels.rwkv6.naive import naive_rwkv6
@@ -53,7 +53,7 @@ def test_gradcheck_chunk_several_chunks(factorisable, monkeypatch):
     resets[1, 7] = True
 
     def fn(r, k, v, w, u, initial_state):  # three chunks of 4 tokens
-        return chunk_gated_attention(r, k, v, w, 0.6, initial_state, resets, bonus=u, chunk_size=4)
+        return chunk_gla(r, k, v, w, 0.6, initial_state, resets, bonus=u, chunk_size=4)
 
     names = ("r", "k", "v", "w", "u", "initial_state")
     assert torch.autograd.gradcheck(fn, tuple(inputs[n] for n in names), fast_mode=True)

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from recurlm.kernels.dplr import chunk as chunk_module
-from recurlm.kernels.dplr import dplr_delta_rule
-from recurlm.kernels.dplr.chunk import dplr_chunk
-from recurlm.kernels.dplr.naive import dplr_naive
-from recurlm.kernels.dplr.testing import flops, make_inputs
+from recurlm.kernels.dplr_delta_rule import chunk as chunk_module
+from recurlm.kernels.dplr_delta_rule import dplr_delta_rule
+from recurlm.kernels.dplr_delta_rule.chunk import chunk_dplr_delta_rule
+from recurlm.kernels.dplr_delta_rule.naive import naive_dplr_delta_rule
+from recurlm.kernels.dplr_delta_rule.testing import flops, make_inputs
 
 TOKEN_INPUTS = ("q", "k", "v", "a", "b", "gk")
 
@@ -51,8 +51,8 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, dk, dv, chunk_size, 
     inputs = make_inputs(batch, seq_len, heads, dk, dv, dtype=torch.float64, initial_state=True,
                          reset_prob=reset_prob, requires_grad=True, seed=seq_len, neg_eigval=neg_eigval)
     scale = dk ** -0.5
-    expected = run_with_grads(lambda **x: dplr_naive(**x, scale=scale, output_final_state=True), inputs)
-    actual = run_with_grads(lambda **x: dplr_chunk(**x, scale=scale, output_final_state=True,
+    expected = run_with_grads(lambda **x: naive_dplr_delta_rule(**x, scale=scale, output_final_state=True), inputs)
+    actual = run_with_grads(lambda **x: chunk_dplr_delta_rule(**x, scale=scale, output_final_state=True,
                                                    chunk_size=chunk_size, sub_chunk_size=sub), inputs)
     assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
 
@@ -66,7 +66,7 @@ def test_resets_at_chunk_edges_and_first_token(decay_path):
     resets[1, [3, 4, 16, 23]] = True
     inputs["resets"] = resets
     expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive"), inputs)
-    actual = run_with_grads(lambda **x: dplr_chunk(**x, scale=0.5, output_final_state=True, chunk_size=8,
+    actual = run_with_grads(lambda **x: chunk_dplr_delta_rule(**x, scale=0.5, output_final_state=True, chunk_size=8,
                                                    sub_chunk_size=4), inputs)
     assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
     initial_state_grad = actual[-1]
@@ -100,7 +100,7 @@ def test_cu_seqlens(with_resets):
         piece = {name: inputs[name][:, start:end] for name in TOKEN_INPUTS}
         if with_resets:
             piece["resets"] = inputs["resets"][:, start:end]
-        o_n, state_n = dplr_naive(**piece, scale=8 ** -0.5, initial_state=inputs["initial_state"][n:n + 1],
+        o_n, state_n = naive_dplr_delta_rule(**piece, scale=8 ** -0.5, initial_state=inputs["initial_state"][n:n + 1],
                                   output_final_state=True)
         torch.testing.assert_close(o[:, start:end], o_n)
         torch.testing.assert_close(states[n:n + 1], state_n)
@@ -115,7 +115,7 @@ def test_gradcheck_chunk(decay_path, neg_eigval):
     names = list(inputs)
 
     def fn(*tensors):
-        return dplr_chunk(**dict(zip(names, tensors)), scale=0.7, output_final_state=True, resets=resets,
+        return chunk_dplr_delta_rule(**dict(zip(names, tensors)), scale=0.7, output_final_state=True, resets=resets,
                           chunk_size=4, sub_chunk_size=2)
 
     assert torch.autograd.gradcheck(fn, tuple(inputs.values()), fast_mode=True)
@@ -126,7 +126,7 @@ def test_gradcheck_naive():
     resets = torch.tensor([[False, False, True, False]])
     names = list(inputs)
     assert torch.autograd.gradcheck(
-        lambda *t: dplr_naive(**dict(zip(names, t)), scale=0.7, output_final_state=True, resets=resets),
+        lambda *t: naive_dplr_delta_rule(**dict(zip(names, t)), scale=0.7, output_final_state=True, resets=resets),
         tuple(inputs.values()), fast_mode=True)
 
 
@@ -280,7 +280,7 @@ def test_bad_inputs_raise():
         dplr_delta_rule(**inputs, impl="fast")
     for chunk_size in (24, 48):
         with pytest.raises(ValueError, match="times a power of two"):
-            dplr_chunk(**inputs, scale=1.0, chunk_size=chunk_size, sub_chunk_size=16)
+            chunk_dplr_delta_rule(**inputs, scale=1.0, chunk_size=chunk_size, sub_chunk_size=16)
 
 
 def test_flops_count():

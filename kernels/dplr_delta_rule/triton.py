@@ -28,7 +28,7 @@ FLA_SAFE_GATE_MIN = -5.0
 """fla 0.6.0's ``safe_gate`` promises log decays in about [-5, 0) (``chunk_dplr_delta_rule``'s docstring)."""
 
 
-def dplr_triton(
+def triton_dplr_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -44,7 +44,7 @@ def dplr_triton(
     gk_lower_bound: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The op by fla's Triton kernels; arguments and results as
-    :func:`recurlm.kernels.dplr.dplr_delta_rule` (final state float32)."""
+    :func:`recurlm.kernels.dplr_delta_rule.dplr_delta_rule` (final state float32)."""
     # imported here: importing fla is slow and warns on machines without a GPU
     from fla.ops.generalized_delta_rule.dplr import chunk_dplr_delta_rule
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 
 from recurlm.kernels.dispatch import autocast_off, pad_varlen, resolve_impl, run_varlen
-from recurlm.kernels.dplr.chunk import dplr_chunk
-from recurlm.kernels.dplr.naive import dplr_naive, dplr_step as _dplr_step
+from recurlm.kernels.dplr_delta_rule.chunk import chunk_dplr_delta_rule
+from recurlm.kernels.dplr_delta_rule.naive import naive_dplr_delta_rule, dplr_step as _dplr_step
 
 dplr_step = autocast_off(_dplr_step)
 """One token of the recurrence (decoding), outside autocast like every op: see ``naive.dplr_step``."""
@@ -117,12 +117,12 @@ def dplr_delta_rule(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     impl = resolve_impl(impl, q)
     if impl == "triton":
-        from recurlm.kernels.dplr.triton import dplr_triton  # imports triton and fla only when used
+        from recurlm.kernels.dplr_delta_rule.triton import triton_dplr_delta_rule  # imports triton and fla only when used
 
-        return dplr_triton(q, k, v, a, b, gk, scale=scale, initial_state=initial_state,
+        return triton_dplr_delta_rule(q, k, v, a, b, gk, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state, resets=resets, cu_seqlens=cu_seqlens,
                            gk_lower_bound=gk_lower_bound)
-    op = dplr_chunk if impl == "chunk" else dplr_naive
+    op = chunk_dplr_delta_rule if impl == "chunk" else naive_dplr_delta_rule
     if cu_seqlens is None:
         return op(q, k, v, a, b, gk, scale=scale, initial_state=initial_state,
                   output_final_state=output_final_state, resets=resets)
