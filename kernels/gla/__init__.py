@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 import torch
 
 from recurlm.kernels.dispatch import autocast_off, pad_varlen, resolve_impl, run_varlen
-from recurlm.kernels.gla.chunk import chunk_gla
+from recurlm.kernels.gla.chunk import CHUNK_SIZE, chunk_gla
 from recurlm.kernels.gla.naive import naive_gla
 from recurlm.kernels.gla.triton import triton_gla
 
@@ -162,3 +162,15 @@ def gla(
     """
     return dispatch_gated("gla", impl, {"naive": naive_gla, "chunk": chunk_gla}, triton_gla,
                           q, k, v, g, scale, initial_state, output_final_state, resets, cu_seqlens)
+
+
+def flops(batch: int, seq_len: int, heads: int, head_dim: int, value_dim: int | None = None,
+          chunk_size: int = CHUNK_SIZE) -> int:
+    """Forward matmul FLOPs of the chunkwise form (2 per multiply-add).
+
+    Per token and head: intra-chunk weights q k^T and their product with v over a chunk
+    (2 C (K + V)), plus the inter-chunk state read q S and state update k^T v (2 * 2 K V).
+    """
+    value_dim = head_dim if value_dim is None else value_dim
+    per_token = 2 * chunk_size * (head_dim + value_dim) + 4 * head_dim * value_dim
+    return batch * heads * seq_len * per_token

@@ -102,3 +102,8 @@ def _signed(fn, naive: bool):
 
 
 __all__ = ["linear_scan"]
+
+
+def flops(batch: int, seq_len: int, dim: int) -> int:
+    """Forward FLOPs: exp, multiply and add per element (h_t = exp(g_t) * h_{t-1} + x_t)."""
+    return 3 * batch * seq_len * dim

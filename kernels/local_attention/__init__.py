@@ -80,3 +80,9 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
 
 
 __all__ = ["LocalAttentionState", "local_attention"]
+
+
+def flops(batch: int, seq_len: int, heads: int, head_dim: int, window: int) -> int:
+    """Forward matmul FLOPs of the exact band (q.k and p.v, 2 per multiply-add), no cache."""
+    attended = sum(min(t + 1, window) for t in range(seq_len))
+    return 4 * batch * heads * head_dim * attended

@@ -77,3 +77,9 @@ def slstm(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None = None,
     h, final_state = fn(pad_varlen(x, cu_seqlens), R, bias, initial_state, output_final_state,
                         final_positions=lengths.long() - 1)
     return unpad_varlen(h, cu_seqlens), final_state
+
+
+def flops(batch: int, seq_len: int, heads: int, dim: int) -> int:
+    """Forward FLOPs: the recurrent matmul (2 * D * 4 D per head and token) plus about 20 pointwise
+    operations per unit and token (gates, stabiliser, cell, normaliser, output)."""
+    return batch * seq_len * heads * (2 * dim * 4 * dim + 20 * dim)
