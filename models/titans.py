@@ -66,7 +66,7 @@ from recurlm.kernels.boundaries import positions_from_resets
 from recurlm.kernels.local_attention.state import LocalAttentionState, extend_with_state, final_state_from
 from recurlm.kernels.titans_memory import TitansMemoryState, titans_memory
 from recurlm.kernels.titans_memory.common import memory_forward
-from recurlm.kernels.titans_memory.testing import flops as memory_flops
+from recurlm.kernels.titans_memory import flops as memory_flops
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
 from recurlm.models.layers import GatedMLP, RMSNorm, ShortConv, linear, rotate_half_rope

@@ -15,7 +15,7 @@ Interpreter note (CPU tests): under plain ``TRITON_INTERPRET=1`` the fla kernels
 (``RuntimeError: 0 active drivers`` from ``@triton.autotune`` benchmarking, then
 ``Did you forget to add @triton.jit`` from fla's ``gather = tl.gather`` alias, then
 ``'int' object has no attribute 'to'`` on ``range`` loop indices). The tests run them inside
-:func:`recurlm.kernels.fla_interpret.fla_interpreter_patches`, which closes those three gaps for the
+the ``fla_interpreter`` fixture (``tests/kernels/fla_interpret.py``), which closes those three gaps for the
 duration of the test; float32 only (bf16 ``tl.dot`` is wrong in the interpreter).
 """
 from __future__ import annotations

@@ -68,11 +68,17 @@ def outputs_and_grads(op: Callable, inputs: dict[str, Any], allow_unused: bool =
                     for (name, x), grad in zip(leaves.items(), grads)})
 
 
-def assert_close(actual: Results | dict[str, torch.Tensor], expected: Results | dict[str, torch.Tensor],
-                 atol: float, rtol: float = 0.0) -> None:
+def _by_name(value: Any) -> dict[str, torch.Tensor]:
+    if isinstance(value, Results):
+        return value.all()
+    return value if isinstance(value, dict) else dict(named_tensors(value, "state"))
+
+
+def assert_close(actual: Any, expected: Any, atol: float, rtol: float = 0.0) -> None:
     """The same tensors by name; each ``actual`` tensor finite and within ``atol + rtol * |expected|``
-    of ``expected`` in float64 (bool tensors: equal)."""
-    actual, expected = (x.all() if isinstance(x, Results) else x for x in (actual, expected))
+    of ``expected`` in float64 (bool tensors: equal). ``actual`` and ``expected``: two
+    :class:`Results`, two dicts of tensors, or two states (NamedTuples of tensors)."""
+    actual, expected = _by_name(actual), _by_name(expected)
     assert actual.keys() == expected.keys(), (sorted(actual), sorted(expected))
     for name, want in expected.items():
         got = actual[name]
