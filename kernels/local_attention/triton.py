@@ -74,16 +74,14 @@ def _load_rows(ptr, rows, row_mask, offs_d, dim):
 
 
 @triton.jit
-def _query_rows(i_b, i_h, offs_m, seq_len, HEADS: tl.constexpr):
-    """Validity and rows of queries ``offs_m`` of head i_h in tensors viewed as [B * T * H, D]."""
-    return (offs_m >= 0) & (offs_m < seq_len), (i_b * seq_len + offs_m).to(tl.int64) * HEADS + i_h
-
-
-@triton.jit
-def _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window):
-    """Extended positions and document ids of queries ``offs_m`` (-2 for padded rows: no key)."""
+def _query_block(q_ptr, doc_ptr, i_b, i_h, offs_m, offs_d, seq_len, ext_len, window, dim, HEADS: tl.constexpr):
+    """Queries ``offs_m`` of head i_h: validity, rows in tensors viewed as [B * T * H, D], the queries
+    [BLOCK_M, BLOCK_D], their extended positions and document ids (-2 for padded rows: no key)."""
+    q_valid = (offs_m >= 0) & (offs_m < seq_len)
+    q_rows = (i_b * seq_len + offs_m).to(tl.int64) * HEADS + i_h
     q_pos = offs_m + window - 1
-    return q_pos, tl.load(doc_ptr + i_b * ext_len + q_pos, mask=q_valid, other=-2)
+    q_doc = tl.load(doc_ptr + i_b * ext_len + q_pos, mask=q_valid, other=-2)
+    return q_valid, q_rows, _load_rows(q_ptr, q_rows, q_valid, offs_d, dim), q_pos, q_doc
 
 
 @triton.jit
@@ -112,9 +110,8 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, o_ptr, lse_ptr, scale, seq_len, ex
     i_b, i_h, i_hk = _heads(i_bh, HEADS, KV_HEADS)
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_valid, q_rows = _query_rows(i_b, i_h, offs_m, seq_len, HEADS)
-    q = _load_rows(q_ptr, q_rows, q_valid, offs_d, dim)
-    q_pos, q_doc = _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window)
+    q_valid, q_rows, q, q_pos, q_doc = _query_block(q_ptr, doc_ptr, i_b, i_h, offs_m, offs_d, seq_len, ext_len,
+                                                    window, dim, HEADS)
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)  # finite, so padded rows never see inf - inf
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -142,12 +139,11 @@ def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, dq_
     i_b, i_h, i_hk = _heads(i_bh, HEADS, KV_HEADS)
     offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_valid, q_rows = _query_rows(i_b, i_h, offs_m, seq_len, HEADS)
-    q = _load_rows(q_ptr, q_rows, q_valid, offs_d, dim)
+    q_valid, q_rows, q, q_pos, q_doc = _query_block(q_ptr, doc_ptr, i_b, i_h, offs_m, offs_d, seq_len, ext_len,
+                                                    window, dim, HEADS)
     do = _load_rows(do_ptr, q_rows, q_valid, offs_d, dim)
     lse = tl.load(lse_ptr + q_rows, mask=q_valid, other=0.0)
     delta = tl.load(delta_ptr + q_rows, mask=q_valid, other=0.0)
-    q_pos, q_doc = _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for j in range(0, num_key_blocks):
         k_pos = i_m * BLOCK_M + j * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -173,12 +169,11 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, d
     # queries i see key position s iff s <= i + window - 1 < s + window: i in [s - window + 1, s]
     for j in range(0, num_query_blocks):
         offs_m = i_n * BLOCK_N - window + 1 + j * BLOCK_M + tl.arange(0, BLOCK_M)
-        q_valid, q_rows = _query_rows(i_b, i_h, offs_m, seq_len, HEADS)
-        q = _load_rows(q_ptr, q_rows, q_valid, offs_d, dim)
+        q_valid, q_rows, q, q_pos, q_doc = _query_block(q_ptr, doc_ptr, i_b, i_h, offs_m, offs_d, seq_len,
+                                                        ext_len, window, dim, HEADS)
         do = _load_rows(do_ptr, q_rows, q_valid, offs_d, dim)
         lse = tl.load(lse_ptr + q_rows, mask=q_valid, other=0.0)
         delta = tl.load(delta_ptr + q_rows, mask=q_valid, other=0.0)
-        q_pos, q_doc = _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window)
         p = tl.exp(_masked_scores(q, k, q_pos, k_pos, q_doc, k_doc, scale, window) - lse[:, None])
         dv += tl.dot(tl.trans(p), do)
         ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])

@@ -239,6 +239,16 @@ def outputs(states: list[torch.Tensor], final_positions: torch.Tensor) -> tuple[
     return (states[3][:, 1:], *(buffer[rows, final_positions + 1] for buffer in states))
 
 
+def backward_cotangents(raw: torch.Tensor, dh_seq: torch.Tensor | None, d_final: tuple
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The gradients autograd hands the backward: dh [B, T, H, D] and those of the final c, n, m, h
+    [B, H, D], contiguous, zeros where it passes None (raw: the [B, T, 4, H, D] pre-activations)."""
+    batch, seq_len, _, heads, dim = raw.shape
+    d_final = [raw.new_zeros(batch, heads, dim) if d is None else d.contiguous() for d in d_final]
+    dh_seq = raw.new_zeros(batch, seq_len, heads, dim) if dh_seq is None else dh_seq.contiguous()
+    return dh_seq, d_final
+
+
 class _SLSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, R, resets, final_positions, has_initial_state, c0, n0, m0, h0):
@@ -258,10 +268,7 @@ class _SLSTMFunction(torch.autograd.Function):
         R, resets, raw, final_positions, *states = ctx.saved_tensors
         has_resets, has_initial_state = ctx.config
         batch, seq_len, _, heads, dim = raw.shape
-        zeros = torch.zeros(batch, heads, dim, dtype=raw.dtype, device=raw.device)
-        d_final = [zeros if d is None else d.contiguous() for d in d_final]
-        dh_seq = torch.zeros(batch, seq_len, heads, dim, dtype=raw.dtype, device=raw.device) \
-            if dh_seq is None else dh_seq.contiguous()
+        dh_seq, d_final = backward_cotangents(raw, dh_seq, d_final)
         draw = torch.empty_like(raw)
         dR = raw.new_empty(batch, *R.shape)
         d_initial = raw.new_empty(4, batch, heads, dim)
