@@ -22,3 +22,7 @@ def test_wheel_contains_only_the_recurlm_package(tmp_path):
     assert "recurlm/configs/model_sizes/griffin.yaml" in names
     assert "recurlm/configs/recipe/length_gen/state_passing.yaml" in names
     assert not any(n.startswith("recurlm/tests/") for n in names)
+    # test-only code lives under tests/ (kernel harness, fla's CPU stand-ins), not in the package
+    assert not any(n.startswith("recurlm/kernels/") and n.endswith("/testing.py") for n in names)
+    assert "recurlm/kernels/fla_interpret.py" not in names and "recurlm/models/convert/fla_cpu.py" not in names
+    assert "recurlm/kernels/gla/examples.py" in names  # runtime: the compile gate and recurlm-doctor

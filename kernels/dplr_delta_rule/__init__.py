@@ -117,7 +117,8 @@ def dplr_delta_rule(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     impl = resolve_impl(impl, q)
     if impl == "triton":
-        from recurlm.kernels.dplr_delta_rule.triton import triton_dplr_delta_rule  # imports triton and fla only when used
+        # imports triton and fla only when used
+        from recurlm.kernels.dplr_delta_rule.triton import triton_dplr_delta_rule
 
         return triton_dplr_delta_rule(q, k, v, a, b, gk, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state, resets=resets, cu_seqlens=cu_seqlens,

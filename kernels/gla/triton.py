@@ -17,8 +17,9 @@ fla's ``chunk_gla``, nor ``chunk_rwkv6`` / ``chunk_dplr_delta_rule``:
    index: ``AttributeError: 'int' object has no attribute 'to'``.
 
 The tests close these gaps with the ``fla_interpreter`` fixture (``tests/kernels/fla_interpret.py``,
-patches applied to ``fla.ops.gla``, ``fla.ops.rwkv6``, ``fla.ops.common`` and ``fla.ops.utils``); the kernels then run in fp32 at tiny shapes and match
-the naive op, gradients included, through the resets adapter.
+patches applied to ``fla.ops.gla``, ``fla.ops.rwkv6``, ``fla.ops.common`` and ``fla.ops.utils``);
+the kernels then run in fp32 at tiny shapes and match the naive op, gradients included, through
+the resets adapter.
 """
 from __future__ import annotations
 
