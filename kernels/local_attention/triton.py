@@ -67,6 +67,15 @@ def _heads(i_bh, HEADS: tl.constexpr, KV_HEADS: tl.constexpr):
 
 
 @triton.jit
+def _query_program(HEADS: tl.constexpr, KV_HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A program over (query block, B * H): the block, batch row, query head, key/value head, query
+    offsets and dims."""
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h, i_hk = _heads(i_bh, HEADS, KV_HEADS)
+    return i_m, i_b, i_h, i_hk, i_m * BLOCK_M + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
+
+
+@triton.jit
 def _load_rows(ptr, rows, row_mask, offs_d, dim):
     """Rows of a [..., dim] tensor: element offsets rows * dim + d -> [len(rows), BLOCK_D]."""
     return tl.load(ptr + rows[:, None] * dim + offs_d[None, :], mask=row_mask[:, None] & (offs_d < dim)[None, :],
@@ -106,10 +115,7 @@ def _masked_scores(q, k, q_pos, k_pos, q_doc, k_doc, scale, window):
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, o_ptr, lse_ptr, scale, seq_len, ext_len, window, dim,
                 num_key_blocks, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h, i_hk = _heads(i_bh, HEADS, KV_HEADS)
-    offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    i_m, i_b, i_h, i_hk, offs_m, offs_d = _query_program(HEADS, KV_HEADS, BLOCK_M, BLOCK_D)
     q_valid, q_rows, q, q_pos, q_doc = _query_block(q_ptr, doc_ptr, i_b, i_h, offs_m, offs_d, seq_len, ext_len,
                                                     window, dim, HEADS)
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)  # finite, so padded rows never see inf - inf
@@ -135,10 +141,7 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, o_ptr, lse_ptr, scale, seq_len, ex
 def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, scale, seq_len, ext_len,
                    window, dim, num_key_blocks, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h, i_hk = _heads(i_bh, HEADS, KV_HEADS)
-    offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
+    i_m, i_b, i_h, i_hk, offs_m, offs_d = _query_program(HEADS, KV_HEADS, BLOCK_M, BLOCK_D)
     q_valid, q_rows, q, q_pos, q_doc = _query_block(q_ptr, doc_ptr, i_b, i_h, offs_m, offs_d, seq_len, ext_len,
                                                     window, dim, HEADS)
     do = _load_rows(do_ptr, q_rows, q_valid, offs_d, dim)
