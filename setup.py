@@ -44,7 +44,7 @@ setup(
     python_requires=">=3.10",
     packages=_find_subpackages(),
     package_dir={"recurlm": "."},
-    package_data={"recurlm.configs": ["*.yaml", "**/*.yaml"]},
+    package_data={"recurlm.configs": ["*.yaml", "**/*.yaml"], "recurlm.launch": ["templates/*"]},
     install_requires=[
         # GPU clusters may use any recent torch; the CPU path pins torch==2.13.0 (constraints-cpu.txt).
         "torch>=2.4",

@@ -167,17 +167,10 @@ def plot(results: dict, out: str) -> None:
     import matplotlib.pyplot as plt
 
     if "state_tracking" in results:
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        for name, m in results["state_tracking"].items():
-            pts = _series(m, "state_tracking/accuracy", "length")
-            ax.plot([p for p, _ in pts], [a for _, a in pts], "o-", label=name)
-        ax.axhline(0.5, color="grey", ls="--", lw=0.8, label="chance")
-        ax.axvline(PARITY_L, color="tab:red", ls=":", lw=1, label="longest training length")
-        ax.set(xscale="log", xlabel="digits", ylabel="parity accuracy", ylim=(-0.03, 1.03),
-               title=f"parity, tiny models trained on 1..{PARITY_L} digits")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "state_tracking.png"), dpi=120)
+        _accuracy_plot(plt, results["state_tracking"], "state_tracking/accuracy", "length", chance=0.5,
+                       xlabel="digits", ylabel="parity accuracy", marker=PARITY_L,
+                       title=f"parity, tiny models trained on 1..{PARITY_L} digits",
+                       path=os.path.join(out, "state_tracking.png"))
     if "length_gen" in results:
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
         for name, m in results["length_gen"]["phases"].items():
@@ -197,16 +190,27 @@ def plot(results: dict, out: str) -> None:
         fig.tight_layout()
         fig.savefig(os.path.join(out, "length_gen.png"), dpi=120)
     if "statex" in results:
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        for name, m in results["statex"].items():
-            pts = _series(m, "mqar/accuracy", "num_pairs")
-            ax.plot([p for p, _ in pts], [a for _, a in pts], "o-", label=name)
-        ax.axhline(0.1, color="grey", ls="--", lw=0.8, label="chance")
-        ax.set(xscale="log", xlabel="key-value pairs", ylabel="recall accuracy", ylim=(-0.03, 1.03),
-               title="MQAR, tiny RWKV-7 (head_dim 8), StateX variants")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "statex.png"), dpi=120)
+        _accuracy_plot(plt, results["statex"], "mqar/accuracy", "num_pairs", chance=0.1,
+                       xlabel="key-value pairs", ylabel="recall accuracy", marker=None,
+                       title="MQAR, tiny RWKV-7 (head_dim 8), StateX variants",
+                       path=os.path.join(out, "statex.png"))
+
+
+def _accuracy_plot(plt, runs: dict, metric: str, key: str, chance: float, xlabel: str, ylabel: str,
+                   marker: int | None, title: str, path: str) -> None:
+    """One accuracy-versus-``key`` curve per run, with the chance level (and ``marker``: the longest
+    training length) drawn in."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, m in runs.items():
+        pts = _series(m, metric, key)
+        ax.plot([p for p, _ in pts], [a for _, a in pts], "o-", label=name)
+    ax.axhline(chance, color="grey", ls="--", lw=0.8, label="chance")
+    if marker is not None:
+        ax.axvline(marker, color="tab:red", ls=":", lw=1, label="longest training length")
+    ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, ylim=(-0.03, 1.03), title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def summary(results: dict) -> str:

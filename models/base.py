@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from recurlm.models.config import ModelConfig
-from recurlm.models.layers import Embedding, Linear, cross_entropy, linear_cross_entropy
+from recurlm.models.layers import Embedding, TruncNormalLinear, cross_entropy, linear_cross_entropy
 from recurlm.models.state import EntryKind, LayerState, ModelState
 
 
@@ -61,7 +61,7 @@ class RecurrentLM(nn.Module):
         self.embed = Embedding(cfg.vocab_size, cfg.d_model, cfg.init_std)
         self.blocks = nn.ModuleList(blocks)
         self.norm = final_norm
-        self.head = None if cfg.tie_embeddings else Linear(cfg.d_model, cfg.vocab_size, cfg.init_std)
+        self.head = None if cfg.tie_embeddings else TruncNormalLinear(cfg.d_model, cfg.vocab_size, cfg.init_std)
         self.embed_scale = embed_scale
         self.logit_softcap = logit_softcap
         self.checkpoint_blocks: frozenset[int] = frozenset()

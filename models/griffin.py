@@ -70,7 +70,8 @@ from recurlm.kernels.linear_scan import linear_scan
 from recurlm.kernels.local_attention import LocalAttentionState, local_attention
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
-from recurlm.models.layers import ACTIVATIONS, GatedMLP, RMSNorm, ShortConv, linear, rotate_half_rope
+from recurlm.models.layers import (ACTIVATIONS, GatedMLP, RMSNorm, ShortConv, TruncNormalLinear,
+                                   rotate_half_rope)
 from recurlm.models.state import REAL, EntryKind, LayerState
 
 BLOCK_TYPES = ("recurrent", "attention")
@@ -254,11 +255,11 @@ class RecurrentMixer(nn.Module):
         super().__init__()
         d, r = cfg.d_model, cfg.lru_width
         self.lru_width, self.conv_width = r, cfg.conv_width
-        self.linear_y = linear(d, r, d ** -0.5, bias=True)
-        self.linear_x = linear(d, r, d ** -0.5, bias=True)
+        self.linear_y = TruncNormalLinear(d, r, d ** -0.5, bias=True)
+        self.linear_x = TruncNormalLinear(d, r, d ** -0.5, bias=True)
         self.conv = GriffinConv1D(r, cfg.conv_width)
         self.rg_lru = RGLRU(cfg)
-        self.linear_out = linear(r, d, math.sqrt(2.0 / (cfg.n_layers * r)), bias=True)
+        self.linear_out = TruncNormalLinear(r, d, math.sqrt(2.0 / (cfg.n_layers * r)), bias=True)
 
     def forward(self, x: torch.Tensor, doc_start: torch.Tensor, positions: torch.Tensor,
                 state: Optional[LayerState], return_state: bool) -> tuple[torch.Tensor, LayerState]:
@@ -290,10 +291,10 @@ class LocalAttentionMixer(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = h, cfg.n_kv_heads, d // h
         self.rotary_dim = 2 * int(self.head_dim * cfg.rope_fraction / 2)
         self.rope_theta, self.window, self.impl = cfg.rope_theta, cfg.attention_window or 2048, cfg.kernel_impl
-        self.q_proj = linear(d, h * self.head_dim, d ** -0.5)
-        self.k_proj = linear(d, self.n_kv_heads * self.head_dim, d ** -0.5)
-        self.v_proj = linear(d, self.n_kv_heads * self.head_dim, d ** -0.5)
-        self.o_proj = linear(h * self.head_dim, d, math.sqrt(2.0 / (cfg.n_layers * d)), bias=True)
+        self.q_proj = TruncNormalLinear(d, h * self.head_dim, d ** -0.5)
+        self.k_proj = TruncNormalLinear(d, self.n_kv_heads * self.head_dim, d ** -0.5)
+        self.v_proj = TruncNormalLinear(d, self.n_kv_heads * self.head_dim, d ** -0.5)
+        self.o_proj = TruncNormalLinear(h * self.head_dim, d, math.sqrt(2.0 / (cfg.n_layers * d)), bias=True)
 
     def forward(self, x: torch.Tensor, doc_start: torch.Tensor, positions: torch.Tensor,
                 state: Optional[LayerState], return_state: bool) -> tuple[torch.Tensor, LayerState]:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from recurlm.kernels.gla import gla
 from recurlm.models.base import Block, RecurrentLM
 from recurlm.models.config import ModelConfig
-from recurlm.models.layers import GatedMLP, RMSNorm, linear
+from recurlm.models.layers import GatedMLP, RMSNorm, TruncNormalLinear, divide_width
 from recurlm.models.state import LayerState
 
 
@@ -47,15 +47,13 @@ class HGRN2Mixer(nn.Module):
     def __init__(self, cfg: HGRN2Config):
         super().__init__()
         d, e = cfg.d_model, cfg.expand_ratio
-        if d % e:
-            raise ValueError(f"hgrn2: d_model={d} must be a multiple of expand_ratio={e}")
-        self.n_heads, self.head_dim, self.impl = d // e, e, cfg.kernel_impl
-        self.q_proj = linear(d, d, cfg.init_std)
-        self.f_proj = linear(d, d, cfg.init_std)
-        self.i_proj = linear(d, d, cfg.init_std)
-        self.g_proj = linear(d, d, cfg.init_std) if cfg.output_gate else None
+        self.n_heads, self.head_dim, self.impl = divide_width("hgrn2", d, e, "expand_ratio"), e, cfg.kernel_impl
+        self.q_proj = TruncNormalLinear(d, d, cfg.init_std)
+        self.f_proj = TruncNormalLinear(d, d, cfg.init_std)
+        self.i_proj = TruncNormalLinear(d, d, cfg.init_std)
+        self.g_proj = TruncNormalLinear(d, d, cfg.init_std) if cfg.output_gate else None
         self.g_norm = RMSNorm(d, eps=cfg.gate_norm_eps)
-        self.o_proj = linear(d, d, cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+        self.o_proj = TruncNormalLinear(d, d, cfg.init_std / (2 * cfg.n_layers) ** 0.5)
 
     def forward(self, x: torch.Tensor, resets: Optional[torch.Tensor], state: Optional[torch.Tensor],
                 return_state: bool, lower_bound: Optional[torch.Tensor]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -19,8 +19,17 @@ def init_normal_(weight: torch.Tensor, std: float) -> torch.Tensor:
     return nn.init.trunc_normal_(weight, std=std, a=-3 * std, b=3 * std)
 
 
-class Linear(nn.Linear):
-    """nn.Linear with a truncated-normal weight (std ``std``) and zero bias.
+def divide_width(family: str, width: int, parts: int, parts_key: str, width_key: str = "d_model") -> int:
+    """width / parts (e.g. the width of each of ``parts`` heads), or a ValueError naming both config keys
+    when ``parts`` does not divide ``width``."""
+    if width % parts:
+        raise ValueError(f"{family}: {width_key}={width} must be a multiple of {parts_key}={parts}")
+    return width // parts
+
+
+class TruncNormalLinear(nn.Linear):
+    """nn.Linear with a truncated-normal weight (std ``std``) and a zero bias, or ``bias_init`` [d_out]
+    when given (which turns the bias on).
 
     The init runs inside the constructor: under ZeRO-3's ``zero.Init`` a module's parameters are
     partitioned when its constructor returns, so an init applied afterwards would be lost."""
@@ -34,14 +43,8 @@ class Linear(nn.Linear):
                 self.bias.copy_(bias_init if bias_init is not None else torch.zeros(d_out))
 
 
-def linear(d_in: int, d_out: int, std: float, bias: bool = False,
-           bias_init: Optional[torch.Tensor] = None) -> Linear:
-    """A :class:`Linear`; ``bias_init`` [d_out] gives the bias its initial values (else zeros)."""
-    return Linear(d_in, d_out, std, bias, bias_init)
-
-
 class Embedding(nn.Embedding):
-    """nn.Embedding with a truncated-normal init in the constructor (see :class:`Linear`)."""
+    """nn.Embedding with a truncated-normal init in the constructor (see :class:`TruncNormalLinear`)."""
 
     def __init__(self, vocab_size: int, dim: int, std: float):
         super().__init__(vocab_size, dim)
@@ -79,9 +82,9 @@ class GatedMLP(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.act = ACTIVATIONS[activation]
-        self.gate_proj = linear(d_model, d_hidden, std, bias)
-        self.up_proj = linear(d_model, d_hidden, std, bias)
-        self.down_proj = linear(d_hidden, d_model, std if out_std is None else out_std, bias)
+        self.gate_proj = TruncNormalLinear(d_model, d_hidden, std, bias)
+        self.up_proj = TruncNormalLinear(d_model, d_hidden, std, bias)
+        self.down_proj = TruncNormalLinear(d_hidden, d_model, std if out_std is None else out_std, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

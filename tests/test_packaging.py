@@ -1,5 +1,5 @@
 """The wheel holds only the ``recurlm`` package (the repository root mapped onto it), with every
-subpackage and the YAML configs, and no bare top-level ``models``/``data``/``train``/``eval``."""
+subpackage, the YAML configs and the sbatch templates, and no bare top-level ``models``/``data``/``train``/``eval``."""
 import subprocess
 import sys
 import zipfile
@@ -21,6 +21,8 @@ def test_wheel_contains_only_the_recurlm_package(tmp_path):
     assert "recurlm/configs/model/hgrn2.yaml" in names
     assert "recurlm/configs/model_sizes/griffin.yaml" in names
     assert "recurlm/configs/recipe/length_gen/state_passing.yaml" in names
+    for template in ["train.sbatch", "eval.sbatch", "doctor_check.sh"]:  # recurlm.launch.sbatch renders these
+        assert f"recurlm/launch/templates/{template}" in names, template
     assert not any(n.startswith("recurlm/tests/") for n in names)
     # test-only code lives under tests/ (kernel harness, fla's CPU stand-ins), not in the package
     assert not any(n.startswith("recurlm/kernels/") and n.endswith("/testing.py") for n in names)
