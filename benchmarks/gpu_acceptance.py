@@ -71,7 +71,7 @@ class Settings:
 
 
 FULL_OP_SIZES = {"linear_scan": ("100m", "1b"), "gla": ("150m", "1b"), "rwkv6": ("small", "7b"),
-                 "dplr": ("0.1b", "1.5b"), "mlstm": ("125m", "1.3b"), "slstm": ("125m", "350m"),
+                 "dplr_delta_rule": ("0.1b", "1.5b"), "mlstm": ("125m", "1.3b"), "slstm": ("125m", "350m"),
                  "titans_memory": ("170m", "760m"), "local_attention": ("100m", "1b")}
 """The ~125M preset and a ~1B one of each op's family (sLSTM: 350m, the largest its kernel runs)."""
 

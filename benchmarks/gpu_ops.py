@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import torch
 
-from recurlm.launch.doctor import tensors_of
 from recurlm.models.config import preset_table
+from recurlm.tests.kernels import harness  # run from a checkout, as the tests are
 
-OP_FAMILY = {"linear_scan": "hawk", "gla": "hgrn2", "rwkv6": "rwkv6", "dplr": "rwkv7", "mlstm": "xlstm",
+OP_FAMILY = {"linear_scan": "hawk", "gla": "hgrn2", "rwkv6": "rwkv6", "dplr_delta_rule": "rwkv7", "mlstm": "xlstm",
              "slstm": "xlstm", "titans_memory": "titans_mac", "local_attention": "griffin"}
 """The family whose presets give each op's shapes."""
 
@@ -37,7 +37,7 @@ def op_shape_of(op: str, p: dict[str, Any]) -> dict[str, int]:
         return {"heads": d // p["expand_ratio"], "head_dim": p["expand_ratio"]}
     if op == "rwkv6":
         return {"heads": d // p["head_dim"], "head_dim": p["head_dim"]}
-    if op == "dplr":
+    if op == "dplr_delta_rule":
         return {"heads": d // p["head_dim"], "dk": p["head_dim"], "dv": p["head_dim"]}
     if op == "linear_scan":
         return {"dim": p["lru_width"]}
@@ -74,44 +74,40 @@ def op_call(op: str, size: str, batch: int, seq_len: int) -> OpCall:
     its state is a weight pair set by ``init_weights``)."""
     import importlib
 
-    from recurlm import kernels
-
-    testing = importlib.import_module(f"recurlm.kernels.{op}.testing")
+    package = importlib.import_module(f"recurlm.kernels.{op}")
+    examples = importlib.import_module(f"recurlm.kernels.{op}.examples")
     shape = op_shape(op, size)
-    fn = {"dplr": kernels.dplr_delta_rule}.get(op) or getattr(kernels, op)
+    fn = getattr(package, op)
 
     def make(dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
         if op == "titans_memory":
-            inputs = testing.make_inputs(B=batch, T=seq_len, dtype=dtype, device=device, seed=0, **shape)
+            inputs = examples.make_inputs(B=batch, T=seq_len, dtype=dtype, device=device, seed=0, **shape)
             resets = torch.zeros(batch, seq_len, dtype=torch.bool, device=device)
             resets[:, seq_len // 3] = True
             return {**inputs, "resets": resets}
-        inputs = testing.make_inputs(batch=batch, seq_len=seq_len, dtype=torch.float32, device=device, seed=0,
-                                     reset_prob=4.0 / seq_len, initial_state=True, **shape)
+        inputs = examples.make_inputs(batch=batch, seq_len=seq_len, dtype=torch.float32, device=device, seed=0,
+                                      reset_prob=4.0 / seq_len, initial_state=True, **shape)
         # states stay float32; RWKV-7 computes its log decay in float32 (models/rwkv7.py)
-        keep = ("initial_state",) + (("gk",) if op == "dplr" else ())
+        keep = ("initial_state",) + (("gk",) if op == "dplr_delta_rule" else ())
         return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() and k not in keep else v
                 for k, v in inputs.items()}
 
     flop_args = {k: v for k, v in shape.items() if k not in ("kv_heads", "depth")}
-    flops = float(testing.flops(batch, seq_len, **flop_args))
+    flops = float(package.flops(batch, seq_len, **flop_args))
     # RWKV-7's call: its decay bound (make_inputs draws gk above it) selects fla's chunk-64 path
-    extra = {"gk_lower_bound": testing.RWKV7_LOG_DECAY_FLOOR} if op == "dplr" else {}
+    extra = {"gk_lower_bound": examples.RWKV7_LOG_DECAY_FLOOR} if op == "dplr_delta_rule" else {}
     return OpCall(op, size, shape, make,
                   lambda inputs, impl: fn(**inputs, output_final_state=True, impl=impl, **extra), flops)
 
 
 def outputs_and_grads(call: OpCall, inputs: dict[str, Any], impl: str) -> list[torch.Tensor]:
     """Output, final state and the gradients of a fixed random projection of both w.r.t. every
-    floating input (states included)."""
+    floating input (states included), by the kernel tests' harness."""
     leaves = {k: v.detach().clone().requires_grad_() for k, v in inputs.items()
               if isinstance(v, torch.Tensor) and v.is_floating_point()}
-    results = tensors_of(call.run({**inputs, **leaves}, impl))
-    generator = torch.Generator().manual_seed(1)
-    loss = sum((t.double() * torch.randn(t.shape, generator=generator, dtype=torch.float64).to(t.device)).sum()
-               for t in results if t.is_floating_point())
-    grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    return [t.detach() for t in results] + [torch.zeros_like(x) if g is None else g for x, g in zip(leaves.values(), grads)]
+    results = harness.outputs_and_grads(lambda output_final_state, **kw: call.run(kw, impl), {**inputs, **leaves},
+                                        allow_unused=True)
+    return [*results.outputs.values(), *results.grads.values()]
 
 
 def relative_error(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
@@ -181,7 +177,7 @@ def _backward_of(forward: Callable[[], torch.Tensor], leaves: list[torch.Tensor]
 
 def reference_runner(call: OpCall, inputs: dict[str, Any], dry_run: bool) -> tuple[str, Callable[[], torch.Tensor]]:
     """The reference implementation of the op on the same inputs: fla's chunk kernels for gla /
-    rwkv6 / dplr and its HGRN kernel for linear_scan, mlstm_kernels' chunkwise Triton kernel for
+    rwkv6 / dplr_delta_rule and its HGRN kernel for linear_scan, mlstm_kernels' chunkwise Triton kernel for
     mlstm, torch SDPA with a banded (sliding-window) mask for local_attention. sLSTM and the Titans
     memory have none. In a dry run (CPU) the op's own naive path stands in."""
     if dry_run:
@@ -193,7 +189,7 @@ def reference_runner(call: OpCall, inputs: dict[str, Any], dry_run: bool) -> tup
     if call.op == "rwkv6":
         from fla.ops.rwkv6 import chunk_rwkv6
         return "fla chunk_rwkv6", lambda: chunk_rwkv6(x["r"], x["k"], x["v"], x["w"], x["u"])[0]
-    if call.op == "dplr":
+    if call.op == "dplr_delta_rule":
         from fla.ops.generalized_delta_rule.dplr import chunk_dplr_delta_rule
         return "fla chunk_dplr_delta_rule", lambda: chunk_dplr_delta_rule(
             x["q"], x["k"], x["v"], x["a"], x["b"], x["gk"], safe_gate=True,
@@ -209,7 +205,7 @@ def reference_runner(call: OpCall, inputs: dict[str, Any], dry_run: bool) -> tup
         return "mlstm_kernels chunkwise--triton_xl_chunk", lambda: kernel(
             heads_first["q"], heads_first["k"], heads_first["v"], heads_first["i"], heads_first["f"], chunk_size=64)
     if call.op == "local_attention":
-        from recurlm.kernels.local_attention.testing import banded_sdpa_reference
+        from recurlm.kernels.local_attention.naive import banded_sdpa_reference
         return "torch SDPA, banded mask", lambda: banded_sdpa_reference(x["q"], x["k"], x["v"], call.shape["window"])
     raise LookupError(f"no reference implementation for {call.op}")
 

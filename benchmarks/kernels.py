@@ -10,7 +10,7 @@ For every op and sequence length T it prints:
   at T = 2048). naive is only run up to ``--naive-max-t`` (2048 in full mode); above it its time is
   extrapolated from the longest measured length, linearly in T (every naive path is a sequential
   loop), and marked "~".
-- achieved GFLOP/s of the chunk path: 3 x the forward FLOPs of ``<op>/testing.flops`` (backward
+- achieved GFLOP/s of the chunk path: 3 x the forward FLOPs of ``recurlm.kernels.<op>.flops`` (backward
   ~= 2 x forward) over the fwd+bwd time, and the fraction of this machine's float32 matmul ceiling
   (2048^3 matmul, measured at the start of the same run).
 - peak tensor memory of one chunk fwd+bwd (``common.PeakTensorMemory``: live bytes of every storage
@@ -20,8 +20,8 @@ For every op and sequence length T it prints:
   (pre-transposed to their layout): mlstm_kernels ``chunkwise--native_autograd`` for mlstm, fla's
   ``naive_recurrent_gla`` (fla has no torch chunk GLA), ``naive_chunk_rwkv6`` (forward only: its
   backward fails in place) and ``naive_recurrent_rwkv6``, and ``dplr_chunkwise``; for local_attention
-  torch's own SDPA with a dense banded mask (``testing.banded_sdpa_reference``, the test oracle of
-  naive; O(T^2), so skipped above ``--naive-max-t``). "ref / recurlm" > 1 means recurlm is faster
+  torch's own SDPA with a dense banded mask (``local_attention.naive.banded_sdpa_reference``, the
+  test oracle of naive; O(T^2), so skipped above ``--naive-max-t``). "ref / recurlm" > 1 means recurlm is faster
   (target: >= 1).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 
 from recurlm.benchmarks.common import (best_times, fmt_bytes, fmt_ratio, fmt_time, matmul_gflops,
                                        peak_memory_bytes, print_table, set_threads)
-from recurlm.kernels.testing import grad_leaves
+from recurlm.kernels.examples import grad_leaves
 
 Inputs = dict
 Runner = Callable[[], torch.Tensor]  # one forward; returns the output to backpropagate
@@ -84,7 +84,7 @@ class OpBench:
     run: Callable[[Inputs, str], torch.Tensor]
     """(inputs, impl) -> output."""
     flops: Callable[[int], int]
-    """T -> forward FLOPs (testing.flops)."""
+    """T -> forward FLOPs (the op's ``flops``)."""
     shape: str
     references: list[Reference] = field(default_factory=list)
 
@@ -105,48 +105,50 @@ def _bhtd(*names: str, rest: tuple[str, ...] = ()) -> Callable[[Inputs], dict]:
 
 
 def build_ops(B: int, H: int, D: int, scan_dim: int, window: int) -> dict[str, OpBench]:
-    from recurlm.kernels.dplr import dplr_delta_rule, testing as dplr_t
-    from recurlm.kernels.gla import gla, testing as gla_t
-    from recurlm.kernels.linear_scan import linear_scan, testing as scan_t
-    from recurlm.kernels.local_attention import local_attention, testing as la_t
-    from recurlm.kernels.mlstm import mlstm, testing as mlstm_t
-    from recurlm.kernels.rwkv6 import rwkv6, testing as rwkv6_t
-    from recurlm.kernels.slstm import slstm, testing as slstm_t
-    from recurlm.kernels.titans_memory import titans_memory, testing as titans_t
+    from recurlm.kernels import dplr_delta_rule, gla, linear_scan, local_attention, mlstm, rwkv6, slstm, titans_memory
+    from recurlm.kernels.dplr_delta_rule import examples as dplr_t, flops as dplr_flops
+    from recurlm.kernels.gla import examples as gla_t, flops as gla_flops
+    from recurlm.kernels.linear_scan import examples as scan_t, flops as scan_flops
+    from recurlm.kernels.local_attention import examples as la_t, flops as la_flops
+    from recurlm.kernels.mlstm import examples as mlstm_t, flops as mlstm_flops
+    from recurlm.kernels.rwkv6 import examples as rwkv6_t, flops as rwkv6_flops
+    from recurlm.kernels.slstm import examples as slstm_t, flops as slstm_flops
+    from recurlm.kernels.titans_memory import examples as titans_t, flops as titans_flops
+    from recurlm.kernels.local_attention.naive import banded_sdpa_reference
 
     ops = [
         OpBench("linear_scan", lambda T: scan_t.make_inputs(B, T, scan_dim, requires_grad=True),
-                lambda x, impl: linear_scan(**x, impl=impl)[0], lambda T: scan_t.flops(B, T, scan_dim),
+                lambda x, impl: linear_scan(**x, impl=impl)[0], lambda T: scan_flops(B, T, scan_dim),
                 f"B={B} D={scan_dim}"),
         OpBench("gla", lambda T: gla_t.make_inputs(B, T, H, D, requires_grad=True),
-                lambda x, impl: gla(**x, impl=impl)[0], lambda T: gla_t.flops(B, T, H, D),
+                lambda x, impl: gla(**x, impl=impl)[0], lambda T: gla_flops(B, T, H, D),
                 f"B={B} H={H} K=V={D}"),
         OpBench("rwkv6", lambda T: rwkv6_t.make_inputs(B, T, H, D, requires_grad=True),
-                lambda x, impl: rwkv6(**x, impl=impl)[0], lambda T: rwkv6_t.flops(B, T, H, D),
+                lambda x, impl: rwkv6(**x, impl=impl)[0], lambda T: rwkv6_flops(B, T, H, D),
                 f"B={B} H={H} K=V={D}"),
         OpBench("dplr_delta_rule", lambda T: dplr_t.make_inputs(B, T, H, D, D, requires_grad=True),
-                lambda x, impl: dplr_delta_rule(**x, impl=impl)[0], lambda T: dplr_t.flops(B, T, H, D, D),
+                lambda x, impl: dplr_delta_rule(**x, impl=impl)[0], lambda T: dplr_flops(B, T, H, D, D),
                 f"B={B} H={H} K=V={D}"),
         OpBench("mlstm", lambda T: mlstm_t.make_inputs(B, T, H, D, requires_grad=True),
-                lambda x, impl: mlstm(**x, impl=impl)[0], lambda T: mlstm_t.flops(B, T, H, D),
+                lambda x, impl: mlstm(**x, impl=impl)[0], lambda T: mlstm_flops(B, T, H, D),
                 f"B={B} H={H} K=V={D}"),
         OpBench("slstm", lambda T: slstm_t.make_inputs(B, T, H, D, requires_grad=True),
-                lambda x, impl: slstm(**x, impl=impl)[0], lambda T: slstm_t.flops(B, T, H, D),
+                lambda x, impl: slstm(**x, impl=impl)[0], lambda T: slstm_flops(B, T, H, D),
                 f"B={B} H={H} D={D}"),
-        # learning rates up to 0.1: at the testing default (0.5) the depth-2 memory diverges to NaN
+        # learning rates up to 0.1: at the examples' default (0.5) the depth-2 memory diverges to NaN
         # within ~64 tokens, and the run would time a NaN workload
         OpBench("titans_memory",
                 lambda T: titans_t.make_inputs(B, T, H, D, depth=2, theta_max=0.1, requires_grad=True),
                 lambda x, impl: titans_memory(**x, impl=impl)[0],
-                lambda T: titans_t.flops(B, T, H, D, depth=2), f"B={B} H={H} D={D} depth=2 chunk=16"),
+                lambda T: titans_flops(B, T, H, D, depth=2), f"B={B} H={H} D={D} depth=2 chunk=16"),
         OpBench("local_attention", lambda T: la_t.make_inputs(B, T, H, 1, D, window, requires_grad=True),
                 lambda x, impl: local_attention(**x, impl=impl)[0],
-                lambda T: la_t.flops(B, T, H, D, window), f"B={B} H={H} Hkv=1 D={D} window={window}"),
+                lambda T: la_flops(B, T, H, D, window), f"B={B} H={H} Hkv=1 D={D} window={window}"),
     ]
     ops = {op.name: op for op in ops}
     ops["local_attention"].references.append(Reference(
         "torch SDPA, dense banded mask", _copies("q", "k", "v"),
-        lambda a: la_t.banded_sdpa_reference(a["q"], a["k"], a["v"], window), quadratic=True))
+        lambda a: banded_sdpa_reference(a["q"], a["k"], a["v"], window), quadratic=True))
     _add_references(ops)
     return ops
 

@@ -24,7 +24,7 @@ timed where its package has a stepping API that runs on CPU (rwkv).
 References: transformers RecurrentGemma (Griffin, Hawk; ``convert.recurrentgemma``), xlstm's
 xLSTMLarge with mlstm_kernels' native torch kernels (``convert.xlstm``), BlinkDL's ``rwkv`` package
 for RWKV-7 (forward only, ``convert.rwkv_official``), flash-linear-attention's HGRN2ForCausalLM and
-RWKV6ForCausalLM with their Triton ops swapped for fla's torch references (``convert.fla_cpu``:
+RWKV6ForCausalLM with their Triton ops swapped for fla's torch references (``tests/helpers/fla_cpu.py``:
 sequential recurrences, one Python step per token; ``convert.fla_hgrn2``, ``convert.fla_rwkv``), whose
 logits are checked against recurlm's on the benchmark batch first. Families without a reference that
 trains on CPU with mapped weights are listed with the reason.
@@ -140,7 +140,7 @@ def fla_pair(family: str, d: int, layers: int, vocab: int, ids: torch.Tensor) ->
     import fla.models
 
     from recurlm.models import build_model
-    from recurlm.models.convert.fla_cpu import describe, fla_torch_references
+    from recurlm.tests.helpers.fla_cpu import describe, fla_torch_references  # run from a checkout
     from recurlm.models.convert.fla_hgrn2 import from_fla
     from recurlm.models.convert.fla_rwkv import from_fla_rwkv6
 

@@ -4,7 +4,7 @@
     python -m recurlm.benchmarks.perf_model --seq-len 8192 --global-batch 512 --gpu A100-SXM4-80GB
 
 Every number comes from this script, from the model code (``flops_per_token`` of meta-device
-builds, ``recurlm/kernels/<op>/testing.flops``) or from the cited constants below. Conventions:
+builds, ``recurlm.kernels.<op>.flops``) or from the cited constants below. Conventions:
 
 - FLOPs: forward FLOPs (multiply-add = 2); backward = 2 x forward, so a training step is 3 x
   forward (the convention of ``train/trainer.py``'s MFU and ``benchmarks/kernels.py``).
@@ -62,10 +62,10 @@ ELEMENTWISE_BYTES = 36
 """Bytes x d_model per layer per token, forward + backward, of the elementwise work (assumption)."""
 ACTIVATION_BYTES = 34
 """Bytes x d_model per layer per token of saved activations without recomputation (Korthikanti et al.)."""
-CHUNK = {"gla": 64, "rwkv6": 64, "dplr": 64, "mlstm": 64, "titans_memory": 16}
+CHUNK = {"gla": 64, "rwkv6": 64, "dplr_delta_rule": 64, "mlstm": 64, "titans_memory": 16}
 """Chunk lengths C of the Triton paths (fla's chunk 64; RWKV-7's DPLR at chunk 64 with its decay
-bound, ``kernels/dplr/triton.py``; the Titans memory's mini-batch of 16)."""
-FAMILY_OPS = {"hgrn2": {"HGRN2Block": "gla"}, "rwkv6": {"*": "rwkv6"}, "rwkv7": {"*": "dplr"},
+bound, ``kernels/dplr_delta_rule/triton.py``; the Titans memory's mini-batch of 16)."""
+FAMILY_OPS = {"hgrn2": {"HGRN2Block": "gla"}, "rwkv6": {"*": "rwkv6"}, "rwkv7": {"*": "dplr_delta_rule"},
               "hawk": {"*": "linear_scan"}, "griffin": {"recurrent": "linear_scan", "attention": "local_attention"},
               "xlstm": {"mlstm": "mlstm", "mlstm7b": "mlstm", "slstm": "slstm"},
               "titans_mac": {"*": "titans_memory"}, "titans_mag": {"*": "titans_memory"},
@@ -80,18 +80,18 @@ def op_cost(op: str, shape: dict[str, int], seq_len: int) -> tuple[float, float]
     """Forward (FLOPs, bytes) per token of one layer's op (module docstring)."""
     import importlib
 
-    testing = importlib.import_module(f"recurlm.kernels.{op}.testing")
+    op_flops = importlib.import_module(f"recurlm.kernels.{op}").flops
     flop_args = {k: v for k, v in shape.items() if k != "kv_heads"}
     if op == "titans_memory":
-        flops = testing.flops(1, seq_len, **flop_args) / seq_len
+        flops = op_flops(1, seq_len, **flop_args) / seq_len
     else:
-        flops = testing.flops(1, seq_len, **{k: v for k, v in flop_args.items() if k != "depth"}) / seq_len
+        flops = op_flops(1, seq_len, **{k: v for k, v in flop_args.items() if k != "depth"}) / seq_len
     bf16, f32 = 2, 4
-    if op in ("gla", "rwkv6", "dplr", "mlstm"):
+    if op in ("gla", "rwkv6", "dplr_delta_rule", "mlstm"):
         h = shape["heads"]
         k = shape.get("head_dim") or shape.get("dk")
         v = shape.get("dv") or shape.get("head_dim") or k
-        keyed = {"gla": 2, "rwkv6": 2, "dplr": 4, "mlstm": 2}[op]  # q, k (+ a, b) in bf16
+        keyed = {"gla": 2, "rwkv6": 2, "dplr_delta_rule": 4, "mlstm": 2}[op]  # q, k (+ a, b) in bf16
         decay = h * k * f32 if op != "mlstm" else 2 * h * f32      # per-channel log decay / i, f gates
         data = h * (keyed * k * bf16 + 2 * v * bf16) + decay
         state = h * k * v * f32 / CHUNK[op]

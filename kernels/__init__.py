@@ -4,7 +4,7 @@ Each op has a naive sequential reference, a PyTorch chunkwise path and a Triton 
 ``impl="auto"|"naive"|"chunk"|"triton"`` (auto: Triton on CUDA, chunk elsewhere). See the
 module docstring of each op for the math, shapes and a varlen example.
 """
-from recurlm.kernels.dplr import dplr_delta_rule
+from recurlm.kernels.dplr_delta_rule import dplr_delta_rule
 from recurlm.kernels.gla import gla
 from recurlm.kernels.linear_scan import linear_scan
 from recurlm.kernels.local_attention import local_attention

@@ -8,7 +8,8 @@ cu_seqlens=None, impl="auto") -> (output, final_state | None)``. ``impl`` picks:
 - ``"triton"``: the Triton kernel (CUDA; on CPU only under ``TRITON_INTERPRET=1``);
 - ``"auto"``: Triton for CUDA tensors, chunk elsewhere (naive for a single token on CPU).
 
-Every op runs outside ``torch.autocast`` (``autocast_off``): it fixes its own precisions.
+Every op runs outside ``torch.autocast`` (``autocast_off``): it fixes its own precisions, with
+states and accumulation in ``compute_dtype``.
 """
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def autocast_off(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return run
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every op accumulates and keeps its states in for inputs of ``dtype``: float64 for
+    float64 inputs (the tests' references), float32 for every lower precision."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def triton_interpreting() -> bool:

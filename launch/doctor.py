@@ -39,7 +39,7 @@ FAMILY_KERNELS: dict[str, list[str]] = {
     "griffin": ["linear_scan", "local_attention"],
     "hawk": ["linear_scan"],
     "rwkv6": ["rwkv6"],
-    "rwkv7": ["dplr"],
+    "rwkv7": ["dplr_delta_rule"],
     "titans_mac": ["titans_memory"],
     "titans_mag": ["titans_memory"],
     "titans_mal": ["titans_memory"],
@@ -56,18 +56,18 @@ class KernelCase:
 
 
 def _cases(head_dim: int | None = None) -> dict[str, KernelCase]:
-    """Small inputs with resets and an initial state, built by each op's ``testing.make_inputs``:
+    """Small inputs with resets and an initial state, built by each op's ``examples.make_inputs``:
     head dims 8-16 (scan width 32), or ``head_dim`` for every op (scan width 2 x ``head_dim``)."""
     hd, small = head_dim or 16, head_dim or 8
     from recurlm import kernels
-    from recurlm.kernels.dplr import testing as dplr_t
-    from recurlm.kernels.gla import testing as gla_t
-    from recurlm.kernels.linear_scan import testing as scan_t
-    from recurlm.kernels.local_attention import testing as attn_t
-    from recurlm.kernels.mlstm import testing as mlstm_t
-    from recurlm.kernels.rwkv6 import testing as rwkv6_t
-    from recurlm.kernels.slstm import testing as slstm_t
-    from recurlm.kernels.titans_memory import testing as titans_t
+    from recurlm.kernels.dplr_delta_rule import examples as dplr_t
+    from recurlm.kernels.gla import examples as gla_t
+    from recurlm.kernels.linear_scan import examples as scan_t
+    from recurlm.kernels.local_attention import examples as attn_t
+    from recurlm.kernels.mlstm import examples as mlstm_t
+    from recurlm.kernels.rwkv6 import examples as rwkv6_t
+    from recurlm.kernels.slstm import examples as slstm_t
+    from recurlm.kernels.titans_memory import examples as titans_t
 
     def seeded(build: Callable[..., dict], **kwargs) -> Callable[[torch.device], dict]:
         def make(device: torch.device) -> dict:
@@ -80,7 +80,7 @@ def _cases(head_dim: int | None = None) -> dict[str, KernelCase]:
                                               reset_prob=0.05, initial_state=True)),
         "rwkv6": KernelCase(kernels.rwkv6, seeded(rwkv6_t.make_inputs, batch=2, seq_len=40, heads=2, head_dim=hd,
                                                   reset_prob=0.05, initial_state=True)),
-        "dplr": KernelCase(kernels.dplr_delta_rule, seeded(dplr_t.make_inputs, batch=2, seq_len=40, heads=2, dk=hd,
+        "dplr_delta_rule": KernelCase(kernels.dplr_delta_rule, seeded(dplr_t.make_inputs, batch=2, seq_len=40, heads=2, dk=hd,
                                                            dv=hd, reset_prob=0.05, initial_state=True)),
         "linear_scan": KernelCase(kernels.linear_scan, seeded(scan_t.make_inputs, batch=2, seq_len=40, dim=2 * hd,
                                                               reset_prob=0.05, initial_state=True)),

@@ -21,7 +21,7 @@ Eigenvalues of the transition (for a scalar a and decay e^w, along kk; the other
 in (e^w - 1, e^w), i.e. about (-0.46, 1) overall, never -1: parity-like state tracking is out of
 reach at any length. ``allow_neg_eigval`` widens it to (-1, 1) (config field docstring).
 
-The recurrence runs through ``recurlm.kernels.dplr.dplr_delta_rule`` (fla's [key, value] state
+The recurrence runs through ``recurlm.kernels.dplr_delta_rule.dplr_delta_rule`` (fla's [key, value] state
 orientation: q = r, a = -kk, b = kk * a, gk = w, scale 1). The log decay -exp(-softplus(-z) - 0.5)
 of the official code equals -e^-0.5 sigmoid(z), computed in float32. The channel mixer is
 ``relu(W_k lerp(x, x_prev, x_k)) ** 2 → W_v`` with hidden width 4 D.
@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recurlm.kernels.dplr import dplr_delta_rule, dplr_step
+from recurlm.kernels.dplr_delta_rule import dplr_delta_rule, dplr_step
 from recurlm.models.config import ModelConfig
 from recurlm.models.rwkv_common import (ChannelMix, HeadGroupNorm, RWKVBlock, RWKVLM, depth_ratios,
                                         lerp_prev, no_weight_decay, orthogonal_, OrthogonalLinear,

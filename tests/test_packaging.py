@@ -34,3 +34,7 @@ def test_wheel_contains_only_the_recurlm_package(tmp_path):
     for script, target in scripts.items():  # every console script names a function that exists
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function, None)), f"{script} = {target}"
+    # test-only code lives under tests/ (kernel harness, fla's CPU stand-ins), not in the package
+    assert not any(n.startswith("recurlm/kernels/") and n.endswith("/testing.py") for n in names)
+    assert "recurlm/kernels/fla_interpret.py" not in names and "recurlm/models/convert/fla_cpu.py" not in names
+    assert "recurlm/kernels/gla/examples.py" in names  # runtime: the compile gate and recurlm-doctor

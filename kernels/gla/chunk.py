@@ -1,7 +1,7 @@
 """Chunkwise PyTorch form of gated linear attention with a per-key-channel decay (the CPU path).
 
 Computes the recurrences of :mod:`recurlm.kernels.gla.naive` (GLA, and RWKV-6 with ``bonus``)
-with a hand-written backward (:class:`_ChunkGatedAttention`): autograd would save every
+with a hand-written backward (:class:`_ChunkGLA`): autograd would save every
 intermediate of the forward and replay it op by op.
 
 Forward. The sequence is cut into n chunks of C tokens (default 32), all processed at once in a
@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from recurlm.kernels.gla.naive import compute_dtype
+from recurlm.kernels.dispatch import compute_dtype
 
 CHUNK_SIZE = 32
 """Tokens per chunk; a power of two (blocks are halved recursively). 32 balances matmul efficiency
@@ -114,13 +114,6 @@ def _half_cumsums(g: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         if i != m - 1:
             torch.add(behind[..., i + 1, :], g[..., i + 1, :], out=behind[..., i, :])
     return ahead, behind
-
-
-def _reverse_cumsum_(x: torch.Tensor) -> torch.Tensor:
-    """In place: x_i <- sum_{l >= i} x_l along dim -2 (x: [..., C, K])."""
-    for i in range(x.shape[-2] - 2, -1, -1):
-        x[..., i, :] += x[..., i + 1, :]
-    return x
 
 
 def _scan_states(carry: torch.Tensor, updates: torch.Tensor, state: torch.Tensor, reverse: bool) -> torch.Tensor:
@@ -264,14 +257,14 @@ class _Saved:
 
 
 def _forward(q, k, v, g, bonus, initial_state, resets, scale, chunk_size) -> tuple[torch.Tensor, _Saved]:
-    """The forward of the module docstring (arguments as :func:`chunk_gated_attention`).
+    """The forward of the module docstring (arguments as :func:`chunk_gla`).
 
     Returns:
         o [n, B, H, C, V] in the accumulation dtype, and what the backward needs.
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype = compute_dtype(q)
+    dtype = compute_dtype(q.dtype)
     # short inputs: one chunk (T rounded up to a power of two) instead of a full padded chunk
     C = min(chunk_size, 2 ** max(math.ceil(math.log2(max(T, 1))), 1))
     m, pad = C // 2, -T % C
@@ -350,7 +343,9 @@ def _backward(s: _Saved, bonus: torch.Tensor | None, d_out: torch.Tensor, d_fina
     q_dq = s.q * dq
     d_log = torch.addcmul(q_dq, s.k, dk, value=-1)  # dL/db
     d_log[..., -1, :] += (s.states[1:] * d_after).sum(-1)
-    dg = _reverse_cumsum_(d_log)
+    dg = d_log  # in place: dg_i = sum_{i <= l <= C} dL/db_l, a short loop (see _half_cumsums)
+    for i in range(C - 2, -1, -1):
+        dg[..., i, :] += dg[..., i + 1, :]
     du = None
     if bonus is not None:
         dg -= q_dq
@@ -361,9 +356,9 @@ def _backward(s: _Saved, bonus: torch.Tensor | None, d_out: torch.Tensor, d_fina
     return dq, dk, dv, dg, du, d_states[0]
 
 
-class _ChunkGatedAttention(torch.autograd.Function):
+class _ChunkGLA(torch.autograd.Function):
     """:func:`_forward` and :func:`_backward` as an autograd op (arguments as
-    :func:`chunk_gated_attention`)."""
+    :func:`chunk_gla`)."""
 
     @staticmethod
     def forward(ctx, q, k, v, g, bonus, initial_state, resets, scale, chunk_size):
@@ -384,7 +379,7 @@ class _ChunkGatedAttention(torch.autograd.Function):
         return (*grads, None, None, None)
 
 
-def chunk_gated_attention(
+def chunk_gla(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -395,34 +390,10 @@ def chunk_gated_attention(
     bonus: torch.Tensor | None = None,
     chunk_size: int = CHUNK_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunkwise GLA (``bonus=None``) or RWKV-6 (``bonus=u``); see the module docstring.
-
-    Args:
-        q, k, g: [B, T, H, K] queries, keys, log decays (g <= 0).
-        v: [B, T, H, V] values.
-        scale: multiplies q.
-        initial_state: [B, H, K, V] or None (zeros).
-        resets: [B, T] bool or None: True where a document starts (the carried state is dropped).
-        bonus: [H, K] RWKV-6 bonus u (adds scale * (q_t . (u * k_t)) v_t, and the query reads the
-            state before its own step), or None for GLA.
-        chunk_size: tokens per chunk, a power of two (at least 2).
-
-    Returns:
-        o [B, T, H, V] in q's dtype; final state [B, H, K, V] in float32 (float64 for float64 q).
-    """
+    """Chunkwise GLA (``bonus=None``) or RWKV-6 (``bonus=u``), the module docstring's algorithm:
+    arguments and results as :func:`recurlm.kernels.gla.naive.naive_gla` (the final state in
+    float32, float64 for float64 q), plus ``chunk_size``: tokens per chunk, a power of two >= 2."""
     if chunk_size < 2 or chunk_size & (chunk_size - 1):
         raise ValueError(f"chunk_size must be a power of two, at least 2, got {chunk_size}")
-    return _ChunkGatedAttention.apply(q, k, v, g, bonus, initial_state, resets, scale, chunk_size)
+    return _ChunkGLA.apply(q, k, v, g, bonus, initial_state, resets, scale, chunk_size)
 
-
-def chunk_gla(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    scale: float,
-    initial_state: torch.Tensor | None = None,
-    resets: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """GLA in chunkwise form: shapes as :func:`chunk_gated_attention` (no bonus)."""
-    return chunk_gated_attention(q, k, v, g, scale, initial_state, resets)

@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import torch
 
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """Accumulation dtype: float64 for float64 inputs (tests), float32 for everything else."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from recurlm.kernels.dispatch import compute_dtype
 
 
-def naive_gated_recurrence(
+def naive_gla(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -35,14 +32,15 @@ def naive_gated_recurrence(
     resets: torch.Tensor | None = None,
     bonus: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-by-token loop over the recurrence in the module docstring.
+    """GLA (``bonus=None``) or RWKV-6 (``bonus=u``) by a token-by-token loop over the recurrence in
+    the module docstring.
 
     Args:
         q, k, g: [B, T, H, K] queries, keys, log decays (g <= 0).
         v: [B, T, H, V] values.
         scale: multiplies q.
         initial_state: [B, H, K, V] or None (zeros).
-        resets: [B, T] bool or None.
+        resets: [B, T] bool or None: True where a document starts (the carried state is dropped).
         bonus: [H, K] RWKV-6 bonus ``u``, or None for GLA.
 
     Returns:
@@ -50,7 +48,7 @@ def naive_gated_recurrence(
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dtype, out_dtype = compute_dtype(q), q.dtype
+    dtype, out_dtype = compute_dtype(q.dtype), q.dtype
     q, k, v, g = (x.to(dtype) for x in (q, k, v, g))
     state = q.new_zeros(B, H, K, V) if initial_state is None else initial_state.to(dtype)
     keep = torch.ones(B, T, dtype=dtype, device=q.device) if resets is None else (~resets).to(dtype)
@@ -69,15 +67,3 @@ def naive_gated_recurrence(
     o = torch.stack(outputs, dim=1) if outputs else v.new_zeros(B, 0, H, V)
     return o.to(out_dtype), state
 
-
-def naive_gla(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    scale: float,
-    initial_state: torch.Tensor | None = None,
-    resets: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """GLA by the sequential loop: shapes as :func:`naive_gated_recurrence` (no bonus)."""
-    return naive_gated_recurrence(q, k, v, g, scale, initial_state, resets)

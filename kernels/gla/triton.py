@@ -16,10 +16,10 @@ fla's ``chunk_gla``, nor ``chunk_rwkv6`` / ``chunk_dplr_delta_rule``:
    inter-chunk state kernel shared by most fla chunk ops) fails on ``i_t.to(tl.int64)`` of a loop
    index: ``AttributeError: 'int' object has no attribute 'to'``.
 
-The tests close these gaps with :func:`recurlm.kernels.gla.testing.fla_interpreter` (the patches of
-``recurlm.kernels.fla_interpret`` applied to ``fla.ops.gla``, ``fla.ops.rwkv6``,
-``fla.ops.common`` and ``fla.ops.utils``); the kernels then run in fp32 at tiny shapes and match
-the naive op, gradients included, through the resets adapter.
+The tests close these gaps with the ``fla_interpreter`` fixture (``tests/kernels/fla_interpret.py``,
+patches applied to ``fla.ops.gla``, ``fla.ops.rwkv6``, ``fla.ops.common`` and ``fla.ops.utils``);
+the kernels then run in fp32 at tiny shapes and match the naive op, gradients included, through
+the resets adapter.
 """
 from __future__ import annotations
 

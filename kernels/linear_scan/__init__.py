@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from recurlm.kernels.dispatch import autocast_off, check_boundaries, resolve_impl, run_varlen
-from recurlm.kernels.linear_scan.chunk import linear_scan_chunk
-from recurlm.kernels.linear_scan.naive import linear_scan_naive
+from recurlm.kernels.dispatch import autocast_off, check_boundaries, compute_dtype, resolve_impl, run_varlen
+from recurlm.kernels.linear_scan.chunk import chunk_linear_scan
+from recurlm.kernels.linear_scan.naive import naive_linear_scan
 
 
 def _check_inputs(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None,
@@ -62,9 +62,9 @@ def linear_scan(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | 
     _check_inputs(x, g, initial_state, resets, cu_seqlens, sign)
     impl = resolve_impl(impl, x)
     if impl == "triton":
-        from recurlm.kernels.linear_scan.triton import linear_scan_triton as fn
+        from recurlm.kernels.linear_scan.triton import triton_linear_scan as fn
     else:
-        fn = linear_scan_naive if impl == "naive" else linear_scan_chunk
+        fn = naive_linear_scan if impl == "naive" else chunk_linear_scan
     batch, seq_len, *features = x.shape
     x, g = x.reshape(batch, seq_len, -1), g.reshape(batch, seq_len, -1)
     if sign is not None:
@@ -93,7 +93,7 @@ def _signed(fn, naive: bool):
 
     def scan(x: torch.Tensor, g: torch.Tensor, sign: torch.Tensor, initial_state=None, output_final_state=False,
              resets=None):
-        parity = torch.cumprod(sign.to(torch.promote_types(x.dtype, torch.float32)), dim=1)  # +-1, exact
+        parity = torch.cumprod(sign.to(compute_dtype(x.dtype)), dim=1)  # +-1, exact
         y, final = fn(x * parity.to(x.dtype), g, initial_state, output_final_state, resets)
         h = y * parity.to(y.dtype)
         return h, (None if final is None else final * parity[:, -1].to(final.dtype))
@@ -102,3 +102,8 @@ def _signed(fn, naive: bool):
 
 
 __all__ = ["linear_scan"]
+
+
+def flops(batch: int, seq_len: int, dim: int) -> int:
+    """Forward FLOPs: exp, multiply and add per element (h_t = exp(g_t) * h_{t-1} + x_t)."""
+    return 3 * batch * seq_len * dim

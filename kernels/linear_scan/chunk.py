@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from recurlm.kernels.linear_scan.naive import compute_dtype
+from recurlm.kernels.dispatch import compute_dtype
 
 DEFAULT_CHUNK_SIZE = 64
 
@@ -95,7 +95,7 @@ class ChunkLinearScan(torch.autograd.Function):
         return delta, dg, dh0, None, None
 
 
-def linear_scan_chunk(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None = None,
+def chunk_linear_scan(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None = None,
                       output_final_state: bool = False, resets: torch.Tensor | None = None,
                       chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x, g [B, T, D]; initial_state [B, D]; resets [B, T] bool -> (h [B, T, D] in x.dtype,

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import torch
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype states are accumulated in: float32, or float64 for float64 inputs."""
-    return torch.promote_types(dtype, torch.float32)
+from recurlm.kernels.dispatch import compute_dtype
 
 
-def linear_scan_naive(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None = None,
+def naive_linear_scan(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None = None,
                       output_final_state: bool = False, resets: torch.Tensor | None = None,
                       sign: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x, g [B, T, D]; initial_state [B, D]; resets [B, T] bool; sign [B, T, D] of +-1 (the

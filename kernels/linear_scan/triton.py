@@ -114,7 +114,7 @@ class TritonLinearScan(torch.autograd.Function):
         return dx, dg, dh0, None
 
 
-def linear_scan_triton(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None = None,
+def triton_linear_scan(x: torch.Tensor, g: torch.Tensor, initial_state: torch.Tensor | None = None,
                        output_final_state: bool = False, resets: torch.Tensor | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """x, g [B, T, D] (float32/16, bfloat16); initial_state [B, D]; resets [B, T] bool ->

@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from recurlm.kernels.dispatch import autocast_off, check_boundaries, pad_varlen, resolve_impl, unpad_varlen
-from recurlm.kernels.local_attention.chunk import local_attention_chunk
-from recurlm.kernels.local_attention.naive import local_attention_naive
+from recurlm.kernels.local_attention.chunk import chunk_local_attention
+from recurlm.kernels.local_attention.naive import naive_local_attention
 from recurlm.kernels.local_attention.state import LocalAttentionState
 
 
@@ -67,9 +67,9 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
     _check_inputs(q, k, v, window, initial_state, resets, cu_seqlens)
     impl = resolve_impl(impl, q)
     if impl == "triton":
-        from recurlm.kernels.local_attention.triton import local_attention_triton as fn
+        from recurlm.kernels.local_attention.triton import triton_local_attention as fn
     else:
-        fn = local_attention_naive if impl == "naive" else local_attention_chunk
+        fn = naive_local_attention if impl == "naive" else chunk_local_attention
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if cu_seqlens is None:
         return fn(q, k, v, window, scale, initial_state, output_final_state, resets)
@@ -80,3 +80,9 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
 
 
 __all__ = ["LocalAttentionState", "local_attention"]
+
+
+def flops(batch: int, seq_len: int, heads: int, head_dim: int, window: int) -> int:
+    """Forward matmul FLOPs of the exact band (q.k and p.v, 2 per multiply-add), no cache."""
+    attended = sum(min(t + 1, window) for t in range(seq_len))
+    return 4 * batch * heads * head_dim * attended

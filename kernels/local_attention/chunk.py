@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recurlm.kernels.dispatch import compute_dtype
 from recurlm.kernels.local_attention.state import LocalAttentionState, extend_with_state, final_state_from
 
 MAX_BLOCK_SIZE = 64
@@ -39,7 +40,7 @@ PAD_DOC = -2
 """Document id of right padding: no real position has it (tokens >= 0, empty cache slots -1)."""
 
 
-def local_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
+def chunk_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
                           initial_state: LocalAttentionState | None = None, output_final_state: bool = False,
                           resets: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
                           block_size: int | None = None) -> tuple[torch.Tensor, LocalAttentionState | None]:
@@ -50,7 +51,7 @@ def local_attention_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
     size = min(max(window, MIN_BLOCK_SIZE), MAX_BLOCK_SIZE) if block_size is None else block_size
     if size < 1:
         raise ValueError(f"block_size must be >= 1, got {size}")
-    dtype = torch.promote_types(q.dtype, torch.float32)
+    dtype = compute_dtype(q.dtype)
     seq_len = q.shape[1]
     k_ext, v_ext, doc_ext = extend_with_state(k, v, initial_state, resets, window, dtype)
     queries = q.to(dtype)

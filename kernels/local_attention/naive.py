@@ -4,23 +4,27 @@
 
 read from the extended sequence of ``state.py`` (the cached window - 1 tokens followed by the T new
 ones), exactly as decoding with a key/value cache does. O(T * W) work in T small steps: a test
-oracle, not a fast path. ``testing.banded_sdpa_reference`` pins it to torch's SDPA.
+oracle, not a fast path. :func:`banded_sdpa_reference` (torch's SDPA with a dense mask, the peer
+reference of the tests and benchmarks) pins it to torch's SDPA.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
+from recurlm.kernels.boundaries import doc_ids_from_resets
+from recurlm.kernels.dispatch import compute_dtype
 from recurlm.kernels.local_attention.state import LocalAttentionState, extend_with_state, final_state_from
 
 
-def local_attention_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
+def naive_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
                           initial_state: LocalAttentionState | None = None, output_final_state: bool = False,
                           resets: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
                           ) -> tuple[torch.Tensor, LocalAttentionState | None]:
     """q [B, T, H, D], k, v [B, T, Hkv, D] -> (o [B, T, H, D] in q.dtype, state or None).
 
     ``lengths`` [B] (right-padded rows) only moves where the final state is read."""
-    dtype = torch.promote_types(q.dtype, torch.float32)
+    dtype = compute_dtype(q.dtype)
     seq_len, kv_heads = q.shape[1], k.shape[2]
     k_ext, v_ext, doc_ext = extend_with_state(k, v, initial_state, resets, window, dtype)
     outputs = []
@@ -34,3 +38,20 @@ def local_attention_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, win
         outputs.append(torch.einsum("bngs,bsnd->bngd", probs, values).flatten(1, 2))
     final_state = final_state_from(k_ext, v_ext, doc_ext, window, lengths) if output_final_state else None
     return torch.stack(outputs, dim=1).to(q.dtype), final_state
+
+
+def banded_sdpa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
+                          resets: torch.Tensor | None = None) -> torch.Tensor:
+    """torch's ``scaled_dot_product_attention`` with an explicit dense [T, T] banded causal and
+    same-document mask (no cache): q [B, T, H, D], k, v [B, T, Hkv, D] -> o [B, T, H, D].
+    O(T^2) memory: the peer reference the sequential ``naive`` path is tested and timed against."""
+    seq_len = q.shape[1]
+    position = torch.arange(seq_len, device=q.device)
+    distance = position[:, None] - position[None, :]
+    docs = (doc_ids_from_resets(resets) if resets is not None
+            else torch.zeros(q.shape[:2], dtype=torch.long, device=q.device))
+    mask = (distance >= 0) & (distance < window) & (docs[:, :, None] == docs[:, None, :])  # [B, T, T]
+    group = q.shape[2] // k.shape[2]
+    keys, values = (x.repeat_interleave(group, dim=2).transpose(1, 2) for x in (k, v))
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask[:, None])
+    return out.transpose(1, 2)

@@ -67,6 +67,15 @@ def _heads(i_bh, HEADS: tl.constexpr, KV_HEADS: tl.constexpr):
 
 
 @triton.jit
+def _query_program(HEADS: tl.constexpr, KV_HEADS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A program over (query block, B * H): the block, batch row, query head, key/value head, query
+    offsets and dims."""
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h, i_hk = _heads(i_bh, HEADS, KV_HEADS)
+    return i_m, i_b, i_h, i_hk, i_m * BLOCK_M + tl.arange(0, BLOCK_M), tl.arange(0, BLOCK_D)
+
+
+@triton.jit
 def _load_rows(ptr, rows, row_mask, offs_d, dim):
     """Rows of a [..., dim] tensor: element offsets rows * dim + d -> [len(rows), BLOCK_D]."""
     return tl.load(ptr + rows[:, None] * dim + offs_d[None, :], mask=row_mask[:, None] & (offs_d < dim)[None, :],
@@ -74,16 +83,14 @@ def _load_rows(ptr, rows, row_mask, offs_d, dim):
 
 
 @triton.jit
-def _query_rows(i_b, i_h, offs_m, seq_len, HEADS: tl.constexpr):
-    """Validity and rows of queries ``offs_m`` of head i_h in tensors viewed as [B * T * H, D]."""
-    return (offs_m >= 0) & (offs_m < seq_len), (i_b * seq_len + offs_m).to(tl.int64) * HEADS + i_h
-
-
-@triton.jit
-def _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window):
-    """Extended positions and document ids of queries ``offs_m`` (-2 for padded rows: no key)."""
+def _query_block(q_ptr, doc_ptr, i_b, i_h, offs_m, offs_d, seq_len, ext_len, window, dim, HEADS: tl.constexpr):
+    """Queries ``offs_m`` of head i_h: validity, rows in tensors viewed as [B * T * H, D], the queries
+    [BLOCK_M, BLOCK_D], their extended positions and document ids (-2 for padded rows: no key)."""
+    q_valid = (offs_m >= 0) & (offs_m < seq_len)
+    q_rows = (i_b * seq_len + offs_m).to(tl.int64) * HEADS + i_h
     q_pos = offs_m + window - 1
-    return q_pos, tl.load(doc_ptr + i_b * ext_len + q_pos, mask=q_valid, other=-2)
+    q_doc = tl.load(doc_ptr + i_b * ext_len + q_pos, mask=q_valid, other=-2)
+    return q_valid, q_rows, _load_rows(q_ptr, q_rows, q_valid, offs_d, dim), q_pos, q_doc
 
 
 @triton.jit
@@ -108,13 +115,9 @@ def _masked_scores(q, k, q_pos, k_pos, q_doc, k_doc, scale, window):
 def _fwd_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, o_ptr, lse_ptr, scale, seq_len, ext_len, window, dim,
                 num_key_blocks, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h, i_hk = _heads(i_bh, HEADS, KV_HEADS)
-    offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_valid, q_rows = _query_rows(i_b, i_h, offs_m, seq_len, HEADS)
-    q = _load_rows(q_ptr, q_rows, q_valid, offs_d, dim)
-    q_pos, q_doc = _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window)
+    i_m, i_b, i_h, i_hk, offs_m, offs_d = _query_program(HEADS, KV_HEADS, BLOCK_M, BLOCK_D)
+    q_valid, q_rows, q, q_pos, q_doc = _query_block(q_ptr, doc_ptr, i_b, i_h, offs_m, offs_d, seq_len, ext_len,
+                                                    window, dim, HEADS)
     m_i = tl.full([BLOCK_M], -1e30, dtype=tl.float32)  # finite, so padded rows never see inf - inf
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -138,16 +141,12 @@ def _fwd_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, o_ptr, lse_ptr, scale, seq_len, ex
 def _bwd_dq_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, scale, seq_len, ext_len,
                    window, dim, num_key_blocks, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h, i_hk = _heads(i_bh, HEADS, KV_HEADS)
-    offs_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    q_valid, q_rows = _query_rows(i_b, i_h, offs_m, seq_len, HEADS)
-    q = _load_rows(q_ptr, q_rows, q_valid, offs_d, dim)
+    i_m, i_b, i_h, i_hk, offs_m, offs_d = _query_program(HEADS, KV_HEADS, BLOCK_M, BLOCK_D)
+    q_valid, q_rows, q, q_pos, q_doc = _query_block(q_ptr, doc_ptr, i_b, i_h, offs_m, offs_d, seq_len, ext_len,
+                                                    window, dim, HEADS)
     do = _load_rows(do_ptr, q_rows, q_valid, offs_d, dim)
     lse = tl.load(lse_ptr + q_rows, mask=q_valid, other=0.0)
     delta = tl.load(delta_ptr + q_rows, mask=q_valid, other=0.0)
-    q_pos, q_doc = _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for j in range(0, num_key_blocks):
         k_pos = i_m * BLOCK_M + j * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -173,12 +172,11 @@ def _bwd_dkdv_kernel(q_ptr, k_ptr, v_ptr, doc_ptr, do_ptr, lse_ptr, delta_ptr, d
     # queries i see key position s iff s <= i + window - 1 < s + window: i in [s - window + 1, s]
     for j in range(0, num_query_blocks):
         offs_m = i_n * BLOCK_N - window + 1 + j * BLOCK_M + tl.arange(0, BLOCK_M)
-        q_valid, q_rows = _query_rows(i_b, i_h, offs_m, seq_len, HEADS)
-        q = _load_rows(q_ptr, q_rows, q_valid, offs_d, dim)
+        q_valid, q_rows, q, q_pos, q_doc = _query_block(q_ptr, doc_ptr, i_b, i_h, offs_m, offs_d, seq_len,
+                                                        ext_len, window, dim, HEADS)
         do = _load_rows(do_ptr, q_rows, q_valid, offs_d, dim)
         lse = tl.load(lse_ptr + q_rows, mask=q_valid, other=0.0)
         delta = tl.load(delta_ptr + q_rows, mask=q_valid, other=0.0)
-        q_pos, q_doc = _query_docs(doc_ptr, i_b, offs_m, q_valid, ext_len, window)
         p = tl.exp(_masked_scores(q, k, q_pos, k_pos, q_doc, k_doc, scale, window) - lse[:, None])
         dv += tl.dot(tl.trans(p), do)
         ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
@@ -242,7 +240,7 @@ class TritonLocalAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-def local_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
+def triton_local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
                            initial_state: LocalAttentionState | None = None, output_final_state: bool = False,
                            resets: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
                            ) -> tuple[torch.Tensor, LocalAttentionState | None]:

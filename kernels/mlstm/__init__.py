@@ -6,8 +6,8 @@ from functools import partial
 import torch
 
 from recurlm.kernels.dispatch import autocast_off, check_boundaries, resolve_impl, run_varlen
-from recurlm.kernels.mlstm.chunk import mlstm_chunk
-from recurlm.kernels.mlstm.naive import mlstm_naive
+from recurlm.kernels.mlstm.chunk import chunk_mlstm
+from recurlm.kernels.mlstm.naive import naive_mlstm
 from recurlm.kernels.mlstm.state import MLSTMState
 
 __all__ = ["mlstm", "MLSTMState"]
@@ -67,9 +67,9 @@ def mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f:
     _check_inputs(q, k, v, i, f, resets, cu_seqlens)
     impl = resolve_impl(impl, q)
     if impl == "triton":
-        from recurlm.kernels.mlstm.triton import mlstm_triton as fn
+        from recurlm.kernels.mlstm.triton import triton_mlstm as fn
     else:
-        fn = mlstm_naive if impl == "naive" else mlstm_chunk
+        fn = naive_mlstm if impl == "naive" else chunk_mlstm
     fn = partial(fn, eps=eps)
     if initial_state is not None:
         initial_state = MLSTMState(*initial_state)
@@ -80,3 +80,14 @@ def mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f:
     inf = float("inf")
     return run_varlen(fn, [q, k, v, i, f], [0.0, 0.0, 0.0, -inf, inf], cu_seqlens,
                       initial_state=initial_state, output_final_state=output_final_state)
+
+
+def flops(batch: int, seq_len: int, heads: int, dk: int, dv: int | None = None,
+          chunk_size: int = 64) -> int:
+    """Forward FLOPs of the chunkwise form (matmuls only, 2 per multiply-add): per chunk of L tokens
+    the scores q k^T (L L K), scores @ v (L L V), the inter-chunk read q C (L K V) and the state
+    update k^T v (L K V)."""
+    dv = dk if dv is None else dv
+    L = min(chunk_size, seq_len)
+    per_token = L * dk + L * dv + 2 * dk * dv
+    return 2 * batch * heads * seq_len * per_token

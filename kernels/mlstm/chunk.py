@@ -39,6 +39,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recurlm.kernels.dispatch import compute_dtype
 from recurlm.kernels.mlstm.state import MLSTMState, initial_mlstm_state
 
 NEG_INF = float("-inf")
@@ -62,7 +63,7 @@ def _fresh_stabiliser(b: torch.Tensor, log_f: torch.Tensor, starts: torch.Tensor
     return torch.where(last_start >= 0, b + base, NEG_INF)
 
 
-def mlstm_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+def chunk_mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                 initial_state: MLSTMState | None = None, output_final_state: bool = False,
                 resets: torch.Tensor | None = None, eps: float = 1e-6, chunk_size: int = 64,
                 segment_chunks: int = 32) -> tuple[torch.Tensor, MLSTMState | None]:
@@ -88,11 +89,11 @@ def mlstm_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tens
 def _mlstm_segment(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                    initial_state: MLSTMState | None, output_final_state: bool, resets: torch.Tensor | None,
                    eps: float, chunk_size: int) -> tuple[torch.Tensor, MLSTMState | None]:
-    """:func:`mlstm_chunk` on one segment: all chunk states in closed form (module docstring)."""
+    """:func:`chunk_mlstm` on one segment: all chunk states in closed form (module docstring)."""
     batch, seq_len, heads, dk = q.shape
     dv = v.shape[-1]
     out_dtype = q.dtype
-    dtype = torch.promote_types(q.dtype, torch.float32)
+    dtype = compute_dtype(q.dtype)
     L = min(chunk_size, seq_len)
     num_chunks = -(-seq_len // L)
     pad = num_chunks * L - seq_len

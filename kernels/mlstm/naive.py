@@ -8,10 +8,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recurlm.kernels.dispatch import compute_dtype
 from recurlm.kernels.mlstm.state import MLSTMState, initial_mlstm_state
 
 
-def mlstm_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+def naive_mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                 initial_state: MLSTMState | None = None, output_final_state: bool = False,
                 resets: torch.Tensor | None = None, eps: float = 1e-6,
                 ) -> tuple[torch.Tensor, MLSTMState | None]:
@@ -20,7 +21,7 @@ def mlstm_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tens
     The state is kept in float32 (float64 for float64 inputs)."""
     batch, seq_len, heads, dk = q.shape
     out_dtype = q.dtype
-    dtype = torch.promote_types(q.dtype, torch.float32)
+    dtype = compute_dtype(q.dtype)
     q, k, v, i = (x.to(dtype) for x in (q, k, v, i))
     log_f = F.logsigmoid(f.to(dtype))
     C, n, m = initial_mlstm_state(initial_state, batch, heads, dk, v.shape[-1], dtype, q.device)

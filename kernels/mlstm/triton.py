@@ -265,11 +265,11 @@ class _MLSTMFunction(torch.autograd.Function):
         return dq, dk_, dv_, d_i, d_f, None, None, None, None, *d_initial
 
 
-def mlstm_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+def triton_mlstm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
                  initial_state: MLSTMState | None = None, output_final_state: bool = False,
                  resets: torch.Tensor | None = None, eps: float = 1e-6, block_v: int | None = None,
                  ) -> tuple[torch.Tensor, MLSTMState | None]:
-    """Same contract as ``mlstm_naive``; runs in float32 on chip. ``block_v``: value columns per
+    """Same contract as ``naive_mlstm``; runs in float32 on chip. ``block_v``: value columns per
     program (default: ``_launch_config``, at most 64 and at most STATE_TILE_ELEMENTS / BK)."""
     batch, seq_len, heads, dk = q.shape
     state = initial_mlstm_state(initial_state, batch, heads, dk, v.shape[-1], torch.float32, q.device)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from recurlm.kernels.dispatch import autocast_off
-from recurlm.kernels.gla.frontend import dispatch_gated
+from recurlm.kernels.gla import dispatch_gated, flops as gla_flops
+from recurlm.kernels.gla.chunk import CHUNK_SIZE
 from recurlm.kernels.rwkv6.chunk import chunk_rwkv6
 from recurlm.kernels.rwkv6.naive import naive_rwkv6
 from recurlm.kernels.rwkv6.triton import triton_rwkv6
@@ -65,3 +66,12 @@ def rwkv6(
         raise ValueError(f"rwkv6: u must be [H, K] = {tuple(r.shape[2:])}, got {tuple(u.shape)}")
     return dispatch_gated("rwkv6", impl, {"naive": naive_rwkv6, "chunk": chunk_rwkv6}, triton_rwkv6,
                           r, k, v, w, scale, initial_state, output_final_state, resets, cu_seqlens, u=u)
+
+
+def flops(batch: int, seq_len: int, heads: int, head_dim: int, value_dim: int | None = None,
+          chunk_size: int = CHUNK_SIZE) -> int:
+    """Forward FLOPs of the chunkwise form: GLA's (see :func:`recurlm.kernels.gla.flops`)
+    plus the bonus term (r . (u * k)) v: 3 K + 2 V per token and head."""
+    value_dim = head_dim if value_dim is None else value_dim
+    bonus = batch * heads * seq_len * (3 * head_dim + 2 * value_dim)
+    return gla_flops(batch, seq_len, heads, head_dim, value_dim, chunk_size) + bonus

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from recurlm.kernels.gla.chunk import chunk_gated_attention
+from recurlm.kernels.gla.chunk import chunk_gla
 
 
 def chunk_rwkv6(
@@ -23,4 +23,4 @@ def chunk_rwkv6(
     u: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RWKV-6 in chunkwise form: shapes as :func:`recurlm.kernels.rwkv6.naive.naive_rwkv6`."""
-    return chunk_gated_attention(r, k, v, w, scale, initial_state, resets, bonus=u)
+    return chunk_gla(r, k, v, w, scale, initial_state, resets, bonus=u)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from recurlm.kernels.gla.naive import naive_gated_recurrence
+from recurlm.kernels.gla.naive import naive_gla
 
 
 def naive_rwkv6(
@@ -26,4 +26,4 @@ def naive_rwkv6(
     """RWKV-6 by the sequential loop. r, k, w: [B, T, H, K]; v: [B, T, H, V]; u: [H, K];
     initial_state: [B, H, K, V] or None; resets: [B, T] bool or None.
     Returns o [B, T, H, V] and the final state [B, H, K, V]."""
-    return naive_gated_recurrence(r, k, v, w, scale, initial_state, resets, bonus=u)
+    return naive_gla(r, k, v, w, scale, initial_state, resets, bonus=u)

@@ -7,7 +7,7 @@ turns ``resets`` into fla's varlen segments.
 
 Interpreter note (CPU tests): plain ``TRITON_INTERPRET=1`` cannot run ``chunk_rwkv6`` (autotune
 benchmarking needs a GPU driver; ``.to()`` on loop indices in the shared ``chunk_fwd_kernel_h``);
-the tests run it under :func:`recurlm.kernels.gla.testing.fla_interpreter`. Details in
+the tests run it under the ``fla_interpreter`` fixture (``tests/kernels/fla_interpret.py``). Details in
 :mod:`recurlm.kernels.gla.triton`.
 """
 from __future__ import annotations

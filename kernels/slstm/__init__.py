@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from recurlm.kernels.dispatch import autocast_off, check_boundaries, pad_varlen, resolve_impl, unpad_varlen
-from recurlm.kernels.slstm.chunk import slstm_chunk
-from recurlm.kernels.slstm.naive import slstm_naive
+from recurlm.kernels.slstm.chunk import chunk_slstm
+from recurlm.kernels.slstm.naive import naive_slstm
 from recurlm.kernels.slstm.state import SLSTMState
 
 __all__ = ["slstm", "SLSTMState"]
@@ -63,9 +63,9 @@ def slstm(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None = None,
     _check_inputs(x, R, bias, resets, cu_seqlens)
     impl = resolve_impl(impl, x)
     if impl == "triton":
-        from recurlm.kernels.slstm.triton import slstm_triton as fn
+        from recurlm.kernels.slstm.triton import triton_slstm as fn
     else:
-        fn = slstm_naive if impl == "naive" else slstm_chunk
+        fn = naive_slstm if impl == "naive" else chunk_slstm
     if bias is None:
         bias = x.new_zeros(4, *x.shape[3:])
     if initial_state is not None:
@@ -77,3 +77,9 @@ def slstm(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor | None = None,
     h, final_state = fn(pad_varlen(x, cu_seqlens), R, bias, initial_state, output_final_state,
                         final_positions=lengths.long() - 1)
     return unpad_varlen(h, cu_seqlens), final_state
+
+
+def flops(batch: int, seq_len: int, heads: int, dim: int) -> int:
+    """Forward FLOPs: the recurrent matmul (2 * D * 4 D per head and token) plus about 20 pointwise
+    operations per unit and token (gates, stabiliser, cell, normaliser, output)."""
+    return batch * seq_len * heads * (2 * dim * 4 * dim + 20 * dim)

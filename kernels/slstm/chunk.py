@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recurlm.kernels.dispatch import compute_dtype
 from recurlm.kernels.slstm.state import SLSTMState, initial_slstm_state
 
 
@@ -171,13 +172,13 @@ class _SLSTMFunction(torch.autograd.Function):
         return (draws.permute(2, 0, 3, 1, 4), dR, draws.sum(0).sum(1).transpose(0, 1), None, None, None, *d_initial)
 
 
-def slstm_chunk(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor,
+def chunk_slstm(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor,
                 initial_state: SLSTMState | None = None, output_final_state: bool = False,
                 resets: torch.Tensor | None = None, final_positions: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, SLSTMState | None]:
-    """Same contract as ``slstm_naive``; computes in float32 (float64 for float64 inputs)."""
+    """Same contract as ``naive_slstm``; computes in float32 (float64 for float64 inputs)."""
     batch, seq_len, _, heads, dim = x.shape
-    dtype = torch.promote_types(x.dtype, torch.float32)
+    dtype = compute_dtype(x.dtype)
     state = initial_slstm_state(initial_state, batch, heads, dim, dtype, x.device)
     if final_positions is None:
         final_positions = torch.full((batch,), seq_len - 1, dtype=torch.long, device=x.device)

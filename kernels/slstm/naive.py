@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recurlm.kernels.dispatch import compute_dtype
 from recurlm.kernels.slstm.state import SLSTMState, initial_slstm_state
 
 
@@ -37,7 +38,7 @@ def fresh_rows(t: int, resets: torch.Tensor | None, has_initial_state: bool, bat
     return fresh if resets is None else fresh | resets[:, t]
 
 
-def slstm_naive(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor,
+def naive_slstm(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor,
                 initial_state: SLSTMState | None = None, output_final_state: bool = False,
                 resets: torch.Tensor | None = None, final_positions: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, SLSTMState | None]:
@@ -47,7 +48,7 @@ def slstm_naive(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor,
     """
     batch, seq_len, _, heads, dim = x.shape
     out_dtype = x.dtype
-    dtype = torch.promote_types(x.dtype, torch.float32)
+    dtype = compute_dtype(x.dtype)
     x, R, bias = x.to(dtype), R.to(dtype), bias.to(dtype)
     state = initial_slstm_state(initial_state, batch, heads, dim, dtype, x.device)
     states = []

@@ -3,7 +3,7 @@
 - head dim <= ``FUSED_MAX_HEAD_DIM`` (64): the fused kernel below (FlashRNN-style);
 - larger heads (xLSTM 125m and up: 192-640): ``recurlm.kernels.slstm.triton_steps``, a batched
   GEMM per token for the recurrent matmul and a Triton kernel for the cell; it runs at any head dim.
-``impl="auto"`` on CUDA takes ``slstm_triton``, hence this choice. Why the fused kernel stops at 64:
+``impl="auto"`` on CUDA takes ``triton_slstm``, hence this choice. Why the fused kernel stops at 64:
 its backward holds eight [D, D] tiles per program (``recurlm-doctor compile``, docs/gpu.md).
 
 Fused kernel: one program per (batch row, head) loads that head's recurrent weights R[h] (four [D, D] gate
@@ -212,7 +212,7 @@ def _slstm_bwd_kernel(R, resets, raw, c_seq, n_seq, m_seq, h_seq, dh_seq, final_
 
 
 FUSED_MAX_HEAD_DIM = 64
-"""Largest head dim ``slstm_triton`` runs with the fused kernel (above it: the steps path). At head
+"""Largest head dim ``triton_slstm`` runs with the fused kernel (above it: the steps path). At head
 dim 128 the fused backward spilled 12 KB per thread (its eight [D, D] weight and gradient tiles
 exceed one program's registers) and at 384-512 ptxas ran past 300 s (issue 16); at 16-64 it passes
 ``recurlm-doctor compile`` on sm_80 and sm_90 without spills (docs/gpu.md)."""
@@ -239,6 +239,16 @@ def outputs(states: list[torch.Tensor], final_positions: torch.Tensor) -> tuple[
     return (states[3][:, 1:], *(buffer[rows, final_positions + 1] for buffer in states))
 
 
+def backward_cotangents(raw: torch.Tensor, dh_seq: torch.Tensor | None, d_final: tuple
+                        ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The gradients autograd hands the backward: dh [B, T, H, D] and those of the final c, n, m, h
+    [B, H, D], contiguous, zeros where it passes None (raw: the [B, T, 4, H, D] pre-activations)."""
+    batch, seq_len, _, heads, dim = raw.shape
+    d_final = [raw.new_zeros(batch, heads, dim) if d is None else d.contiguous() for d in d_final]
+    dh_seq = raw.new_zeros(batch, seq_len, heads, dim) if dh_seq is None else dh_seq.contiguous()
+    return dh_seq, d_final
+
+
 class _SLSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, R, resets, final_positions, has_initial_state, c0, n0, m0, h0):
@@ -258,10 +268,7 @@ class _SLSTMFunction(torch.autograd.Function):
         R, resets, raw, final_positions, *states = ctx.saved_tensors
         has_resets, has_initial_state = ctx.config
         batch, seq_len, _, heads, dim = raw.shape
-        zeros = torch.zeros(batch, heads, dim, dtype=raw.dtype, device=raw.device)
-        d_final = [zeros if d is None else d.contiguous() for d in d_final]
-        dh_seq = torch.zeros(batch, seq_len, heads, dim, dtype=raw.dtype, device=raw.device) \
-            if dh_seq is None else dh_seq.contiguous()
+        dh_seq, d_final = backward_cotangents(raw, dh_seq, d_final)
         draw = torch.empty_like(raw)
         dR = raw.new_empty(batch, *R.shape)
         d_initial = raw.new_empty(4, batch, heads, dim)
@@ -273,11 +280,11 @@ class _SLSTMFunction(torch.autograd.Function):
         return draw, dR.sum(0), None, None, None, *d_state
 
 
-def slstm_triton(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor,
+def triton_slstm(x: torch.Tensor, R: torch.Tensor, bias: torch.Tensor,
                  initial_state: SLSTMState | None = None, output_final_state: bool = False,
                  resets: torch.Tensor | None = None, final_positions: torch.Tensor | None = None,
                  ) -> tuple[torch.Tensor, SLSTMState | None]:
-    """Same contract as ``slstm_naive``; runs in float32. Heads up to ``FUSED_MAX_HEAD_DIM`` run
+    """Same contract as ``naive_slstm``; runs in float32. Heads up to ``FUSED_MAX_HEAD_DIM`` run
     the fused kernel (one program per head walks the sequence with R[h] on chip), larger ones the
     steps path (per token a batched GEMM for the recurrent matmul and one Triton kernel for the
     cell, ``recurlm.kernels.slstm.triton_steps``), which runs at any head dim."""

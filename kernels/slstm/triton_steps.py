@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from recurlm.kernels.slstm.triton import (_cell_backward, _cell_forward, _discard_state, _load_gates, _load_state,
-                                          _store_gates, _store_state, outputs, state_buffers)
+                                          _store_gates, _store_state, backward_cotangents, outputs, state_buffers)
 
 BLOCK_MAX = 256
 """Units of a head per program of the cell kernels (fewer for smaller heads)."""
@@ -114,9 +114,7 @@ class SLSTMStepsFunction(torch.autograd.Function):
     def backward(ctx, dh_seq, *d_final):
         R, resets, raw, final_positions, *states = ctx.saved_tensors
         batch, seq_len, _, heads, dim = raw.shape
-        zeros = raw.new_zeros(batch, heads, dim)
-        d_final = [zeros if d is None else d.contiguous() for d in d_final]
-        dh_seq = raw.new_zeros(batch, seq_len, heads, dim) if dh_seq is None else dh_seq.contiguous()
+        dh_seq, d_final = backward_cotangents(raw, dh_seq, d_final)
         draw = torch.empty_like(raw)
         carries = [raw.new_zeros(batch, heads, dim) for _ in range(3)]            # dc, dn, dm
         dh_rec = raw.new_zeros(batch, heads, dim)

@@ -111,3 +111,21 @@ def titans_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torc
         y, state = fn(q, k, v, theta, eta, alpha, init_weights=init_weights, initial_state=initial_state,
                       resets=resets, chunk_size=chunk_size, activation=activation)
     return y, (state if output_final_state else None)
+
+
+def flops(B: int, T: int, H: int, D: int, depth: int = 1, hidden: int | None = None, chunk_size: int = 16) -> int:
+    """Forward matmul FLOPs of the chunkwise form (multiply-add = 2), without the reset extras.
+
+    Per chunk of C tokens, head and weight matrix [din, dout]: the read against M_0 and S_0
+    (2 * 2 C din dout), the intra-chunk scores z x^T and (Gam * .) @ delta (2 C^2 din + 2 C^2 dout),
+    the chunk-end updates of M and S (2 * 2 C din dout); plus the gradients at M_0 (forward through
+    the memory and, for depth 2, the backward through W2) and the gate matrices L @ N (2 C^3).
+    """
+    E = hidden or 2 * D
+    C = min(chunk_size, T)
+    n_chunks = -(-T // C)
+    shapes = [(D, D)] if depth == 1 else [(D, E), (E, D)]
+    per_chunk = sum(8 * C * din * dout + 2 * C * C * (din + dout) for din, dout in shapes)
+    per_chunk += 2 * C * D * D if depth == 1 else 3 * 2 * C * D * E
+    per_chunk += 2 * C ** 3 + 2 * C * C
+    return B * H * n_chunks * per_chunk

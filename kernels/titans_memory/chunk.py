@@ -43,7 +43,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from recurlm.kernels.titans_memory.common import ACTIVATIONS, TitansMemoryState, Weights, compute_dtype, memory_gradient, start_state
+from recurlm.kernels.dispatch import compute_dtype
+from recurlm.kernels.titans_memory.common import ACTIVATIONS, TitansMemoryState, Weights, memory_gradient, start_state
 
 
 class ChunkCoefficients(NamedTuple):
@@ -177,7 +178,7 @@ def chunk_titans_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta
                         ) -> tuple[torch.Tensor, TitansMemoryState]:
     """q, k, v [B, T, H, D]; theta, eta, alpha [B, T, H]; resets [B, T] -> (y [B, T, H, D], final state)."""
     B, T, H, D = q.shape
-    out_dtype, dtype = q.dtype, compute_dtype(q)
+    out_dtype, dtype = q.dtype, compute_dtype(q.dtype)
     C, BH = chunk_size, B * H
     N = -(-T // C)
     c = chunk_coefficients(theta.to(dtype), eta.to(dtype), alpha.to(dtype), resets, C)

@@ -87,11 +87,6 @@ def memory_gradient(weights: Sequence[torch.Tensor], k: torch.Tensor, v: torch.T
     return [(k, act_vjp(r @ w2.transpose(-1, -2), h)), (a, r)]
 
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """State/accumulation dtype: float64 for float64 inputs (tests), float32 otherwise."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 def validate(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor, eta: torch.Tensor,
              alpha: torch.Tensor, init_weights: Weights | None, initial_state: TitansMemoryState | None,
              resets: torch.Tensor | None, cu_seqlens: torch.Tensor | None, chunk_size: int,

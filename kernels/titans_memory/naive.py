@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from recurlm.kernels.titans_memory.common import TitansMemoryState, Weights, compute_dtype, memory_forward, memory_gradient, start_state
+from recurlm.kernels.dispatch import compute_dtype
+from recurlm.kernels.titans_memory.common import TitansMemoryState, Weights, memory_forward, memory_gradient, start_state
 
 
 def naive_titans_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta: torch.Tensor,
@@ -26,7 +27,7 @@ def naive_titans_memory(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, theta
                         ) -> tuple[torch.Tensor, TitansMemoryState]:
     """q, k, v [B, T, H, D]; theta, eta, alpha [B, T, H]; resets [B, T] -> (y [B, T, H, D], final state)."""
     B, T, H, D = q.shape
-    out_dtype, dtype = q.dtype, compute_dtype(q)
+    out_dtype, dtype = q.dtype, compute_dtype(q.dtype)
     state = start_state(init_weights, initial_state, B, dtype)
     mem, mom = list(state.weights), list(state.momentum)
     fresh = None if init_weights is None else [w.to(dtype).expand(B, *w.shape) for w in init_weights]

@@ -6,7 +6,7 @@ A100 (sm_80) and H100 (sm_90), on a machine without a GPU.
     recurlm-doctor compile --arch 80 --presets xlstm/small,hawk/small     # the dims of two presets
 
 Covered: recurlm's own kernels (linear_scan, local_attention, mlstm, slstm, titans_memory) and the
-flash-linear-attention kernels behind gla / rwkv6 / dplr, forward and backward, with and without
+flash-linear-attention kernels behind gla / rwkv6 / dplr_delta_rule, forward and backward, with and without
 resets and states, at the dims of every size preset (``scenarios``), in each ``--dtypes``. How the
 launches are obtained: ``capture``; how they are compiled and measured: ``build``. Autotuned
 kernels: every config their pruning keeps, else a sample of ``--configs-per-kernel`` per launch.

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from recurlm.kernels.gpu_arch import shared_memory_limit
-from recurlm.kernels.testing import grad_leaves
+from recurlm.kernels.examples import grad_leaves
 from recurlm.launch.compile_gate.scenarios import Scenario
 
 BATCH, SEQ_LEN = 2, 24
@@ -144,20 +144,20 @@ def _inputs(scenario: Scenario, dtype: torch.dtype, with_state: bool) -> tuple[C
     d = dict(scenario.dims)
     common = dict(dtype=dtype, requires_grad=True, initial_state=with_state, reset_prob=0.2 if with_state else 0.0)
     if scenario.op == "linear_scan":
-        from recurlm.kernels.linear_scan.testing import make_inputs
+        from recurlm.kernels.linear_scan.examples import make_inputs
         return kernels.linear_scan, make_inputs(BATCH, SEQ_LEN, d["dim"], **common)
     if scenario.op == "local_attention":
-        from recurlm.kernels.local_attention.testing import make_inputs
+        from recurlm.kernels.local_attention.examples import make_inputs
         return kernels.local_attention, make_inputs(BATCH, SEQ_LEN, d["heads"], d["kv_heads"], d["head_dim"],
                                                     d["window"], **common)
     if scenario.op == "mlstm":
-        from recurlm.kernels.mlstm.testing import make_inputs
+        from recurlm.kernels.mlstm.examples import make_inputs
         return kernels.mlstm, make_inputs(BATCH, SEQ_LEN, d["heads"], d["dk"], d["dv"], **common)
     if scenario.op == "slstm":
-        from recurlm.kernels.slstm.testing import make_inputs
+        from recurlm.kernels.slstm.examples import make_inputs
         return kernels.slstm, make_inputs(BATCH, SEQ_LEN, d["heads"], d["dim"], **common)
     if scenario.op == "titans_memory":
-        from recurlm.kernels.titans_memory.testing import make_inputs
+        from recurlm.kernels.titans_memory.examples import make_inputs
         inputs = make_inputs(B=BATCH, T=2 * d["chunk_size"] + 1, H=d["heads"], D=d["dim"], depth=1, dtype=dtype,
                              requires_grad=True)
         if with_state:
@@ -165,12 +165,12 @@ def _inputs(scenario: Scenario, dtype: torch.dtype, with_state: bool) -> tuple[C
             inputs["resets"][:, d["chunk_size"] // 2 + 1] = True
         return kernels.titans_memory, {**inputs, "chunk_size": d["chunk_size"]}
     if scenario.op in ("gla", "rwkv6"):
-        from recurlm.kernels.gla.testing import make_inputs as gla_inputs
-        from recurlm.kernels.rwkv6.testing import make_inputs as rwkv6_inputs
+        from recurlm.kernels.gla.examples import make_inputs as gla_inputs
+        from recurlm.kernels.rwkv6.examples import make_inputs as rwkv6_inputs
         make = gla_inputs if scenario.op == "gla" else rwkv6_inputs
         return getattr(kernels, scenario.op), make(BATCH, SEQ_LEN, d["heads"], d["dk"], d["dv"], **common)
-    if scenario.op == "dplr":
-        from recurlm.kernels.dplr.testing import make_inputs
+    if scenario.op == "dplr_delta_rule":
+        from recurlm.kernels.dplr_delta_rule.examples import make_inputs
         return kernels.dplr_delta_rule, make_inputs(BATCH, SEQ_LEN, d["heads"], d["dk"], d["dv"], **common)
     raise ValueError(f"no capture recipe for op {scenario.op!r}")
 

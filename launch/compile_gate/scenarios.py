@@ -13,14 +13,14 @@ from typing import Iterable
 
 import torch
 
-FLA_OPS = ("gla", "rwkv6", "dplr")
+FLA_OPS = ("gla", "rwkv6", "dplr_delta_rule")
 """Ops whose Triton path is flash-linear-attention's kernels (kernels/fla_adapter.py)."""
 OWN_OPS = ("linear_scan", "local_attention", "mlstm", "slstm", "titans_memory")
 """Ops with recurlm's own Triton kernels."""
 UNTILED_DIMS = ("heads", "kv_heads", "window")
 """Dims that reach no tile shape (head counts index the grid and pointers, the window is a runtime
 loop bound): presets differing only in them share one scenario (the first preset's values)."""
-STATE_OP = {"hgrn2": "gla", "rwkv6": "rwkv6", "rwkv7": "dplr"}
+STATE_OP = {"hgrn2": "gla", "rwkv6": "rwkv6", "rwkv7": "dplr_delta_rule"}
 """The fla op behind a family's [H, K, V] matrix state."""
 
 

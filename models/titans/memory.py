@@ -7,9 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recurlm.kernels.titans_memory import TitansMemoryState, titans_memory
+from recurlm.kernels.titans_memory import TitansMemoryState, flops as memory_flops, titans_memory
 from recurlm.kernels.titans_memory.common import memory_forward
-from recurlm.kernels.titans_memory.testing import flops as memory_flops
 from recurlm.models.layers import RMSNorm, ShortConv, TruncNormalLinear, divide_width
 from recurlm.models.titans.config import TitansConfig
 from recurlm.models.titans.segments import Carry

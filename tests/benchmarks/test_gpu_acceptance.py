@@ -20,7 +20,7 @@ def test_dry_run_passes_and_reports_every_section(tmp_path):
     assert report["ok"] and report["settings"]["dry_run"] and list(report["sections"]) == SECTIONS
     sections = report["sections"]
     ops = sections["ops"]["rows"]
-    assert {r["op"] for r in ops} == {"linear_scan", "gla", "rwkv6", "dplr", "mlstm", "slstm", "titans_memory",
+    assert {r["op"] for r in ops} == {"linear_scan", "gla", "rwkv6", "dplr_delta_rule", "mlstm", "slstm", "titans_memory",
                                       "local_attention"}
     assert {r["dtype"] for r in ops} == {"float32", "bfloat16"} and all(r["error"] <= r["tolerance"] for r in ops)
     assert all(r["reference_over_ours"] > 0 and r["tflops"] > 0 for r in sections["timing"]["rows"])

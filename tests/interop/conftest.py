@@ -4,7 +4,7 @@ loads an exported directory back with that library in a fresh process (no recurl
 Every source has odd sizes (widths 40-52, 3 layers) and noise on every parameter (the libraries
 initialise norms, biases and output projections to constants that would hide a wrong mapping).
 fla's models run with their Triton ops swapped for fla's torch references
-(``recurlm/models/convert/fla_cpu.py``); the fresh process loads that one file by path, without
+(``tests/helpers/fla_cpu.py``); the fresh process loads that one file by path, without
 the recurlm package, because fla has no CPU path of its own.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ import pytest
 import torch
 
 VOCAB = 101
-FLA_CPU = Path(__file__).resolve().parents[2] / "models" / "convert" / "fla_cpu.py"
+FLA_CPU = Path(__file__).resolve().parents[1] / "helpers" / "fla_cpu.py"
 XLSTM_CPU_KERNELS = dict(chunkwise_kernel="chunkwise--native_autograd", sequence_kernel="native_sequence__native",
                          step_kernel="native", autocast_kernel_dtype="float32", return_last_states=True)
 
@@ -60,7 +60,7 @@ class Source:
 
 def fla_context(*families: str):
     warnings.filterwarnings("ignore")
-    from recurlm.models.convert.fla_cpu import fla_torch_references
+    from ..helpers.fla_cpu import fla_torch_references
 
     return fla_torch_references(*families)
 

@@ -4,7 +4,6 @@ imports on the fly."""
 import json
 import os
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -12,13 +11,7 @@ from recurlm.configs import compose
 from recurlm.train.convert import main as convert
 from recurlm.train.trainer import Trainer
 
-from ..train.conftest import TINY_DATA, TINY_TRAIN
-
-
-@pytest.fixture(scope="module")
-def data_cache(tmp_path_factory):
-    """The tiny job's data (stdlib slice, 512-piece tokenizer), prepared once for this module."""
-    return tmp_path_factory.mktemp("interop-data-cache")
+from ..helpers.tiny_job import TINY_DATA, TINY_TRAIN
 
 
 def _hf_griffin(path):

@@ -6,9 +6,11 @@ import torch
 from recurlm.kernels import fla_adapter
 from recurlm.kernels.fla_adapter import plan_segments, run_fla_varlen, segment_plan
 from recurlm.kernels.gla import gla
-from recurlm.kernels.gla.testing import make_inputs, outputs_and_grads
+from recurlm.kernels.gla.examples import make_inputs
 from recurlm.kernels.rwkv6 import rwkv6
-from recurlm.kernels.rwkv6.testing import make_inputs as make_rwkv6_inputs
+from recurlm.kernels.rwkv6.examples import make_inputs as make_rwkv6_inputs
+
+from .harness import assert_close, outputs_and_grads
 
 
 def naive_gla_varlen(q, k, v, g, *, scale, initial_state, output_final_state, cu_seqlens=None,
@@ -57,10 +59,8 @@ def test_gla_batch_with_resets_matches_recurlm_resets():
 
     expected = outputs_and_grads(gla, inputs, scale=0.3, impl="naive")
     actual = outputs_and_grads(adapted, inputs)
-    assert actual.keys() == expected.keys()
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], atol=1e-12, rtol=1e-10)
-    assert actual["dinitial_state"][1].abs().max() == 0
+    assert_close(actual, expected, atol=1e-12, rtol=1e-10)
+    assert actual.grads["initial_state"][1].abs().max() == 0
 
 
 def test_rwkv6_with_per_head_kwarg_and_cu_seqlens():
@@ -85,8 +85,7 @@ def test_rwkv6_with_per_head_kwarg_and_cu_seqlens():
 
     expected = outputs_and_grads(rwkv6, inputs, cu_seqlens=cu_seqlens, impl="naive")
     actual = outputs_and_grads(adapted, inputs)
-    for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], atol=1e-12, rtol=1e-10)
+    assert_close(actual, expected, atol=1e-12, rtol=1e-10)
 
 
 def test_without_resets_the_op_gets_the_inputs_unchanged():

@@ -4,12 +4,13 @@ import pytest
 import torch
 from fla.ops.gla.naive import naive_recurrent_gla
 
-from recurlm.kernels.dispatch import triton_interpreting
 from recurlm.kernels.gla import chunk as chunk_module
-from recurlm.kernels.gla import gla
-from recurlm.kernels.gla.chunk import chunk_gated_attention
+from recurlm.kernels.gla import flops, gla
+from recurlm.kernels.gla.chunk import chunk_gla
 from recurlm.kernels.gla.naive import naive_gla
-from recurlm.kernels.gla.testing import assert_results_close, flops, fla_interpreter, make_inputs, outputs_and_grads
+from recurlm.kernels.gla.examples import make_inputs
+
+from .harness import assert_close, outputs_and_grads
 
 
 @pytest.mark.parametrize("batch,seq_len,heads,head_dim,value_dim", [
@@ -24,8 +25,8 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, head_dim, value_dim,
                          initial_state=True, requires_grad=True, seed=0)
     expected = outputs_and_grads(gla, inputs, impl="naive")
     actual = outputs_and_grads(gla, inputs, impl="chunk")
-    assert {"dq", "dk", "dv", "dg", "dinitial_state"} <= actual.keys()
-    assert_results_close(actual, expected, atol=1e-10, rtol=1e-9)
+    assert {"dq", "dk", "dv", "dg", "dinitial_state"} <= actual.all().keys()
+    assert_close(actual, expected, atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("chunk_size,decays", [
@@ -46,12 +47,12 @@ def test_chunk_geometries_match_naive(chunk_size, decays, monkeypatch):
     inputs["resets"] = resets
 
     def chunked(q, k, v, g, initial_state, resets, output_final_state):
-        return chunk_gated_attention(q, k, v, g, 0.4, initial_state, resets, chunk_size=chunk_size)
+        return chunk_gla(q, k, v, g, 0.4, initial_state, resets, chunk_size=chunk_size)
 
     def naive(q, k, v, g, initial_state, resets, output_final_state):
         return naive_gla(q, k, v, g, 0.4, initial_state, resets)
 
-    assert_results_close(outputs_and_grads(chunked, inputs), outputs_and_grads(naive, inputs), atol=1e-10, rtol=1e-9)
+    assert_close(outputs_and_grads(chunked, inputs), outputs_and_grads(naive, inputs), atol=1e-10, rtol=1e-9)
 
 
 def test_resets_equal_separate_documents():
@@ -87,7 +88,7 @@ def test_cu_seqlens_match_sequences_run_separately(impl):
             states.append(s_n)
         return torch.cat(outs, dim=1), torch.cat(states, dim=0)
 
-    assert_results_close(actual, outputs_and_grads(per_sequence, inputs), atol=1e-10, rtol=1e-9)
+    assert_close(actual, outputs_and_grads(per_sequence, inputs), atol=1e-10, rtol=1e-9)
 
 
 def test_cu_seqlens_with_resets():
@@ -100,8 +101,8 @@ def test_cu_seqlens_with_resets():
     inputs["resets"] = resets
     expected = outputs_and_grads(gla, inputs, cu_seqlens=cu_seqlens, impl="naive")
     actual = outputs_and_grads(gla, inputs, cu_seqlens=cu_seqlens, impl="chunk")
-    assert_results_close(actual, expected, atol=1e-10, rtol=1e-9)
-    assert actual["dinitial_state"][1].abs().max() == 0  # discarded by the reset at its first token
+    assert_close(actual, expected, atol=1e-10, rtol=1e-9)
+    assert actual.grads["initial_state"][1].abs().max() == 0  # discarded by the reset at its first token
 
 
 @pytest.mark.parametrize("factorisable", [40.0, 0.0])
@@ -115,7 +116,7 @@ def test_gradcheck_chunk(factorisable, monkeypatch):
     resets[1, 0] = True
 
     def fn(q, k, v, g, initial_state):  # three chunks
-        return chunk_gated_attention(q, k, v, g, 0.7, initial_state, resets, chunk_size=4)
+        return chunk_gla(q, k, v, g, 0.7, initial_state, resets, chunk_size=4)
 
     names = ("q", "k", "v", "g", "initial_state")
     assert torch.autograd.gradcheck(fn, tuple(inputs[n] for n in names), fast_mode=True)
@@ -135,9 +136,9 @@ def test_backward_matches_autograd_through_naive_strong_decays():
     resets[1, [50]] = True
     inputs["resets"] = resets
     actual = outputs_and_grads(gla, inputs, impl="chunk")
-    assert_results_close(actual, outputs_and_grads(gla, inputs, impl="naive"), atol=1e-10, rtol=1e-9)
+    assert_close(actual, outputs_and_grads(gla, inputs, impl="naive"), atol=1e-10, rtol=1e-9)
     # a reset token's decay multiplies a dropped state: its gradient cancels to rounding
-    assert actual["dg"][0, 77].abs().max() < 1e-12
+    assert actual.grads["g"][0, 77].abs().max() < 1e-12
 
 
 def test_mixed_input_dtypes_accumulate_in_the_queries_dtype():
@@ -145,14 +146,14 @@ def test_mixed_input_dtypes_accumulate_in_the_queries_dtype():
     everything is converted before any arithmetic, so the result is float64-exact."""
     inputs = make_inputs(2, 13, 2, 8, 4, dtype=torch.float64, seed=18)
     inputs["g"] = inputs["g"].float()
-    o, _ = chunk_gated_attention(**inputs, scale=0.3)
+    o, _ = chunk_gla(**inputs, scale=0.3)
     torch.testing.assert_close(o, naive_gla(**inputs, scale=0.3)[0], atol=1e-13, rtol=1e-12)
 
 
 def test_chunk_size_must_be_a_power_of_two():
     inputs = make_inputs(1, 8, 1, 4, 4, seed=17)
     with pytest.raises(ValueError, match="power of two"):
-        chunk_gated_attention(**inputs, scale=1.0, chunk_size=12)
+        chunk_gla(**inputs, scale=1.0, chunk_size=12)
 
 
 @pytest.mark.parametrize("impl", ["chunk", "naive"])
@@ -167,7 +168,7 @@ def test_strong_decays_long_sequence_float32(impl):
     expected = outputs_and_grads(gla, reference, impl="naive")
     actual = outputs_and_grads(gla, inputs, impl=impl)
     assert inputs["g"].min() == -20.0
-    assert_results_close(actual, expected, atol=1e-4, rtol=1e-4)
+    assert_close(actual, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_bfloat16_within_tolerance():
@@ -222,28 +223,20 @@ def test_flops_counts_chunk_matmuls():
     assert flops(1, 64, 1, 16, 8, chunk_size=64) == 64 * (2 * 64 * 24 + 4 * 16 * 8)
 
 
-@pytest.fixture
-def interpreted_fla():
-    if not triton_interpreting():
-        pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
-    with fla_interpreter():
-        yield
-
-
-def test_triton_matches_naive_under_interpreter(interpreted_fla):
+def test_triton_matches_naive_under_interpreter(fla_interpreter):
     """fla's chunk_gla (the CUDA path) run by the Triton interpreter, tiny fp32, through the resets
     adapter: outputs, final states and gradients of every input."""
     inputs = make_inputs(2, 20, 1, 16, 16, initial_state=True, reset_prob=0.1, requires_grad=True, seed=13)
     inputs["resets"][0, 0] = True  # row 0 drops its initial state
     expected = outputs_and_grads(gla, inputs, impl="naive")
-    assert_results_close(outputs_and_grads(gla, inputs, impl="triton"), expected, atol=1e-4, rtol=1e-4)
+    assert_close(outputs_and_grads(gla, inputs, impl="triton"), expected, atol=1e-4, rtol=1e-4)
 
 
-def test_triton_cu_seqlens_under_interpreter(interpreted_fla):
+def test_triton_cu_seqlens_under_interpreter(fla_interpreter):
     """fla's native varlen path (no resets: cu_seqlens go to fla unchanged)."""
     cu_seqlens = torch.tensor([0, 7, 20])
     inputs = make_inputs(1, 20, 1, 16, 16, seed=14)
     inputs["initial_state"] = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(15))
     expected = gla(**inputs, output_final_state=True, cu_seqlens=cu_seqlens, impl="naive")
     actual = gla(**inputs, output_final_state=True, cu_seqlens=cu_seqlens, impl="triton")
-    assert_results_close(dict(zip("os", actual)), dict(zip("os", expected)), atol=1e-4, rtol=1e-4)
+    assert_close(dict(zip("os", actual)), dict(zip("os", expected)), atol=1e-4, rtol=1e-4)

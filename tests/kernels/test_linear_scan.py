@@ -4,29 +4,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recurlm.kernels.linear_scan import linear_scan
-from recurlm.kernels.linear_scan.chunk import linear_scan_chunk
-from recurlm.kernels.linear_scan.naive import linear_scan_naive
-from recurlm.kernels.linear_scan.testing import flops, make_inputs
+from recurlm.kernels.linear_scan import flops, linear_scan
+from recurlm.kernels.linear_scan.chunk import chunk_linear_scan
+from recurlm.kernels.linear_scan.naive import naive_linear_scan
+from recurlm.kernels.linear_scan.examples import make_inputs
 
-GRAD_NAMES = ("x", "g", "initial_state")
-
-
-def run_with_grads(fn, inputs: dict, seed: int = 1) -> list[torch.Tensor]:
-    """Output, final state and the gradients of a random projection of both w.r.t. all inputs."""
-    h, final_state = fn(**inputs)
-    gen = torch.Generator().manual_seed(seed)
-    loss = (h.double() * torch.randn(h.shape, generator=gen, dtype=torch.float64)).sum()
-    loss = loss + (final_state.double() * torch.randn(final_state.shape, generator=gen, dtype=torch.float64)).sum()
-    leaves = [inputs[name] for name in GRAD_NAMES if inputs[name] is not None]
-    return [h, final_state, *torch.autograd.grad(loss, leaves)]
-
-
-def assert_all_close(actual: list[torch.Tensor], expected: list[torch.Tensor], **tol) -> None:
-    assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
-        torch.testing.assert_close(a.double(), e.double(), **tol)
-
+from .harness import assert_close, outputs_and_grads
 
 def naive(**kw):
     return linear_scan(**kw, output_final_state=True, impl="naive")
@@ -39,10 +22,9 @@ def naive(**kw):
 def test_chunk_matches_naive_float64(batch, seq_len, dim, chunk_size, reset_prob, initial_state):
     inputs = make_inputs(batch, seq_len, dim, torch.float64, seed=seq_len, reset_prob=reset_prob,
                          initial_state=initial_state, requires_grad=True)
-    expected = run_with_grads(naive, inputs)
-    actual = run_with_grads(lambda **kw: linear_scan_chunk(**kw, output_final_state=True, chunk_size=chunk_size),
-                            inputs)
-    assert_all_close(actual, expected, rtol=1e-10, atol=1e-10)
+    expected = outputs_and_grads(linear_scan, inputs, impl="naive")
+    actual = outputs_and_grads(chunk_linear_scan, inputs, chunk_size=chunk_size)
+    assert_close(actual, expected, rtol=1e-10, atol=1e-10)
 
 
 def test_public_chunk_path_with_head_dims():
@@ -86,19 +68,19 @@ def test_cu_seqlens_equals_separate_sequences(impl):
     cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     inputs = make_inputs(1, sum(lengths), 4, torch.float64, seed=3, requires_grad=True)
     h0 = torch.randn(len(lengths), 4, dtype=torch.float64, requires_grad=True)
-    packed = lambda x, g, initial_state, resets: linear_scan(  # noqa: E731
-        x, g, initial_state, True, cu_seqlens=cu_seqlens, impl=impl)
+    packed = lambda x, g, initial_state, resets, output_final_state: linear_scan(  # noqa: E731
+        x, g, initial_state, output_final_state, cu_seqlens=cu_seqlens, impl=impl)
 
-    def separate(x, g, initial_state, resets):
+    def separate(x, g, initial_state, resets, output_final_state):
         outs, finals = [], []
         for n, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())):
-            h, f = linear_scan_naive(x[:, start:end], g[:, start:end], initial_state[n:n + 1], True)
+            h, f = naive_linear_scan(x[:, start:end], g[:, start:end], initial_state[n:n + 1], True)
             outs.append(h)
             finals.append(f)
         return torch.cat(outs, 1), torch.cat(finals, 0)
 
     inputs["initial_state"] = h0
-    assert_all_close(run_with_grads(packed, inputs), run_with_grads(separate, inputs), rtol=1e-10, atol=1e-10)
+    assert_close(outputs_and_grads(packed, inputs), outputs_and_grads(separate, inputs), rtol=1e-10, atol=1e-10)
 
 
 def test_gradcheck_chunk():
@@ -106,14 +88,14 @@ def test_gradcheck_chunk():
     resets = inputs["resets"]
 
     def fn(x, g, h0):
-        return linear_scan_chunk(x, g, h0, True, resets, chunk_size=4)
+        return chunk_linear_scan(x, g, h0, True, resets, chunk_size=4)
 
     assert torch.autograd.gradcheck(fn, (inputs["x"], inputs["g"], inputs["initial_state"]))
 
 
 def test_gradcheck_naive():
     inputs = make_inputs(1, 5, 2, torch.float64, seed=6, reset_prob=0.3, initial_state=True, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, g, h0: linear_scan_naive(x, g, h0, True, inputs["resets"]),
+    assert torch.autograd.gradcheck(lambda x, g, h0: naive_linear_scan(x, g, h0, True, inputs["resets"]),
                                     (inputs["x"], inputs["g"], inputs["initial_state"]))
 
 
@@ -124,10 +106,10 @@ def test_strong_decays_long_sequence_float32(log_decay_range):
                          reset_prob=0.01, initial_state=True, requires_grad=True)
     reference = {k: (v.detach().double().requires_grad_(v.requires_grad) if v is not None and v.is_floating_point()
                      else v) for k, v in inputs.items()}
-    expected = run_with_grads(lambda **kw: linear_scan(**kw, output_final_state=True, impl="chunk"), reference)
-    actual = run_with_grads(lambda **kw: linear_scan(**kw, output_final_state=True, impl="chunk"), inputs)
-    assert all(torch.isfinite(t).all() for t in actual)
-    assert_all_close(actual, expected, rtol=1e-4, atol=1e-4)
+    expected = outputs_and_grads(linear_scan, reference, impl="chunk")
+    actual = outputs_and_grads(linear_scan, inputs, impl="chunk")
+    assert all(torch.isfinite(t).all() for t in actual.all().values())
+    assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_long_sequence_slow_decay_matches_naive():
@@ -168,9 +150,9 @@ def test_triton_matches_naive_interpreted(seq_len, dim, reset_prob, initial_stat
     channel blocks with a masked tail."""
     inputs = make_inputs(2, seq_len, dim, torch.float32, seed=seq_len, reset_prob=reset_prob,
                          initial_state=initial_state, requires_grad=True)
-    expected = run_with_grads(naive, inputs)
-    actual = run_with_grads(lambda **kw: linear_scan(**kw, output_final_state=True, impl="triton"), inputs)
-    assert_all_close(actual, expected, rtol=1e-5, atol=1e-5)
+    expected = outputs_and_grads(linear_scan, inputs, impl="naive")
+    actual = outputs_and_grads(linear_scan, inputs, impl="triton")
+    assert_close(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_triton_cu_seqlens_interpreted():

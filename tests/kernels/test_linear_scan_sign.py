@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from recurlm.kernels.linear_scan import linear_scan
-from recurlm.kernels.linear_scan.testing import make_inputs
+from recurlm.kernels.linear_scan.examples import make_inputs
+
+from .harness import assert_close, outputs_and_grads
 
 
 def with_sign(inputs: dict, seed: int) -> dict:
@@ -17,25 +19,15 @@ def with_sign(inputs: dict, seed: int) -> dict:
     return {**inputs, "sign": sign}
 
 
-def run_with_grads(impl: str, inputs: dict, seed: int = 1):
-    h, final = linear_scan(**inputs, output_final_state=True, impl=impl)
-    gen = torch.Generator().manual_seed(seed)
-    loss = (h * torch.randn(h.shape, generator=gen, dtype=torch.float64).to(h.dtype)).sum() \
-        + (final * torch.randn(final.shape, generator=gen, dtype=torch.float64).to(final.dtype)).sum()
-    leaves = [v for v in inputs.values() if torch.is_tensor(v) and v.requires_grad]
-    return [h, final, *torch.autograd.grad(loss, leaves)]
-
-
 @pytest.mark.parametrize("seq_len,reset_prob,initial_state", [(1, 0.0, True), (37, 0.0, False), (70, 0.2, True)])
 def test_chunk_matches_naive_with_negative_transitions_float64(seq_len, reset_prob, initial_state):
     inputs = with_sign(make_inputs(2, seq_len, 5, torch.float64, seed=seq_len, reset_prob=reset_prob,
                                    initial_state=initial_state, requires_grad=True), seq_len)
-    expected = run_with_grads("naive", inputs)
-    for i, (a, e) in enumerate(zip(run_with_grads("chunk", inputs), expected)):
-        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=f"tensor #{i}")
+    expected = outputs_and_grads(linear_scan, inputs, impl="naive")
+    assert_close(outputs_and_grads(linear_scan, inputs, impl="chunk"), expected, rtol=1e-10, atol=1e-10)
     # the signs matter: the same scan without them differs
     plain, _ = linear_scan(inputs["x"], inputs["g"], inputs["initial_state"], True, inputs["resets"], impl="naive")
-    assert not torch.allclose(plain, expected[0])
+    assert not torch.allclose(plain, expected.outputs["o"])
 
 
 def test_sign_minus_one_alternates_a_constant_state():
@@ -62,7 +54,6 @@ def test_cu_seqlens_restart_the_parity_per_sequence():
 def test_triton_matches_naive_with_negative_transitions_interpreted(reset_prob, initial_state):
     inputs = with_sign(make_inputs(2, 20, 5, torch.float32, seed=3, reset_prob=reset_prob,
                                    initial_state=initial_state, requires_grad=True), 3)
-    expected = run_with_grads("naive", inputs)
-    actual = run_with_grads("triton", inputs)
-    for i, (a, e) in enumerate(zip(actual, expected)):
-        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5, msg=f"tensor #{i}")
+    expected = outputs_and_grads(linear_scan, inputs, impl="naive")
+    actual = outputs_and_grads(linear_scan, inputs, impl="triton")
+    assert_close(actual, expected, rtol=1e-5, atol=1e-5)

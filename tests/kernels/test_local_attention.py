@@ -4,36 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recurlm.kernels.local_attention import LocalAttentionState, local_attention
-from recurlm.kernels.local_attention.chunk import local_attention_chunk
-from recurlm.kernels.local_attention.testing import banded_sdpa_reference, flops, make_inputs
+from recurlm.kernels.local_attention import LocalAttentionState, flops, local_attention
+from recurlm.kernels.local_attention.chunk import chunk_local_attention
+from recurlm.kernels.local_attention.examples import make_inputs
+from recurlm.kernels.local_attention.naive import banded_sdpa_reference
 
-
-def leaves(inputs: dict) -> list[torch.Tensor]:
-    state = inputs["initial_state"]
-    return [inputs["q"], inputs["k"], inputs["v"], *(() if state is None else (state.k, state.v))]
-
-
-def run_with_grads(fn, inputs: dict, seed: int = 1) -> list[torch.Tensor]:
-    """Output, final state and the gradients of a random projection of both w.r.t. every input."""
-    out, state = fn(**inputs)
-    gen = torch.Generator().manual_seed(seed)
-    loss = sum((t.double() * torch.randn(t.shape, generator=gen, dtype=torch.float64)).sum()
-               for t in (out, state.k, state.v))
-    return [out, state.k, state.v, state.valid, *torch.autograd.grad(loss, leaves(inputs))]
-
-
-def assert_all_close(actual: list[torch.Tensor], expected: list[torch.Tensor], **tol) -> None:
-    assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
-        if a.dtype == torch.bool:
-            assert torch.equal(a, e)
-        else:
-            torch.testing.assert_close(a.double(), e.double(), **tol)
+from .harness import assert_close, outputs_and_grads
 
 
 def with_impl(impl: str, **extra):
-    return lambda **kw: local_attention(**kw, output_final_state=True, impl=impl, **extra)
+    return lambda **kw: local_attention(**kw, impl=impl, **extra)
 
 
 SHAPES = [  # batch, seq_len, heads, kv_heads, head_dim, window
@@ -45,14 +25,14 @@ SHAPES = [  # batch, seq_len, heads, kv_heads, head_dim, window
 def test_chunk_matches_naive_float64(batch, seq_len, heads, kv_heads, head_dim, window, reset_prob, initial_state):
     inputs = make_inputs(batch, seq_len, heads, kv_heads, head_dim, window, torch.float64, seed=seq_len,
                          reset_prob=reset_prob, initial_state=initial_state, requires_grad=True)
-    expected = run_with_grads(with_impl("naive"), inputs)
-    assert_all_close(run_with_grads(with_impl("chunk"), inputs), expected, rtol=1e-10, atol=1e-10)
+    expected = outputs_and_grads(with_impl("naive"), inputs)
+    assert_close(outputs_and_grads(with_impl("chunk"), inputs), expected, rtol=1e-10, atol=1e-10)
     # other blockings (one query per block; blocks shorter and longer than the window) agree
     for block_size in (1, 3, window + 2):
-        blocked = lambda **kw: local_attention_chunk(  # noqa: E731
-            **{k: kw[k] for k in ("q", "k", "v", "window", "initial_state", "resets")}, scale=head_dim ** -0.5,
-            output_final_state=True, block_size=block_size)
-        assert_all_close(run_with_grads(blocked, inputs), expected, rtol=1e-10, atol=1e-10)
+        blocked = lambda **kw: chunk_local_attention(  # noqa: E731
+            **{k: kw[k] for k in ("q", "k", "v", "window", "initial_state", "resets", "output_final_state")},
+            scale=head_dim ** -0.5, block_size=block_size)
+        assert_close(outputs_and_grads(blocked, inputs), expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("reset_prob", [0.0, 0.1])
@@ -75,7 +55,7 @@ def test_state_passing_equals_whole_sequence(impl, split):
     second, final = local_attention(q[:, split:], k[:, split:], v[:, split:], 6, None, mid, True,
                                     resets[:, split:], impl=impl)
     torch.testing.assert_close(torch.cat([first, second], 1), whole)
-    assert_all_close(list(final), list(final_whole))
+    assert_close(final, final_whole, atol=1e-7, rtol=1e-7)
 
 
 def test_decoding_one_token_at_a_time_equals_parallel():
@@ -88,7 +68,7 @@ def test_decoding_one_token_at_a_time_equals_parallel():
                                      resets=inputs["resets"][:, t:t + 1])
         outputs.append(out)
     torch.testing.assert_close(torch.cat(outputs, 1), parallel)
-    assert_all_close(list(state), list(final_parallel))
+    assert_close(state, final_parallel, atol=1e-7, rtol=1e-7)
 
 
 @pytest.mark.parametrize("impl", ["naive", "chunk"])
@@ -99,7 +79,7 @@ def test_reset_discards_cached_tokens(impl):
     with_cache, final_with = local_attention(**inputs, output_final_state=True, impl=impl)
     without, final_without = local_attention(**{**inputs, "initial_state": None}, output_final_state=True, impl=impl)
     torch.testing.assert_close(with_cache, without)
-    assert_all_close(list(final_with), list(final_without))
+    assert_close(final_with, final_without, atol=1e-7, rtol=1e-7)
     # and a continuing document does see the cache
     continuing, _ = local_attention(**{**inputs, "resets": None}, impl=impl)
     assert not torch.allclose(continuing[:, :4], without[:, :4])
@@ -114,7 +94,7 @@ def test_cu_seqlens_equals_separate_sequences(impl):
     inputs["initial_state"] = make_inputs(len(lengths), 1, 2, 1, 4, window, torch.float64, seed=8,
                                           initial_state=True, requires_grad=True)["initial_state"]
 
-    def separate(q, k, v, window, initial_state, resets):
+    def separate(q, k, v, window, initial_state, resets, output_final_state):
         outs, states = [], []
         for n, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())):
             state = LocalAttentionState(*(t[n:n + 1] for t in initial_state))
@@ -125,7 +105,7 @@ def test_cu_seqlens_equals_separate_sequences(impl):
         return torch.cat(outs, 1), LocalAttentionState(*(torch.cat(parts, 0) for parts in zip(*states)))
 
     packed = with_impl(impl, cu_seqlens=cu_seqlens)
-    assert_all_close(run_with_grads(packed, inputs), run_with_grads(separate, inputs), rtol=1e-10, atol=1e-10)
+    assert_close(outputs_and_grads(packed, inputs), outputs_and_grads(separate, inputs), rtol=1e-10, atol=1e-10)
 
 
 def test_gradcheck_chunk():
@@ -134,7 +114,7 @@ def test_gradcheck_chunk():
     state, resets = inputs["initial_state"], inputs["resets"]
 
     def fn(q, k, v, cache_k, cache_v):
-        out, final = local_attention_chunk(q, k, v, 3, 0.5, LocalAttentionState(cache_k, cache_v, state.valid), True,
+        out, final = chunk_local_attention(q, k, v, 3, 0.5, LocalAttentionState(cache_k, cache_v, state.valid), True,
                                            resets, block_size=2)
         return out, final.k, final.v
 
@@ -172,8 +152,8 @@ def test_triton_matches_naive_interpreted(batch, seq_len, heads, kv_heads, head_
     """Forward and backward of the Triton kernels (TRITON_INTERPRET=1, float32), state included."""
     inputs = make_inputs(batch, seq_len, heads, kv_heads, head_dim, window, torch.float32, seed=seq_len,
                          reset_prob=reset_prob, initial_state=initial_state, requires_grad=True)
-    expected = run_with_grads(with_impl("naive"), inputs)
-    assert_all_close(run_with_grads(with_impl("triton"), inputs), expected, rtol=1e-5, atol=1e-5)
+    expected = outputs_and_grads(with_impl("naive"), inputs)
+    assert_close(outputs_and_grads(with_impl("triton"), inputs), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_triton_cu_seqlens_interpreted():
@@ -185,7 +165,7 @@ def test_triton_cu_seqlens_interpreted():
     expected, expected_final = local_attention(**{**inputs, "initial_state": state}, output_final_state=True,
                                                cu_seqlens=cu_seqlens, impl="naive")
     torch.testing.assert_close(out, expected)
-    assert_all_close(list(final), list(expected_final))
+    assert_close(final, expected_final, atol=1e-5, rtol=1.3e-6)
 
 
 def test_bad_inputs_raise():
@@ -202,7 +182,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="batch size must be 1"):
         local_attention(q, k, v, 3, cu_seqlens=torch.tensor([0, 8]))
     with pytest.raises(ValueError, match="block_size must be"):
-        local_attention_chunk(q, k, v, 5, 1.0, block_size=0)
+        chunk_local_attention(q, k, v, 5, 1.0, block_size=0)
     with pytest.raises(TypeError, match="float64"):
         local_attention(q.double(), k.double(), v.double(), 3, impl="triton")
 

@@ -7,11 +7,11 @@ from typing import Callable
 import pytest
 import torch
 
-from recurlm.kernels.testing import assert_all_close, outputs_and_grads
+from recurlm.kernels.mlstm import MLSTMState, flops, mlstm
+from recurlm.kernels.mlstm.chunk import chunk_mlstm
+from recurlm.kernels.mlstm.examples import make_inputs
 
-from recurlm.kernels.mlstm import MLSTMState, mlstm
-from recurlm.kernels.mlstm.chunk import mlstm_chunk
-from recurlm.kernels.mlstm.testing import flops, make_inputs
+from .harness import assert_close, outputs_and_grads
 
 GATE_NAMES = ("q", "k", "v", "i", "f")
 naive = partial(mlstm, impl="naive")
@@ -23,9 +23,10 @@ def _leaves(inputs: dict) -> list[torch.Tensor]:
     return [inputs[n] for n in GATE_NAMES] + (list(state) if state is not None else [])
 
 
-def _run(fn: Callable, inputs: dict, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """([h, C, n, m], gradients of a random projection of all four w.r.t. every leaf)."""
-    return outputs_and_grads(fn, inputs, _leaves(inputs), seed)
+def _run(fn: Callable, inputs: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(output and final state, gradients of a random projection of them w.r.t. every leaf)."""
+    results = outputs_and_grads(fn, inputs)
+    return results.outputs, results.grads
 
 
 @pytest.mark.parametrize("batch,seq_len,heads,dk,dv,reset_prob,initial_state", [
@@ -44,9 +45,9 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, dk, dv, reset_prob, 
         inputs["resets"][:, 16] = True  # a reset exactly on a chunk border
         inputs["resets"][0, 0] = True   # row 0 discards its initial state
     ref_out, ref_grads = _run(naive, inputs)
-    out, grads = _run(partial(mlstm_chunk, chunk_size=chunk_size), inputs)
-    assert_all_close(out, ref_out, atol=1e-10)
-    assert_all_close(grads, ref_grads, atol=1e-9)
+    out, grads = _run(partial(chunk_mlstm, chunk_size=chunk_size), inputs)
+    assert_close(out, ref_out, atol=1e-10)
+    assert_close(grads, ref_grads, atol=1e-9)
 
 
 @pytest.mark.parametrize("reset_prob", [0.0, 0.05])
@@ -55,9 +56,9 @@ def test_segments_match_naive_float64(reset_prob):
     inputs = make_inputs(2, 61, 2, 4, 6, dtype=torch.float64, seed=5, reset_prob=reset_prob,
                          initial_state=True, requires_grad=True)
     ref_out, ref_grads = _run(naive, inputs)
-    out, grads = _run(partial(mlstm_chunk, chunk_size=4, segment_chunks=3), inputs)  # 6 segments
-    assert_all_close(out, ref_out, atol=1e-10)
-    assert_all_close(grads, ref_grads, atol=1e-9)
+    out, grads = _run(partial(chunk_mlstm, chunk_size=4, segment_chunks=3), inputs)  # 6 segments
+    assert_close(out, ref_out, atol=1e-10)
+    assert_close(grads, ref_grads, atol=1e-9)
 
 
 def test_packed_rows_equal_documents_alone():
@@ -88,9 +89,9 @@ def test_cu_seqlens_with_initial_states_chunk_matches_naive():
               "resets": None}
     ref_out, ref_grads = _run(partial(naive, cu_seqlens=cu_seqlens), inputs)
     out, grads = _run(partial(chunk, cu_seqlens=cu_seqlens), inputs)
-    assert out[1].shape == (3, 2, 4, 4)
-    assert_all_close(out, ref_out, atol=1e-10)
-    assert_all_close(grads, ref_grads, atol=1e-9)
+    assert out["final_state.C"].shape == (3, 2, 4, 4)
+    assert_close(out, ref_out, atol=1e-10)
+    assert_close(grads, ref_grads, atol=1e-9)
 
 
 def test_varlen_padding_over_whole_chunks_stays_exact():
@@ -103,13 +104,13 @@ def test_varlen_padding_over_whole_chunks_stays_exact():
 
     def padded_chunk(q, k, v, i, f, initial_state=None, output_final_state=False, resets=None):
         inf = float("inf")
-        return run_varlen(partial(mlstm_chunk, chunk_size=16), [q, k, v, i, f], [0.0, 0.0, 0.0, -inf, inf],
+        return run_varlen(partial(chunk_mlstm, chunk_size=16), [q, k, v, i, f], [0.0, 0.0, 0.0, -inf, inf],
                           cu_seqlens, initial_state=initial_state, output_final_state=output_final_state)
 
     out, grads = _run(padded_chunk, inputs)
-    assert all(torch.isfinite(g).all() for g in grads)
-    assert_all_close(out, ref_out, atol=1e-10)
-    assert_all_close(grads, ref_grads, atol=1e-9)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert_close(out, ref_out, atol=1e-10)
+    assert_close(grads, ref_grads, atol=1e-9)
 
 
 def test_gradcheck_chunk_float64():
@@ -118,7 +119,7 @@ def test_gradcheck_chunk_float64():
 
     def fn(*leaves):
         q, k, v, i, f, C, n, m = leaves
-        h, state = mlstm_chunk(q, k, v, i, f, MLSTMState(C, n, m), True, resets, chunk_size=4)
+        h, state = chunk_mlstm(q, k, v, i, f, MLSTMState(C, n, m), True, resets, chunk_size=4)
         return h, *state
 
     assert torch.autograd.gradcheck(fn, _leaves(inputs), eps=1e-6, atol=1e-6, fast_mode=True)
@@ -131,15 +132,15 @@ def test_strong_forget_gates_stay_finite_and_match(seq_len):
                          input_scale=10.0, initial_state=True, requires_grad=True)
     ref_out, ref_grads = _run(naive, inputs)
     out, grads = _run(chunk, inputs)
-    assert all(torch.isfinite(x).all() for x in out + grads)
-    assert_all_close(out, ref_out, atol=1e-8, rtol=1e-8)
-    assert_all_close(grads, ref_grads, atol=1e-6, rtol=1e-6)
+    assert all(torch.isfinite(x).all() for x in [*out.values(), *grads.values()])
+    assert_close(out, ref_out, atol=1e-8, rtol=1e-8)
+    assert_close(grads, ref_grads, atol=1e-6, rtol=1e-6)
     f32 = {n: inputs[n].detach().float().requires_grad_(True) for n in GATE_NAMES}
     f32 = {**f32, "initial_state": MLSTMState(*(s.detach().float().requires_grad_(True) for s in inputs["initial_state"])),
            "resets": None}
     out32, grads32 = _run(chunk, f32)
-    assert all(torch.isfinite(x).all() for x in out32 + grads32)
-    torch.testing.assert_close(out32[0].double(), ref_out[0], atol=1e-3, rtol=1e-3)
+    assert all(torch.isfinite(x).all() for x in [*out32.values(), *grads32.values()])
+    torch.testing.assert_close(out32["o"].double(), ref_out["o"], atol=1e-3, rtol=1e-3)
 
 
 def test_long_float32_sequence_matches_float64_reference():
@@ -186,10 +187,10 @@ def test_naive_matches_mlstm_kernels_recurrent_and_chunkwise():
         return fn
 
     seq_out, _ = _run(mk(mlstm_recurrent_sequence__native_fw, dtype_state=torch.float64), inputs)
-    assert_all_close(out, seq_out, atol=1e-12)
+    assert_close(out, seq_out, atol=1e-12)
     chunk_out, chunk_grads = _run(mk(mlstm_chunkwise__native_autograd, chunk_size=16), inputs)
-    assert_all_close(out, chunk_out, atol=1e-10)
-    assert_all_close(grads, chunk_grads, atol=1e-8)
+    assert_close(out, chunk_out, atol=1e-10)
+    assert_close(grads, chunk_grads, atol=1e-8)
 
 
 def test_naive_matches_mlstm_kernels_parallel():
@@ -228,7 +229,7 @@ def test_triton_matches_naive_interpreter(reset_prob, initial_state, block_v, st
     """Fused recurrent Triton kernel (fwd + bwd) under TRITON_INTERPRET=1, float32, tiny shapes;
     block_v = 4 splits V = 8 over two programs; strong: forget preactivations down to -20 and
     input gates of scale 10."""
-    from recurlm.kernels.mlstm.triton import mlstm_triton
+    from recurlm.kernels.mlstm.triton import triton_mlstm
 
     gates = dict(forget_range=(-20.0, 8.0), input_scale=10.0) if strong else {}
     inputs = make_inputs(2, 9, 2, 4, 8, seed=21, reset_prob=reset_prob, initial_state=initial_state,
@@ -236,9 +237,9 @@ def test_triton_matches_naive_interpreter(reset_prob, initial_state, block_v, st
     if reset_prob:
         inputs["resets"][0, 0] = True
     ref_out, ref_grads = _run(naive, inputs)
-    out, grads = _run(partial(mlstm_triton, block_v=block_v), inputs)
-    assert_all_close(out, ref_out, atol=2e-6, rtol=1e-5)
-    assert_all_close(grads, ref_grads, atol=2e-5, rtol=1e-5)
+    out, grads = _run(partial(triton_mlstm, block_v=block_v), inputs)
+    assert_close(out, ref_out, atol=2e-6, rtol=1e-5)
+    assert_close(grads, ref_grads, atol=2e-5, rtol=1e-5)
 
 
 def test_triton_cu_seqlens_matches_naive_interpreter():
@@ -248,9 +249,9 @@ def test_triton_cu_seqlens_matches_naive_interpreter():
               "initial_state": inputs["initial_state"], "resets": None}
     ref_out, ref_grads = _run(partial(naive, cu_seqlens=cu_seqlens), inputs)
     out, grads = _run(partial(mlstm, impl="triton", cu_seqlens=cu_seqlens), inputs)
-    assert all(torch.isfinite(g).all() for g in grads)
-    assert_all_close(out, ref_out, atol=2e-6, rtol=1e-5)
-    assert_all_close(grads, ref_grads, atol=2e-5, rtol=1e-5)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert_close(out, ref_out, atol=2e-6, rtol=1e-5)
+    assert_close(grads, ref_grads, atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("head_dim", [64, 384, 1024, 1280])

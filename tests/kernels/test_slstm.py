@@ -7,10 +7,10 @@ from typing import Callable
 import pytest
 import torch
 
-from recurlm.kernels.testing import assert_all_close, outputs_and_grads
+from recurlm.kernels.slstm import SLSTMState, flops, slstm
+from recurlm.kernels.slstm.examples import make_inputs
 
-from recurlm.kernels.slstm import SLSTMState, slstm
-from recurlm.kernels.slstm.testing import flops, make_inputs
+from .harness import assert_close, outputs_and_grads
 
 naive = partial(slstm, impl="naive")
 chunk = partial(slstm, impl="chunk")
@@ -21,9 +21,10 @@ def _leaves(inputs: dict) -> list[torch.Tensor]:
     return [inputs["x"], inputs["R"], inputs["bias"]] + (list(state) if state is not None else [])
 
 
-def _run(fn: Callable, inputs: dict, seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """([h, c, n, m, h_last], gradients of a random projection of all of them w.r.t. every leaf)."""
-    return outputs_and_grads(fn, inputs, _leaves(inputs), seed)
+def _run(fn: Callable, inputs: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(output and final state, gradients of a random projection of them w.r.t. every leaf)."""
+    results = outputs_and_grads(fn, inputs)
+    return results.outputs, results.grads
 
 
 @pytest.mark.parametrize("batch,seq_len,heads,dim,reset_prob,initial_state", [
@@ -39,8 +40,8 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, dim, reset_prob, ini
         inputs["resets"][0, 0] = True   # row 0 discards its initial state
     ref_out, ref_grads = _run(naive, inputs)
     out, grads = _run(chunk, inputs)
-    assert_all_close(out, ref_out, atol=1e-12)
-    assert_all_close(grads, ref_grads, atol=1e-10)
+    assert_close(out, ref_out, atol=1e-12)
+    assert_close(grads, ref_grads, atol=1e-10)
 
 
 def test_packed_rows_equal_documents_alone():
@@ -69,9 +70,9 @@ def test_cu_seqlens_with_initial_states_chunk_matches_naive():
     inputs = {**inputs, "x": inputs["x"][:1].detach().clone().requires_grad_(True), "resets": None}
     ref_out, ref_grads = _run(partial(naive, cu_seqlens=cu_seqlens), inputs)
     out, grads = _run(partial(chunk, cu_seqlens=cu_seqlens), inputs)
-    assert out[1].shape == (3, 2, 4)
-    assert_all_close(out, ref_out, atol=1e-12)
-    assert_all_close(grads, ref_grads, atol=1e-10)
+    assert out["final_state.c"].shape == (3, 2, 4)
+    assert_close(out, ref_out, atol=1e-12)
+    assert_close(grads, ref_grads, atol=1e-10)
 
 
 def test_gradcheck_chunk_float64():
@@ -91,9 +92,9 @@ def test_strong_gates_stay_finite_and_match():
                          initial_state=True, requires_grad=True)
     ref_out, ref_grads = _run(naive, inputs)
     out, grads = _run(chunk, inputs)
-    assert all(torch.isfinite(x).all() for x in out + grads)
-    assert_all_close(out, ref_out, atol=1e-9, rtol=1e-9)
-    assert_all_close(grads, ref_grads, atol=1e-7, rtol=1e-7)
+    assert all(torch.isfinite(x).all() for x in [*out.values(), *grads.values()])
+    assert_close(out, ref_out, atol=1e-9, rtol=1e-9)
+    assert_close(grads, ref_grads, atol=1e-7, rtol=1e-7)
 
 
 def test_bfloat16_within_tolerance():
@@ -167,7 +168,7 @@ def triton_path(request, monkeypatch) -> str:
     """Each Triton path of ``impl="triton"``: tiny heads take the fused kernel; "steps" lowers
     ``FUSED_MAX_HEAD_DIM`` so that they take the per-token GEMM + cell path that large heads take."""
     if request.param == "steps":
-        from recurlm.kernels.slstm import triton as slstm_triton_module
+        from recurlm.kernels.slstm import flops, triton as slstm_triton_module
         monkeypatch.setattr(slstm_triton_module, "FUSED_MAX_HEAD_DIM", 0)
     return request.param
 
@@ -182,8 +183,8 @@ def test_triton_matches_naive_interpreter(triton_path, reset_prob, initial_state
         inputs["resets"][0, 0] = True
     ref_out, ref_grads = _run(naive, inputs)
     out, grads = _run(partial(slstm, impl="triton"), inputs)
-    assert_all_close(out, ref_out, atol=1e-6, rtol=1e-5)
-    assert_all_close(grads, ref_grads, atol=1e-5, rtol=1e-5)
+    assert_close(out, ref_out, atol=1e-6, rtol=1e-5)
+    assert_close(grads, ref_grads, atol=1e-5, rtol=1e-5)
 
 
 def test_triton_cu_seqlens_matches_naive_interpreter(triton_path):
@@ -192,5 +193,5 @@ def test_triton_cu_seqlens_matches_naive_interpreter(triton_path):
     inputs = {**inputs, "x": inputs["x"][:1].detach().clone().requires_grad_(True), "resets": None}
     ref_out, ref_grads = _run(partial(naive, cu_seqlens=cu_seqlens), inputs)
     out, grads = _run(partial(slstm, impl="triton", cu_seqlens=cu_seqlens), inputs)
-    assert_all_close(out, ref_out, atol=1e-6, rtol=1e-5)
-    assert_all_close(grads, ref_grads, atol=1e-5, rtol=1e-5)
+    assert_close(out, ref_out, atol=1e-6, rtol=1e-5)
+    assert_close(grads, ref_grads, atol=1e-5, rtol=1e-5)

@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from recurlm.kernels.boundaries import resets_from_cu_seqlens
-from recurlm.kernels.titans_memory import TitansMemoryState, titans_memory
+from recurlm.kernels.titans_memory import TitansMemoryState, flops, titans_memory
 from recurlm.kernels.titans_memory.chunk import chunk_coefficients
 from recurlm.kernels.titans_memory.common import memory_forward, memory_gradient
-from recurlm.kernels.titans_memory.testing import flops, make_inputs
+from recurlm.kernels.titans_memory.examples import make_inputs
+
+from .harness import Results, assert_close, outputs_and_grads
 
 
 def random_resets(B: int, T: int, seed: int = 1) -> torch.Tensor:
@@ -31,22 +33,10 @@ def flat_outputs(y, state):
     return [y, *state.weights, *state.momentum]
 
 
-def assert_close_all(actual, expected, **tol):
-    for a, e in zip(actual, expected, strict=True):
-        torch.testing.assert_close(a, e, **tol)
-
-
-def run_with_grads(inputs: dict, state, impl: str, **kwargs):
-    """Outputs (y, final weights, final momentum) and gradients of a fixed random loss w.r.t. every input."""
-    y, final = titans_memory(**inputs, initial_state=state, output_final_state=True, impl=impl, **kwargs)
-    outs = flat_outputs(y, final)
-    g = torch.Generator().manual_seed(3)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outs)
-    leaves = [inputs[n] for n in ("q", "k", "v", "theta", "eta", "alpha")] + list(inputs["init_weights"])
-    if state is not None:
-        leaves += [*state.weights, *state.momentum]
-    grads = torch.autograd.grad(loss, leaves, allow_unused=True)  # init_weights unused without resets
-    return [o.detach() for o in outs], [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads)]
+def run_with_grads(inputs: dict, state, impl: str, **kwargs) -> Results:
+    """Outputs (y, final weights, final momentum) and gradients of a fixed random loss w.r.t. every
+    input (init_weights: zero where no reset uses them)."""
+    return outputs_and_grads(titans_memory, {**inputs, "initial_state": state}, allow_unused=True, impl=impl, **kwargs)
 
 
 @pytest.mark.parametrize("depth,activation", [(1, "gelu"), (2, "gelu"), (2, "silu")])
@@ -58,7 +48,7 @@ def test_memory_gradient_matches_autograd(depth, activation):
         loss = (memory_forward(weights, k[:, :, t:t + 1], activation) - v[:, :, t:t + 1]).pow(2).sum()
         expected = torch.autograd.grad(loss, weights)
         factors = memory_gradient(weights, k[:, :, t:t + 1], v[:, :, t:t + 1], activation)
-        assert_close_all([a.transpose(-1, -2) @ d for a, d in factors], expected, rtol=1e-12, atol=1e-12)
+        assert_close([a.transpose(-1, -2) @ d for a, d in factors], expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("depth,activation", [(1, "gelu"), (2, "gelu"), (2, "silu")])
@@ -73,9 +63,9 @@ def test_chunk_matches_naive(depth, activation, T, chunk_size, with_resets):
         state = random_state(B, x["init_weights"])
         resets = random_resets(B, T) if with_resets else None
         results.append(run_with_grads(x, state, impl, resets=resets, chunk_size=chunk_size, activation=activation))
-    (out_n, grad_n), (out_c, grad_c) = results
-    assert_close_all(out_c, out_n, rtol=1e-10, atol=1e-10)
-    assert_close_all(grad_c, grad_n, rtol=1e-9, atol=1e-9)
+    naive, chunk = results
+    assert_close(chunk.outputs, naive.outputs, rtol=1e-10, atol=1e-10)
+    assert_close(chunk.grads, naive.grads, rtol=1e-9, atol=1e-9)
 
 
 def test_chunk_size_one_is_the_per_token_recurrence():
@@ -105,7 +95,7 @@ def test_resets_restore_init_weights(depth):
     tail = {n: (t[1:, p:] if torch.is_tensor(t) else t) for n, t in x.items()}
     y_tail, final_tail = titans_memory(**tail, chunk_size=C, output_final_state=True)
     torch.testing.assert_close(y[1:, p:], y_tail, rtol=1e-12, atol=1e-12)
-    assert_close_all([w[1:] for w in final.weights + final.momentum], final_tail.weights + final_tail.momentum,
+    assert_close([w[1:] for w in final.weights + final.momentum], final_tail.weights + final_tail.momentum,
                      rtol=1e-12, atol=1e-12)
     y_plain = titans_memory(**x, initial_state=state, chunk_size=C)[0]
     torch.testing.assert_close(y[:, :p], y_plain[:, :p], rtol=0, atol=0)
@@ -126,7 +116,7 @@ def test_cu_seqlens(impl):
         row = TitansMemoryState(tuple(w[n:n + 1] for w in state.weights), tuple(m[n:n + 1] for m in state.momentum))
         y_n, final_n = titans_memory(**part, initial_state=row, chunk_size=4, output_final_state=True, impl="naive")
         torch.testing.assert_close(y[:, s:e], y_n, rtol=1e-10, atol=1e-10)
-        assert_close_all([w[n:n + 1] for w in final.weights + final.momentum], final_n.weights + final_n.momentum,
+        assert_close([w[n:n + 1] for w in final.weights + final.momentum], final_n.weights + final_n.momentum,
                          rtol=1e-10, atol=1e-10)
     y.sum().backward()
     assert all(torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0 for t in (x["q"], *state.weights, *state.momentum))
@@ -161,7 +151,7 @@ def test_strong_decay_long_sequence(depth):
     y_n, s_n = titans_memory(**x, resets=resets, chunk_size=32, impl="naive", output_final_state=True)
     y_c, s_c = titans_memory(**x, resets=resets, chunk_size=32, impl="chunk", output_final_state=True)
     assert torch.isfinite(y_c).all()
-    assert_close_all(flat_outputs(y_c, s_c), flat_outputs(y_n, s_n), rtol=1e-9, atol=1e-9)
+    assert_close(flat_outputs(y_c, s_c), flat_outputs(y_n, s_n), rtol=1e-9, atol=1e-9)
     x32 = {n: (t.float() if torch.is_tensor(t) else tuple(w.float() for w in t)) for n, t in x.items()}
     x32 = {n: (t.requires_grad_() if torch.is_tensor(t) else t) for n, t in x32.items()}
     y32 = titans_memory(**x32, resets=resets, chunk_size=32, impl="chunk")[0]
@@ -277,6 +267,5 @@ def test_triton_matches_naive(T, chunk_size, with_resets, D):
         x = make_inputs(B=B, T=T, H=2, D=D, dtype=dtype, requires_grad=True)
         state = random_state(B, x["init_weights"])
         resets = random_resets(B, T) if with_resets else None
-        outs, grads = run_with_grads(x, state, impl, resets=resets, chunk_size=chunk_size)
-        results.append([t.double() for t in (*outs, *grads)])
-    assert_close_all(results[1], results[0], rtol=1e-4, atol=1e-4)
+        results.append(run_with_grads(x, state, impl, resets=resets, chunk_size=chunk_size))
+    assert_close(results[1], results[0], rtol=1e-4, atol=1e-4)

@@ -1,4 +1,4 @@
-"""Launch tests: tiny training jobs (the tiny HGRN2 of tests/train) and a real local Slurm cluster.
+"""Launch tests: tiny training jobs (tests/helpers/tiny_job.py) and a real local Slurm cluster.
 
 Tests marked ``slurm`` need the cluster of ``.ci/slurm-up.sh`` (two emulated nodes). They are
 skipped, saying why, only when ``sinfo`` is missing or the cluster does not answer.
@@ -12,19 +12,9 @@ from types import SimpleNamespace
 
 import pytest
 
-TINY = [
-    "model.size=tiny",
-    "train.seq_len=32",
-    "train.global_batch_size=4",
-    "train.eval_batches=2",
-    "data.sources.0.max_bytes=300000",
-    "data.tokenizer.vocab_size=512",
-    "data.tokenizer.input_sentence_size=20000",
-    "data.valid_fraction=0.05",
-    "data.num_workers=1",
-    "logger.progress=false",
-    "logger.log_every=1",
-]
+from ..helpers.tiny_job import TINY_DATA, TINY_TRAIN
+
+TINY = [*TINY_TRAIN, *TINY_DATA]
 
 
 @pytest.fixture(scope="session")

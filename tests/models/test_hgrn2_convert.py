@@ -1,11 +1,11 @@
 """HGRN2 against flash-linear-attention's ``HGRN2ForCausalLM`` (its Triton ops swapped for torch
-references by ``recurlm.models.convert.fla_cpu``), through ``recurlm.models.convert.fla_hgrn2``."""
+references by ``tests/helpers/fla_cpu.py``), through ``recurlm.models.convert.fla_hgrn2``."""
 import warnings
 
 import pytest
 import torch
 
-from recurlm.models.convert.fla_cpu import fla_torch_references
+from ..helpers.fla_cpu import fla_torch_references
 from recurlm.models.convert.fla_hgrn2 import FLA_GATE_NORM_EPS, config_from_fla, from_fla, to_fla_state_dict
 
 VOCAB = 97

@@ -1,6 +1,6 @@
 """RWKV-6 / RWKV-7: the model checks every family passes, optimizer groups, and equality with the
 reference implementations (flash-linear-attention's models with their Triton ops swapped for fla's
-torch references by ``recurlm.models.convert.fla_cpu``; BlinkDL's ``rwkv`` package on an exported official checkpoint)."""
+torch references by ``tests/helpers/fla_cpu.py``; BlinkDL's ``rwkv`` package on an exported official checkpoint)."""
 import importlib
 import sys
 import warnings
@@ -10,7 +10,7 @@ import torch
 
 from recurlm.models import build_model
 from recurlm.models import testing as model_checks
-from recurlm.models.convert.fla_cpu import fla_torch_references
+from ..helpers.fla_cpu import fla_torch_references
 from recurlm.models.rwkv6 import RWKV6Config
 from recurlm.models.rwkv7 import RWKV7Config
 

@@ -1,26 +1,14 @@
-"""Tiny training jobs for the recipe tests: the trainer tests' tiny data and model settings
-(tests/train/conftest.py), one data cache per session, and a spy on the model's forward."""
-import os
-
+"""Tiny training jobs for the recipe tests (the tiny job of tests/conftest.py, without
+checkpoints) and a spy on the model's forward."""
 import pytest
-
-from recurlm.configs import compose
-
-from ..train.conftest import TINY_DATA, TINY_TRAIN
-
-
-@pytest.fixture(scope="session")
-def data_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("recipe-data-cache"))
 
 
 @pytest.fixture
-def tiny_job(data_cache, tmp_path):
-    """compose() for a tiny job in tmp_path; extra overrides win."""
+def tiny_job(tiny_job):
+    """tests/conftest.py's tiny job with ``train.checkpoint_every=0``; extra overrides win."""
 
     def make(*overrides, run_dir=None):
-        return compose([*TINY_DATA, f"data.cache_dir={data_cache}", *TINY_TRAIN, "train.checkpoint_every=0",
-                        f"run_dir={run_dir or os.path.join(str(tmp_path), 'run')}", *overrides])
+        return tiny_job("train.checkpoint_every=0", *overrides, run_dir=run_dir)
 
     return make
 

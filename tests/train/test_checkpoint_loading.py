@@ -13,7 +13,7 @@ from recurlm.train import checkpoint as ckpt
 from recurlm.models.checkpoint_files import write_manifest
 from recurlm.train.trainer import Trainer
 
-from .conftest import TINY_DATA, TINY_TRAIN
+from ..helpers.tiny_job import TINY_DATA, TINY_TRAIN
 
 QUIET = ["logger.wandb.mode=disabled", "eval.tasks=[]"]
 

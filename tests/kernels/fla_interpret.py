@@ -1,4 +1,5 @@
-"""Run fla's autotuned Triton kernels in the Triton CPU interpreter (tests only).
+"""Run fla's autotuned Triton kernels in the Triton CPU interpreter (test code: the ``fla_interpreter``
+fixture of tests/kernels/conftest.py).
 
 Under ``TRITON_INTERPRET=1`` (triton 3.9), fla 0.6.0's chunk kernels stop on three interpreter
 gaps; :func:`fla_interpreter_patches` closes them for the duration of a ``with`` block. Nothing
@@ -9,7 +10,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 import triton
@@ -65,3 +66,17 @@ def fla_interpreter_patches(package: str = "fla.ops.generalized_delta_rule.dplr"
             module.gather = tl.gather
         for module in kernel_modules:
             del module.range
+
+
+FLA_PACKAGES = ("fla.ops.gla", "fla.ops.rwkv6", "fla.ops.generalized_delta_rule.dplr", "fla.ops.common",
+                "fla.ops.utils")
+"""The fla packages behind gla, rwkv6 and dplr_delta_rule, and the chunk-state / cumsum kernels they share."""
+
+
+@contextmanager
+def fla_interpreter(packages: tuple[str, ...] = FLA_PACKAGES) -> Iterator[None]:
+    """:func:`fla_interpreter_patches` applied to every package of ``packages``."""
+    with ExitStack() as stack:
+        for package in packages:
+            stack.enter_context(fla_interpreter_patches(package))
+        yield

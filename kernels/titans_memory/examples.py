@@ -1,4 +1,9 @@
-"""Random inputs and FLOP counts for tests and benchmarks of titans_memory."""
+"""Example inputs of ``titans_memory``: random tensors with realistic gates, document resets and states.
+
+Runtime code, not test code: the GPU compile gate (``launch/compile_gate/capture.py``) and
+``recurlm-doctor`` (``launch/doctor.py``) build the inputs they launch every kernel with from
+here; the kernel tests and benchmarks use the same inputs.
+"""
 from __future__ import annotations
 
 import torch
@@ -36,21 +41,3 @@ def make_inputs(B: int = 2, T: int = 32, H: int = 2, D: int = 16, depth: int = 1
     )
     as_leaf = lambda x: x.to(device=device, dtype=dtype).requires_grad_(requires_grad)
     return {name: tuple(map(as_leaf, x)) if isinstance(x, tuple) else as_leaf(x) for name, x in inputs.items()}
-
-
-def flops(B: int, T: int, H: int, D: int, depth: int = 1, hidden: int | None = None, chunk_size: int = 16) -> int:
-    """Forward matmul FLOPs of the chunkwise form (multiply-add = 2), without the reset extras.
-
-    Per chunk of C tokens, head and weight matrix [din, dout]: the read against M_0 and S_0
-    (2 * 2 C din dout), the intra-chunk scores z x^T and (Gam * .) @ delta (2 C^2 din + 2 C^2 dout),
-    the chunk-end updates of M and S (2 * 2 C din dout); plus the gradients at M_0 (forward through
-    the memory and, for depth 2, the backward through W2) and the gate matrices L @ N (2 C^3).
-    """
-    E = hidden or 2 * D
-    C = min(chunk_size, T)
-    n_chunks = -(-T // C)
-    shapes = [(D, D)] if depth == 1 else [(D, E), (E, D)]
-    per_chunk = sum(8 * C * din * dout + 2 * C * C * (din + dout) for din, dout in shapes)
-    per_chunk += 2 * C * D * D if depth == 1 else 3 * 2 * C * D * E
-    per_chunk += 2 * C ** 3 + 2 * C * C
-    return B * H * n_chunks * per_chunk

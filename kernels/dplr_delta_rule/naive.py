@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from recurlm.kernels.dispatch import compute_dtype
 
-def dplr_naive(
+
+def naive_dplr_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -40,7 +42,7 @@ def dplr_naive(
         or None. The state is accumulated in that dtype too.
     """
     out_dtype = q.dtype
-    acc = torch.promote_types(out_dtype, torch.float32)
+    acc = compute_dtype(out_dtype)
     batch, seq_len, heads, dk = q.shape
     dv = v.shape[-1]
     q, k, v, a, b, gk = (x.to(acc) for x in (q, k, v, a, b, gk))

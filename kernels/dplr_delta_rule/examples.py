@@ -1,4 +1,9 @@
-"""RWKV-7-like random inputs and a FLOP count for the generalized delta rule (tests, benchmarks)."""
+"""Example inputs of ``dplr_delta_rule``: random tensors with realistic gates, document resets and states.
+
+Runtime code, not test code: the GPU compile gate (``launch/compile_gate/capture.py``) and
+``recurlm-doctor`` (``launch/doctor.py``) build the inputs they launch every kernel with from
+here; the kernel tests and benchmarks use the same inputs.
+"""
 from __future__ import annotations
 
 import math
@@ -68,25 +73,3 @@ def make_inputs(
     if reset_prob > 0:
         tensors["resets"] = (torch.rand(batch, seq_len, generator=gen) < reset_prob).to(device)
     return tensors
-
-
-def flops(batch: int, seq_len: int, heads: int, dk: int, dv: int, chunk_size: int = 64,
-          sub_chunk_size: int = 4) -> int:
-    """Forward FLOPs (a multiply-add counts 2) of the chunkwise form in ``chunk.py`` on its factored
-    path (every RWKV-7 input; the blockwise path for stronger decays does about half the product
-    work in smaller matmuls).
-
-    Per chunk of C tokens (chunk_size, or less for short inputs: sub_chunk_size times the smallest
-    power of two reaching T) and head:
-    decayed products of two readers (q, a) by two writers (k, b) 8*C^2*K, A_ak v 2*C^2*V, the
-    unit-triangular solve C^2*(V + K), outputs 4*C^2*V + 2*C^2*K + 2*C*K*V, transition and write
-    2*C*K^2 + 4*C*K*V, recurrence 2*K^2*V. Elementwise work (exps, masks) is not counted.
-    """
-    c = sub_chunk_size
-    while c < min(chunk_size, seq_len):
-        c *= 2
-    n_chunks = -(-seq_len // c)
-    per_chunk = (8 * c * c * dk + 2 * c * c * dv + c * c * (dv + dk)
-                 + 4 * c * c * dv + 2 * c * c * dk + 2 * c * dk * dv
-                 + 2 * c * dk * dk + 4 * c * dk * dv + 2 * dk * dk * dv)
-    return batch * heads * n_chunks * per_chunk

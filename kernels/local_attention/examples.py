@@ -1,11 +1,13 @@
-"""Random inputs, FLOP counts and torch's SDPA as the peer reference for sliding-window attention
-(tests and benchmarks)."""
+"""Example inputs of ``local_attention``: random tensors with realistic gates, document resets and states.
+
+Runtime code, not test code: the GPU compile gate (``launch/compile_gate/capture.py``) and
+``recurlm-doctor`` (``launch/doctor.py``) build the inputs they launch every kernel with from
+here; the kernel tests and benchmarks use the same inputs.
+"""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from recurlm.kernels.boundaries import doc_ids_from_resets
 from recurlm.kernels.local_attention.state import LocalAttentionState
 
 
@@ -35,26 +37,3 @@ def make_inputs(batch: int, seq_len: int, heads: int, kv_heads: int, head_dim: i
         for tensor in (inputs["q"], inputs["k"], inputs["v"], *(inputs["initial_state"] or ())[:2]):
             tensor.requires_grad_(True)
     return inputs
-
-
-def flops(batch: int, seq_len: int, heads: int, head_dim: int, window: int) -> int:
-    """Forward matmul FLOPs of the exact band (q.k and p.v, 2 per multiply-add), no cache."""
-    attended = sum(min(t + 1, window) for t in range(seq_len))
-    return 4 * batch * heads * head_dim * attended
-
-
-def banded_sdpa_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
-                          resets: torch.Tensor | None = None) -> torch.Tensor:
-    """torch's ``scaled_dot_product_attention`` with an explicit dense [T, T] banded causal and
-    same-document mask (no cache): q [B, T, H, D], k, v [B, T, Hkv, D] -> o [B, T, H, D].
-    O(T^2) memory: the peer reference the sequential ``naive`` path is tested and timed against."""
-    seq_len = q.shape[1]
-    position = torch.arange(seq_len, device=q.device)
-    distance = position[:, None] - position[None, :]
-    docs = (doc_ids_from_resets(resets) if resets is not None
-            else torch.zeros(q.shape[:2], dtype=torch.long, device=q.device))
-    mask = (distance >= 0) & (distance < window) & (docs[:, :, None] == docs[:, None, :])  # [B, T, T]
-    group = q.shape[2] // k.shape[2]
-    keys, values = (x.repeat_interleave(group, dim=2).transpose(1, 2) for x in (k, v))
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=mask[:, None])
-    return out.transpose(1, 2)

@@ -1,6 +1,6 @@
-"""flash-linear-attention 0.6.0's HGRN2, RWKV-6 and RWKV-7 models on CPU, where Triton has no driver:
-every op they run through Triton (or ``torch.compile``) is swapped for fla's own torch reference, or
-the plain torch equivalent where fla has none, inside a context manager that puts fla back on exit.
+"""flash-linear-attention 0.6.0's HGRN2, RWKV-6 and RWKV-7 models on CPU, where Triton has no
+driver (test code, not in the installed package): every op they run through Triton (or
+``torch.compile``) is swapped for fla's own torch reference, or the plain torch equivalent where fla has none, inside a context manager that puts fla back on exit.
 
     with fla_torch_references("hgrn2"):
         fla_model = fla.models.HGRN2ForCausalLM(config)   # build inside: activations bind at init

@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 
 from recurlm.kernels.dispatch import autocast_off, pad_varlen, resolve_impl, run_varlen
-from recurlm.kernels.dplr.chunk import dplr_chunk
-from recurlm.kernels.dplr.naive import dplr_naive, dplr_step as _dplr_step
+from recurlm.kernels.dplr_delta_rule.chunk import chunk_dplr_delta_rule
+from recurlm.kernels.dplr_delta_rule.naive import naive_dplr_delta_rule, dplr_step as _dplr_step
 
 dplr_step = autocast_off(_dplr_step)
 """One token of the recurrence (decoding), outside autocast like every op: see ``naive.dplr_step``."""
@@ -117,12 +117,13 @@ def dplr_delta_rule(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     impl = resolve_impl(impl, q)
     if impl == "triton":
-        from recurlm.kernels.dplr.triton import dplr_triton  # imports triton and fla only when used
+        # imports triton and fla only when used
+        from recurlm.kernels.dplr_delta_rule.triton import triton_dplr_delta_rule
 
-        return dplr_triton(q, k, v, a, b, gk, scale=scale, initial_state=initial_state,
+        return triton_dplr_delta_rule(q, k, v, a, b, gk, scale=scale, initial_state=initial_state,
                            output_final_state=output_final_state, resets=resets, cu_seqlens=cu_seqlens,
                            gk_lower_bound=gk_lower_bound)
-    op = dplr_chunk if impl == "chunk" else dplr_naive
+    op = chunk_dplr_delta_rule if impl == "chunk" else naive_dplr_delta_rule
     if cu_seqlens is None:
         return op(q, k, v, a, b, gk, scale=scale, initial_state=initial_state,
                   output_final_state=output_final_state, resets=resets)
@@ -132,3 +133,25 @@ def dplr_delta_rule(
     return run_varlen(op, (q, k, v, a, b, gk), (0.0,) * 6, cu_seqlens, scale=scale,
                       initial_state=initial_state, output_final_state=output_final_state,
                       resets=padded_resets)
+
+
+def flops(batch: int, seq_len: int, heads: int, dk: int, dv: int, chunk_size: int = 64,
+          sub_chunk_size: int = 4) -> int:
+    """Forward FLOPs (a multiply-add counts 2) of the chunkwise form in ``chunk.py`` on its factored
+    path (every RWKV-7 input; the blockwise path for stronger decays does about half the product
+    work in smaller matmuls).
+
+    Per chunk of C tokens (chunk_size, or less for short inputs: sub_chunk_size times the smallest
+    power of two reaching T) and head:
+    decayed products of two readers (q, a) by two writers (k, b) 8*C^2*K, A_ak v 2*C^2*V, the
+    unit-triangular solve C^2*(V + K), outputs 4*C^2*V + 2*C^2*K + 2*C*K*V, transition and write
+    2*C*K^2 + 4*C*K*V, recurrence 2*K^2*V. Elementwise work (exps, masks) is not counted.
+    """
+    c = sub_chunk_size
+    while c < min(chunk_size, seq_len):
+        c *= 2
+    n_chunks = -(-seq_len // c)
+    per_chunk = (8 * c * c * dk + 2 * c * c * dv + c * c * (dv + dk)
+                 + 4 * c * c * dv + 2 * c * c * dk + 2 * c * dk * dv
+                 + 2 * c * dk * dk + 4 * c * dk * dv + 2 * dk * dk * dv)
+    return batch * heads * n_chunks * per_chunk

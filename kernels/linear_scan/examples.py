@@ -1,4 +1,9 @@
-"""Random inputs and FLOP counts for the linear scan (tests and benchmarks)."""
+"""Example inputs of ``linear_scan``: random tensors with realistic gates, document resets and states.
+
+Runtime code, not test code: the GPU compile gate (``launch/compile_gate/capture.py``) and
+``recurlm-doctor`` (``launch/doctor.py``) build the inputs they launch every kernel with from
+here; the kernel tests and benchmarks use the same inputs.
+"""
 from __future__ import annotations
 
 import torch
@@ -25,8 +30,3 @@ def make_inputs(batch: int, seq_len: int, dim: int, dtype: torch.dtype = torch.f
             if inputs[name] is not None:
                 inputs[name].requires_grad_(True)
     return inputs
-
-
-def flops(batch: int, seq_len: int, dim: int) -> int:
-    """Forward FLOPs: exp, multiply and add per element (h_t = exp(g_t) * h_{t-1} + x_t)."""
-    return 3 * batch * seq_len * dim

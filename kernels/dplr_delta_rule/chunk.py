@@ -46,6 +46,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from recurlm.kernels.dispatch import compute_dtype
+
 
 FACTOR_SPAN_LIMIT = {torch.float32: 60.0, torch.float64: 600.0}
 """Largest per-chunk log-decay span max |g| for which the chunk's decayed products may be factored as
@@ -144,7 +146,7 @@ def _choose_chunking(gk: torch.Tensor, longest: int, leaf: int, limit: float) ->
         size //= 2
 
 
-def dplr_chunk(
+def chunk_dplr_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -179,7 +181,7 @@ def dplr_chunk(
     if chunk_size % sub_chunk_size or blocks & (blocks - 1):
         raise ValueError(f"chunk_size {chunk_size} must be sub_chunk_size {sub_chunk_size} times a power of two")
     out_dtype = q.dtype
-    acc = torch.promote_types(out_dtype, torch.float32)
+    acc = compute_dtype(out_dtype)
     batch, seq_len, heads, dk = q.shape
     dv = v.shape[-1]
     if resets is not None:

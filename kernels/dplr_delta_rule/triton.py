@@ -15,7 +15,7 @@ Interpreter note (CPU tests): under plain ``TRITON_INTERPRET=1`` the fla kernels
 (``RuntimeError: 0 active drivers`` from ``@triton.autotune`` benchmarking, then
 ``Did you forget to add @triton.jit`` from fla's ``gather = tl.gather`` alias, then
 ``'int' object has no attribute 'to'`` on ``range`` loop indices). The tests run them inside
-:func:`recurlm.kernels.fla_interpret.fla_interpreter_patches`, which closes those three gaps for the
+the ``fla_interpreter`` fixture (``tests/kernels/fla_interpret.py``), which closes those three gaps for the
 duration of the test; float32 only (bf16 ``tl.dot`` is wrong in the interpreter).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ FLA_SAFE_GATE_MIN = -5.0
 """fla 0.6.0's ``safe_gate`` promises log decays in about [-5, 0) (``chunk_dplr_delta_rule``'s docstring)."""
 
 
-def dplr_triton(
+def triton_dplr_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -44,7 +44,7 @@ def dplr_triton(
     gk_lower_bound: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The op by fla's Triton kernels; arguments and results as
-    :func:`recurlm.kernels.dplr.dplr_delta_rule` (final state float32)."""
+    :func:`recurlm.kernels.dplr_delta_rule.dplr_delta_rule` (final state float32)."""
     # imported here: importing fla is slow and warns on machines without a GPU
     from fla.ops.generalized_delta_rule.dplr import chunk_dplr_delta_rule
 

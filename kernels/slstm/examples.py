@@ -1,4 +1,9 @@
-"""Random inputs and FLOP counts for the sLSTM (tests and benchmarks)."""
+"""Example inputs of ``slstm``: random tensors with realistic gates, document resets and states.
+
+Runtime code, not test code: the GPU compile gate (``launch/compile_gate/capture.py``) and
+``recurlm-doctor`` (``launch/doctor.py``) build the inputs they launch every kernel with from
+here; the kernel tests and benchmarks use the same inputs.
+"""
 from __future__ import annotations
 
 import torch
@@ -33,9 +38,3 @@ def make_inputs(batch: int, seq_len: int, heads: int, dim: int, dtype: torch.dty
             state = SLSTMState(*(s.requires_grad_(True) for s in state))
     inputs.update(initial_state=state, resets=resets)
     return inputs
-
-
-def flops(batch: int, seq_len: int, heads: int, dim: int) -> int:
-    """Forward FLOPs: the recurrent matmul (2 * D * 4 D per head and token) plus about 20 pointwise
-    operations per unit and token (gates, stabiliser, cell, normaliser, output)."""
-    return batch * seq_len * heads * (2 * dim * 4 * dim + 20 * dim)

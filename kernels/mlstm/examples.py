@@ -1,4 +1,9 @@
-"""Random inputs and FLOP counts for the mLSTM (tests and benchmarks)."""
+"""Example inputs of ``mlstm``: random tensors with realistic gates, document resets and states.
+
+Runtime code, not test code: the GPU compile gate (``launch/compile_gate/capture.py``) and
+``recurlm-doctor`` (``launch/doctor.py``) build the inputs they launch every kernel with from
+here; the kernel tests and benchmarks use the same inputs.
+"""
 from __future__ import annotations
 
 import torch
@@ -39,14 +44,3 @@ def make_inputs(batch: int, seq_len: int, heads: int, dk: int, dv: int | None = 
             state = MLSTMState(*(s.requires_grad_(True) for s in state))
     inputs.update(initial_state=state, resets=resets)
     return inputs
-
-
-def flops(batch: int, seq_len: int, heads: int, dk: int, dv: int | None = None,
-          chunk_size: int = 64) -> int:
-    """Forward FLOPs of the chunkwise form (matmuls only, 2 per multiply-add): per chunk of L tokens
-    the scores q k^T (L L K), scores @ v (L L V), the inter-chunk read q C (L K V) and the state
-    update k^T v (L K V)."""
-    dv = dk if dv is None else dv
-    L = min(chunk_size, seq_len)
-    per_token = L * dk + L * dv + 2 * dk * dv
-    return 2 * batch * heads * seq_len * per_token

@@ -7,11 +7,13 @@ import math
 import pytest
 import torch
 
-from recurlm.kernels.dplr import chunk as chunk_module
-from recurlm.kernels.dplr import dplr_delta_rule
-from recurlm.kernels.dplr.chunk import dplr_chunk
-from recurlm.kernels.dplr.naive import dplr_naive
-from recurlm.kernels.dplr.testing import flops, make_inputs
+from recurlm.kernels.dplr_delta_rule import chunk as chunk_module
+from recurlm.kernels.dplr_delta_rule import dplr_delta_rule, flops
+from recurlm.kernels.dplr_delta_rule.chunk import chunk_dplr_delta_rule
+from recurlm.kernels.dplr_delta_rule.naive import naive_dplr_delta_rule
+from recurlm.kernels.dplr_delta_rule.examples import make_inputs
+
+from .harness import assert_close, outputs_and_grads
 
 TOKEN_INPUTS = ("q", "k", "v", "a", "b", "gk")
 
@@ -22,22 +24,6 @@ def decay_path(request, monkeypatch):
     if request.param == "blockwise":
         monkeypatch.setattr(chunk_module, "FACTOR_SPAN_LIMIT", {})
     return request.param
-
-
-def run_with_grads(fn, inputs: dict, seed: int = 1):
-    """Output, final state and the gradients of a random projection of both w.r.t. every input."""
-    o, state = fn(**inputs)
-    gen = torch.Generator().manual_seed(seed)
-    # projections drawn in float64 whatever the dtype, so that every precision sees the same ones
-    loss = (o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum()
-    loss = loss + (state * torch.randn(state.shape, generator=gen, dtype=torch.float64).to(state.dtype)).sum()
-    leaves = [x for x in inputs.values() if torch.is_tensor(x) and x.requires_grad]
-    return [o, state, *torch.autograd.grad(loss, leaves)]
-
-
-def assert_all_close(actual, expected, **tol):
-    for i, (x, y) in enumerate(zip(actual, expected)):
-        torch.testing.assert_close(x, y, **tol, msg=lambda m: f"tensor #{i} (o, state, grads...): {m}")
 
 
 @pytest.mark.parametrize("batch,seq_len,heads,dk,dv,chunk_size,sub,reset_prob", [
@@ -51,10 +37,9 @@ def test_chunk_matches_naive_float64(batch, seq_len, heads, dk, dv, chunk_size, 
     inputs = make_inputs(batch, seq_len, heads, dk, dv, dtype=torch.float64, initial_state=True,
                          reset_prob=reset_prob, requires_grad=True, seed=seq_len, neg_eigval=neg_eigval)
     scale = dk ** -0.5
-    expected = run_with_grads(lambda **x: dplr_naive(**x, scale=scale, output_final_state=True), inputs)
-    actual = run_with_grads(lambda **x: dplr_chunk(**x, scale=scale, output_final_state=True,
-                                                   chunk_size=chunk_size, sub_chunk_size=sub), inputs)
-    assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
+    expected = outputs_and_grads(naive_dplr_delta_rule, inputs, scale=scale)
+    actual = outputs_and_grads(chunk_dplr_delta_rule, inputs, scale=scale, chunk_size=chunk_size, sub_chunk_size=sub)
+    assert_close(actual, expected, atol=1e-10, rtol=1e-9)
 
 
 def test_resets_at_chunk_edges_and_first_token(decay_path):
@@ -65,11 +50,10 @@ def test_resets_at_chunk_edges_and_first_token(decay_path):
     resets[0, [0, 7, 8, 15]] = True
     resets[1, [3, 4, 16, 23]] = True
     inputs["resets"] = resets
-    expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive"), inputs)
-    actual = run_with_grads(lambda **x: dplr_chunk(**x, scale=0.5, output_final_state=True, chunk_size=8,
-                                                   sub_chunk_size=4), inputs)
-    assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
-    initial_state_grad = actual[-1]
+    expected = outputs_and_grads(dplr_delta_rule, inputs, impl="naive")
+    actual = outputs_and_grads(chunk_dplr_delta_rule, inputs, scale=0.5, chunk_size=8, sub_chunk_size=4)
+    assert_close(actual, expected, atol=1e-10, rtol=1e-9)
+    initial_state_grad = actual.grads["initial_state"]
     assert initial_state_grad[0].abs().max() == 0 and initial_state_grad[1].abs().max() > 0
 
 
@@ -77,9 +61,9 @@ def test_public_op_default_chunking_matches_naive():
     """The dispatcher with its default chunk size, T spanning several chunks plus a remainder."""
     inputs = make_inputs(1, 150, 2, 16, 8, dtype=torch.float64, initial_state=True, reset_prob=0.02,
                          requires_grad=True, seed=2)
-    expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive"), inputs)
-    actual = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="chunk"), inputs)
-    assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
+    expected = outputs_and_grads(dplr_delta_rule, inputs, impl="naive")
+    actual = outputs_and_grads(dplr_delta_rule, inputs, impl="chunk")
+    assert_close(actual, expected, atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("with_resets", [False, True])
@@ -89,18 +73,16 @@ def test_cu_seqlens(with_resets):
     inputs = make_inputs(1, 40, 2, 8, 4, dtype=torch.float64, requires_grad=True, seed=7,
                          reset_prob=0.1 if with_resets else 0.0)
     inputs["initial_state"] = torch.randn(3, 2, 8, 4, dtype=torch.float64, requires_grad=True)
-    expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive",
-                                                          cu_seqlens=cu_seqlens), inputs)
-    actual = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="chunk",
-                                                        cu_seqlens=cu_seqlens), inputs)
-    assert_all_close(actual, expected, atol=1e-10, rtol=1e-9)
+    expected = outputs_and_grads(dplr_delta_rule, inputs, impl="naive", cu_seqlens=cu_seqlens)
+    actual = outputs_and_grads(dplr_delta_rule, inputs, impl="chunk", cu_seqlens=cu_seqlens)
+    assert_close(actual, expected, atol=1e-10, rtol=1e-9)
 
-    o, states = actual[0], actual[1]
+    o, states = actual.outputs["o"], actual.outputs["final_state"]
     for n, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())):
         piece = {name: inputs[name][:, start:end] for name in TOKEN_INPUTS}
         if with_resets:
             piece["resets"] = inputs["resets"][:, start:end]
-        o_n, state_n = dplr_naive(**piece, scale=8 ** -0.5, initial_state=inputs["initial_state"][n:n + 1],
+        o_n, state_n = naive_dplr_delta_rule(**piece, scale=8 ** -0.5, initial_state=inputs["initial_state"][n:n + 1],
                                   output_final_state=True)
         torch.testing.assert_close(o[:, start:end], o_n)
         torch.testing.assert_close(states[n:n + 1], state_n)
@@ -115,7 +97,7 @@ def test_gradcheck_chunk(decay_path, neg_eigval):
     names = list(inputs)
 
     def fn(*tensors):
-        return dplr_chunk(**dict(zip(names, tensors)), scale=0.7, output_final_state=True, resets=resets,
+        return chunk_dplr_delta_rule(**dict(zip(names, tensors)), scale=0.7, output_final_state=True, resets=resets,
                           chunk_size=4, sub_chunk_size=2)
 
     assert torch.autograd.gradcheck(fn, tuple(inputs.values()), fast_mode=True)
@@ -126,7 +108,7 @@ def test_gradcheck_naive():
     resets = torch.tensor([[False, False, True, False]])
     names = list(inputs)
     assert torch.autograd.gradcheck(
-        lambda *t: dplr_naive(**dict(zip(names, t)), scale=0.7, output_final_state=True, resets=resets),
+        lambda *t: naive_dplr_delta_rule(**dict(zip(names, t)), scale=0.7, output_final_state=True, resets=resets),
         tuple(inputs.values()), fast_mode=True)
 
 
@@ -138,17 +120,17 @@ def test_strong_decays_stay_finite_and_match(decay_path):
     inputs["gk"] = -20 * torch.rand(inputs["gk"].shape, generator=gen, dtype=torch.float64)
     for name in (*TOKEN_INPUTS, "initial_state"):
         inputs[name].requires_grad_(True)
-    expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive"), inputs)
-    actual = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="chunk"), inputs)
-    assert all(torch.isfinite(t).all() for t in actual)
-    assert_all_close(actual, expected, atol=1e-9, rtol=1e-8)
+    expected = outputs_and_grads(dplr_delta_rule, inputs, impl="naive")
+    actual = outputs_and_grads(dplr_delta_rule, inputs, impl="chunk")
+    assert all(torch.isfinite(t).all() for t in actual.all().values())
+    assert_close(actual, expected, atol=1e-9, rtol=1e-8)
 
     as_float32 = {n: (x.detach().float() if x.is_floating_point() else x) for n, x in inputs.items()}
     assert chunk_module._choose_chunking(as_float32["gk"], 64, 4, 60.0) == (64, False)
     o32, state32 = dplr_delta_rule(**as_float32, output_final_state=True, impl="chunk")
     assert torch.isfinite(o32).all() and state32.dtype == torch.float32
-    torch.testing.assert_close(o32.double(), expected[0], atol=2e-4, rtol=2e-4)
-    torch.testing.assert_close(state32.double(), expected[1], atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(o32.double(), expected.outputs["o"], atol=2e-4, rtol=2e-4)
+    torch.testing.assert_close(state32.double(), expected.outputs["final_state"], atol=2e-4, rtol=2e-4)
 
 
 def test_moderate_decays_use_shorter_factored_chunks_float32():
@@ -175,12 +157,15 @@ def test_long_sequence_float32_matches_reference():
 def test_bf16_within_tolerance_of_float64():
     inputs = make_inputs(2, 100, 2, 16, 16, dtype=torch.float64, initial_state=True, reset_prob=0.02,
                          requires_grad=True, seed=6)
-    expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive"), inputs)
+    expected = outputs_and_grads(dplr_delta_rule, inputs, impl="naive")
     bf16 = {n: (x.detach().to(torch.bfloat16).requires_grad_(True) if x.is_floating_point() else x)
             for n, x in inputs.items()}
-    actual = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="chunk"), bf16)
-    assert actual[0].dtype == torch.bfloat16 and actual[1].dtype == torch.float32
-    for name, x, y in zip(["o", "state", *inputs], actual, expected):
+    actual = outputs_and_grads(dplr_delta_rule, bf16, impl="chunk")
+    assert actual.outputs["o"].dtype == torch.bfloat16 and actual.outputs["final_state"].dtype == torch.float32
+    actual, expected = actual.all(), expected.all()
+    assert actual.keys() == expected.keys()
+    for name, y in expected.items():
+        x = actual[name]
         error = (x.double() - y).norm() / y.norm()
         assert error < 2e-2, f"{name}: relative error {error:.3g} in bf16"
 
@@ -197,18 +182,6 @@ def test_naive_matches_fla_dplr_recurrence():
     torch.testing.assert_close(state, state_fla, atol=1e-5, rtol=1e-5)
 
 
-@pytest.fixture
-def fla_interpreter():
-    """fla's Triton kernels made runnable in the CPU interpreter (see fla_interpret.py)."""
-    from recurlm.kernels.dispatch import triton_interpreting
-    from recurlm.kernels.fla_interpret import fla_interpreter_patches
-
-    if not triton_interpreting():
-        pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
-    with fla_interpreter_patches():
-        yield
-
-
 @pytest.mark.parametrize("neg_eigval", [False, True])
 def test_triton_matches_naive_under_interpreter(fla_interpreter, neg_eigval):
     """fla's chunk_dplr_delta_rule (the CUDA path) in the Triton interpreter, tiny fp32, through
@@ -216,9 +189,9 @@ def test_triton_matches_naive_under_interpreter(fla_interpreter, neg_eigval):
     allow_neg_eigval removal rate, eigenvalues down to -1)."""
     inputs = make_inputs(2, 10, 1, 16, 16, initial_state=True, requires_grad=True, seed=13, neg_eigval=neg_eigval)
     inputs["resets"] = torch.tensor([[False] * 4 + [True] + [False] * 5, [True] + [False] * 6 + [True] * 2 + [False]])
-    expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive"), inputs)
-    actual = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="triton"), inputs)
-    assert_all_close(actual, expected, atol=1e-4, rtol=1e-4)
+    expected = outputs_and_grads(dplr_delta_rule, inputs, impl="naive")
+    actual = outputs_and_grads(dplr_delta_rule, inputs, impl="triton")
+    assert_close(actual, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_triton_with_rwkv7_decay_bound_under_interpreter(fla_interpreter):
@@ -229,11 +202,12 @@ def test_triton_with_rwkv7_decay_bound_under_interpreter(fla_interpreter):
     inputs["resets"] = torch.zeros(1, 70, dtype=torch.bool)
     inputs["resets"][0, 33] = True
     bound = -math.exp(-0.5)
-    expected = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="naive"), inputs)
-    actual = run_with_grads(lambda **x: dplr_delta_rule(**x, output_final_state=True, impl="triton",
-                                                        gk_lower_bound=bound), inputs)
-    for i, (x, y) in enumerate(zip(actual, expected)):
-        assert (x - y).abs().max() <= 5e-4 * y.abs().max(), f"tensor #{i} (o, state, grads...)"
+    expected = outputs_and_grads(dplr_delta_rule, inputs, impl="naive")
+    actual = outputs_and_grads(dplr_delta_rule, inputs, impl="triton", gk_lower_bound=bound)
+    actual, expected = actual.all(), expected.all()
+    assert actual.keys() == expected.keys()
+    for name, y in expected.items():
+        assert (actual[name] - y).abs().max() <= 5e-4 * y.abs().max(), name
 
 
 def test_decay_bound_is_checked_on_cpu():
@@ -250,7 +224,8 @@ def test_triton_cu_seqlens_under_interpreter(fla_interpreter):
     inputs["initial_state"] = torch.randn(2, 1, 16, 16)
     expected = dplr_delta_rule(**inputs, output_final_state=True, cu_seqlens=cu_seqlens, impl="naive")
     actual = dplr_delta_rule(**inputs, output_final_state=True, cu_seqlens=cu_seqlens, impl="triton")
-    assert_all_close(actual, expected, atol=1e-4, rtol=1e-4)
+    names = ("o", "final_state")
+    assert_close(dict(zip(names, actual)), dict(zip(names, expected)), atol=1e-4, rtol=1e-4)
 
 
 def test_scale_default_and_output_dtypes():
@@ -280,7 +255,7 @@ def test_bad_inputs_raise():
         dplr_delta_rule(**inputs, impl="fast")
     for chunk_size in (24, 48):
         with pytest.raises(ValueError, match="times a power of two"):
-            dplr_chunk(**inputs, scale=1.0, chunk_size=chunk_size, sub_chunk_size=16)
+            chunk_dplr_delta_rule(**inputs, scale=1.0, chunk_size=chunk_size, sub_chunk_size=16)
 
 
 def test_flops_count():
