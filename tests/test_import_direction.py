@@ -23,6 +23,9 @@ KERNELS, DATA, MODELS, EVAL, TRAIN, LAUNCH, CONFIGS, CLI, BENCHMARKS = (
     "kernels", "data", "models", "eval", "train", "launch", "configs", "cli", "benchmarks")
 ROOT_PACKAGE = ""
 """``recurlm/__init__.py`` (only ``__version__``): anyone may import it."""
+TESTS = "tests"
+"""Not in the wheel and not walked as a source; only benchmarks (also run from a checkout) may import
+it, for the tests' comparison harness and fla's CPU stand-ins."""
 
 MAY_IMPORT: dict[str, set[str]] = {
     # package: the packages it may import (lowest first; nothing may import a package on its own row
@@ -36,7 +39,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     LAUNCH: {TRAIN, EVAL, MODELS, DATA, KERNELS},  # never composes a job: it is handed a typed one
     CONFIGS: {LAUNCH, TRAIN, EVAL, MODELS, DATA, KERNELS},  # composes and types the job
     CLI: {CONFIGS, LAUNCH, TRAIN, EVAL, MODELS, DATA, KERNELS},  # thin entry points
-    BENCHMARKS: {CLI, CONFIGS, LAUNCH, TRAIN, EVAL, MODELS, DATA, KERNELS},
+    BENCHMARKS: {TESTS, CLI, CONFIGS, LAUNCH, TRAIN, EVAL, MODELS, DATA, KERNELS},
 }
 
 
@@ -70,7 +73,9 @@ def module_of_file(relative: Path) -> str:
 def package_of_module(module: str) -> str:
     """``recurlm.train.trainer`` -> ``train``; ``recurlm`` and ``recurlm.__version__`` -> ``ROOT_PACKAGE``."""
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 and parts[1] in MAY_IMPORT else ROOT_PACKAGE
+    if len(parts) == 1 or parts[1] == "__version__":
+        return ROOT_PACKAGE
+    return parts[1]  # a package, ``tests``, or a root module (``cli``): anything unknown is an edge too
 
 
 def _dynamic_name(call: ast.Call) -> str | None:
