@@ -59,7 +59,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from recurlm.launch.slurm import Element, SubmitError, launch_config, print_submission, submit, worker_overrides
+    from recurlm.launch.slurm import Element, SubmitError, print_submission, submit, worker_overrides
 
     try:
         combos = expand_sweep(args.grid, args.overrides)
@@ -73,7 +73,7 @@ def _sweep(args: argparse.Namespace) -> int:
     elements = [Element(os.path.join(sweep_dir, str(i)), worker_overrides(combo), int(job.train.steps),
                         str(job.model.family))
                 for i, (combo, job) in enumerate(zip(combos, jobs))]
-    launch = launch_config(first)
+    launch = first.launch
     name = launch.slurm.job_name or f"recurlm-{os.path.basename(sweep_dir)}"
     parallel = launch.slurm.array_parallelism if args.parallel is None else args.parallel
     if not args.dry_run:

@@ -33,10 +33,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from omegaconf import DictConfig
 
-from recurlm.configs import as_dataclass
 from recurlm.launch.config import LaunchConfig
+from recurlm.train.config import JobConfig
 
 SLURM_DIR = "slurm"
 SECRETS_FILE = "secrets.env"
@@ -92,11 +91,7 @@ def worker_overrides(overrides: Sequence[str]) -> list[str]:
     return kept
 
 
-def launch_config(job: DictConfig) -> LaunchConfig:
-    return as_dataclass(job.launch, LaunchConfig)
-
-
-def default_job_run_dir(job: DictConfig) -> str:
+def default_job_run_dir(job: JobConfig) -> str:
     from recurlm.train.run_dir import default_run_dir
 
     return os.path.abspath(job.run_dir or default_run_dir(job.model.family, job.model.size))
@@ -218,10 +213,10 @@ def _launcher_fn(launch: LaunchConfig, python: str) -> list[str]:
     return lines
 
 
-def render_train(job: DictConfig, elements: list[Element], script_dir: str, name: str,
+def render_train(job: JobConfig, elements: list[Element], script_dir: str, name: str,
                  array_parallelism: Optional[int] = None) -> Rendered:
     """The sbatch script of one run (one element) or of a sweep (a job array over ``elements``)."""
-    launch = launch_config(job)
+    launch = job.launch
     s = launch.slurm
     array = len(elements) > 1 or array_parallelism is not None
     python = _python(launch)
@@ -310,9 +305,9 @@ def render_train(job: DictConfig, elements: list[Element], script_dir: str, name
     return Rendered("\n".join(body), os.path.join(script_dir, TRAIN_SCRIPT), elements, _secrets(launch))
 
 
-def render_eval(job: DictConfig, elements: list[Element], script_dir: str, name: str) -> Optional[Rendered]:
+def render_eval(job: JobConfig, elements: list[Element], script_dir: str, name: str) -> Optional[Rendered]:
     """The evaluation job (array for sweeps) run after training, or None without ``eval_command``."""
-    launch = launch_config(job)
+    launch = job.launch
     s = launch.slurm
     if not s.eval_command:
         return None
@@ -385,11 +380,11 @@ class Submitted:
     eval: Optional[str] = None
 
 
-def submit(job: DictConfig, elements: list[Element], root: str, name: str,
+def submit(job: JobConfig, elements: list[Element], root: str, name: str,
            array_parallelism: Optional[int] = None, dry_run: bool = False) -> Optional[Submitted]:
     """Render and submit the training job (+ chain, + eval job) of ``elements`` whose scripts go to
     ``<root>/slurm/``. ``dry_run`` prints the scripts and submits nothing."""
-    launch = launch_config(job)
+    launch = job.launch
     script_dir = os.path.join(root, SLURM_DIR)
     train = render_train(job, elements, script_dir, name, array_parallelism)
     evaluation = render_eval(job, elements, script_dir, name + "-eval")
@@ -430,15 +425,15 @@ def _record_everywhere(root: str, elements: list[Element], job_id: str, kind: st
                 record_job(e.run_dir, f"{job_id}_{i}", kind, script, dependency)
 
 
-def single_run(job: DictConfig, overrides: Sequence[str]) -> tuple[Element, str]:
+def single_run(job: JobConfig, overrides: Sequence[str]) -> tuple[Element, str]:
     """The element of a one-run job and its job name."""
     run_dir = default_job_run_dir(job)
-    launch = launch_config(job)
+    launch = job.launch
     name = launch.slurm.job_name or f"recurlm-{os.path.basename(run_dir)}"
-    return Element(run_dir, worker_overrides(overrides), int(job.train.steps), str(job.model.family)), name
+    return Element(run_dir, worker_overrides(overrides), job.train.steps, job.model.family), name
 
 
-def submit_from_train(job: DictConfig, overrides: Sequence[str], dry_run: bool = False) -> int:
+def submit_from_train(job: JobConfig, overrides: Sequence[str], dry_run: bool = False) -> int:
     """``recurlm-train launch=slurm ...`` (and ``recurlm-launch submit``): render
     ``<run_dir>/slurm/train.sbatch`` and submit it (``dry_run``: print it only).
     Returns the process exit code (0 submitted / printed, 1 Slurm refused)."""
