@@ -1,5 +1,5 @@
 """Start-up pieces of a training run that need no trainer: seeding, agreeing on and locking the
-run directory, and choosing the checkpoint to resume from."""
+run directory."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from recurlm.train import checkpoint as ckpt
 from recurlm.train.config import JobConfig
 from recurlm.train.distributed import DistEnv, all_reduce_max
 from recurlm.train.errors import RunLockedError
@@ -46,14 +45,3 @@ def lock_run_dir(run_dir: str, env: DistEnv) -> Optional[RunLock]:
     if all_reduce_max(float(error is not None)):
         raise error or RunLockedError(f"rank 0 could not lock {run_dir}")
     return lock
-
-
-def resume_path(resume: str, manager: ckpt.CheckpointManager) -> tuple[Optional[str], list[str]]:
-    """(checkpoint to resume from or None, notes on checkpoints skipped). ``auto`` takes the newest
-    checkpoint that verifies; an explicit path must verify."""
-    if resume == "none":
-        return None, []
-    if resume == "auto":
-        return manager.newest_intact()
-    ckpt.verify(resume)
-    return resume, []

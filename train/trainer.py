@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from recurlm.data import prepare
+from recurlm.data.loader import PackedLoader
 from recurlm.models import to_model_config
 from recurlm.train import checkpoint as ckpt
 from recurlm.train import run_records
@@ -30,9 +31,10 @@ from recurlm.train.monitor import Monitor, memory_gb, peak_flops
 from recurlm.train.optimizer import global_grad_norm, lr_multiplier, set_lr
 from recurlm.train.recipe import build_recipe, post_training_steps, read_initial_weights
 from recurlm.train.run_dir import snapshot_code
+from recurlm.train.resume import Checkpointing
 from recurlm.train.run_end import RunEnd, TrainResult
 from recurlm.train.signals import Preempted, StopRequest
-from recurlm.train.startup import agree_on_run_dir, lock_run_dir, resume_path, seed_everything
+from recurlm.train.startup import agree_on_run_dir, lock_run_dir, seed_everything
 
 
 class TrainingAborted(RuntimeError):
@@ -48,7 +50,11 @@ class _LogWindow:
     losses: list[float] = field(default_factory=list)
 
 
-class Trainer(RunEnd):
+class Trainer(Checkpointing, RunEnd):
+    """Start-up (``_build``: a sequence of named steps) then ``run`` (the step loop). ``job`` is
+    completed in place (model config with the vocabulary, ``train.steps``, ``run_dir``), so the
+    caller sees what was run."""
+
     def __init__(self, job: JobConfig):
         self.stop = StopRequest()  # first: a preemption signal may arrive while we start up
         self.env = init_distributed()
@@ -133,19 +139,6 @@ class Trainer(RunEnd):
         barrier()
         return notes
 
-    def _choose_resume(self) -> tuple[Optional[str], bool, list[str]]:
-        """(checkpoint to resume from, saved at another world size?, notes on checkpoints skipped)."""
-        resume, skipped = resume_path(self.job.resume, self.checkpoints)
-        if resume is None:
-            return None, False, skipped
-        saved = ckpt.read_state(resume)
-        ckpt.check_compatible(saved, self._identity(), self.data.tokenizer.sha256, resume)
-        run_records.refuse_changed_finished_run(resume, saved["step"], self.loop.steps, self.config_yaml)
-        universal = ckpt.needs_universal(resume, self.env.world_size, self.job.deepspeed.zero_stage)
-        if universal:
-            ckpt.make_universal(resume, self.env.rank)
-        return resume, universal, skipped
-
     def _build_engine(self, load_universal: bool, init_weights: Optional[dict[str, torch.Tensor]]) -> None:
         with self.stop.interruptible("building the model"):
             self.engine, self.model = build_engine(self.job, self.model_cfg, self.loop.global_batch_size, self.micro,
@@ -156,8 +149,8 @@ class Trainer(RunEnd):
 
     def _start_position(self, resume: Optional[str], universal: bool) -> None:
         """The training loader and counters: at the start, or where the checkpoint left them."""
-        self.loader = self.data.train_loader(self.loop.seq_len, self.loop.global_batch_size,
-                                             rank=self.env.rank, world_size=self.env.world_size)
+        self.loader: PackedLoader = self.data.train_loader(self.loop.seq_len, self.loop.global_batch_size,
+                                                           rank=self.env.rank, world_size=self.env.world_size)
         self.step, self.tokens, self.wandb_id = 0, 0, None
         self.first_val_loss: Optional[float] = None
         self.last_checkpoint: Optional[str] = None
@@ -183,47 +176,6 @@ class Trainer(RunEnd):
             self.monitor.event("checkpoint", note, self.step, alert=False)
         if resume is not None:
             self.monitor.event("resumed", f"resumed from {resume} (step {self.step})", self.step, alert=False)
-
-    # -- checkpoints ----------------------------------------------------------------------------
-    def _identity(self) -> dict[str, Any]:
-        return {"family": self.model_cfg.family, "size": self.model_cfg.size, "d_model": self.model_cfg.d_model,
-                "n_layers": self.model_cfg.n_layers, "vocab_size": self.model_cfg.vocab_size}
-
-    def _restore(self, path: str, keep_loader_position: bool = False, universal: bool = False) -> None:
-        state = ckpt.load(self.engine, path, self.env.rank, universal=universal)
-        if self.recipe is not None:
-            # a rollback skips data, so carried states would continue the wrong text (and may be non-finite)
-            self.recipe.load_state_dict({} if keep_loader_position else
-                                        ckpt.load_recipe_state(path, self.env.rank, self.env.world_size))
-        if not keep_loader_position:
-            self.loader.load_state_dict(state["loader"])
-        self.step, self.tokens = state["step"], state["tokens"]
-        self.wandb_id = state.get("wandb_id")
-        self.first_val_loss = state.get("first_val_loss")
-        self.last_checkpoint = path
-
-    def save(self) -> Optional[str]:
-        state = {"step": self.step, "tokens": self.tokens, "loader": self.loader.state_dict(),
-                 "wandb_id": self.wandb_id, "model": self._identity(),
-                 "model_config": run_records.config_dict(self.model_cfg),
-                 "tokenizer_sha256": self.data.tokenizer.sha256, "tokenizer_path": self.data.tokenizer.path,
-                 "first_val_loss": self.first_val_loss, "world_size": self.env.world_size}
-        if not self._weights_finite():
-            self.monitor.event("checkpoint_skipped", f"not saving step {self.step}: the weights are non-finite",
-                               self.step)
-            return None
-        try:
-            self.last_checkpoint = self.checkpoints.save(self.engine, self.step, state, self.config_yaml,
-                                                         self.recipe.state_dict() if self.recipe else None)
-        except ckpt.CheckpointError as err:
-            self.monitor.event("checkpoint_failed", str(err), self.step)
-            return None
-        return self.last_checkpoint
-
-    def _weights_finite(self) -> bool:
-        """Every rank's parameters (its ZeRO-3 partition) are finite."""
-        bad = any(not torch.isfinite(getattr(p, "ds_tensor", p)).all() for p in self.model.parameters())
-        return not all_reduce_max(float(bad))
 
     # -- evaluation -----------------------------------------------------------------------------
     def validate(self) -> float:
