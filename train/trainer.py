@@ -20,6 +20,7 @@ import torch
 from recurlm.data import prepare
 from recurlm.data.loader import PackedLoader
 from recurlm.models import to_model_config
+from recurlm.models.state import ModelState
 from recurlm.train import checkpoint as ckpt
 from recurlm.train import run_records
 from recurlm.train.config import JobConfig
@@ -224,7 +225,7 @@ class Trainer(Checkpointing, RunEnd):
         return all_reduce_mean(loss_sum.item() / self.accumulation), applied
 
     def _forward_backward(self, micro: int, input_ids: torch.Tensor, resets: torch.Tensor,
-                          labels: torch.Tensor) -> tuple[torch.Tensor, Any]:
+                          labels: torch.Tensor) -> tuple[torch.Tensor, Optional[ModelState]]:
         """Loss (and final state, if the recipe wants it) of one micro-batch [b, T], backward done.
         Without a recipe every row starts from the zero state; a recipe may give an initial state."""
         state = None
