@@ -33,7 +33,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-
 from recurlm.launch.config import LaunchConfig
 from recurlm.train.config import JobConfig
 
