@@ -76,13 +76,12 @@ def main() -> None:
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 2)
 
-    from recurlm.configs import as_dataclass, compose
+    from recurlm.configs import compose
     from recurlm.data import prepare
-    from recurlm.data.config import DataConfig
 
     with tempfile.TemporaryDirectory() as root:
         base = job_overrides(args.quick, args.model, os.path.join(root, "cache"))
-        prepare(as_dataclass(compose(base).data, DataConfig), progress=False)  # every run then reads the cache
+        prepare(compose(base).data, progress=False)  # every run then reads the cache
         job = compose(base).train
         print(f"# recurlm-train, {args.model} size {'tiny' if args.quick else 'small'}, T={job.seq_len}, "
               f"global batch {job.global_batch_size}, {job.steps} steps per run, best of {rounds} round(s)", flush=True)

@@ -4,15 +4,25 @@ Groups: model, data, optim, schedule, deepspeed, logger, launch, recipe, eval. E
 by a dataclass registered in Hydra's ConfigStore as ``<group>/<name>_schema``; the YAML options
 extend it, so a misspelled key or a wrong type fails at composition, naming the key.
 
-``compose(overrides)`` returns the composed job config with the model size preset applied
-(``model.size=<preset>`` fills every model field left null).
+``compose(overrides)`` returns the typed :class:`JobConfig` (converted from Hydra's ``DictConfig``
+once, here; every package below receives dataclasses only), with the model size preset applied
+(``model.size=<preset>`` fills every model field left null). ``to_yaml`` / ``load_yaml`` write and
+read a run's ``config.yaml``.
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Optional, Sequence
+from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
+
+from recurlm.data.config import DataConfig
+from recurlm.eval.config import EvalConfig
+from recurlm.launch.config import LaunchConfig
+from recurlm.models.registry import FAMILIES, config_class, to_model_config
+from recurlm.train.config import (DeepSpeedConfig, JobConfig, LoggerConfig, OptimConfig,
+                                  ScheduleConfig)
+from recurlm.train.recipe import RecipeConfig, retired_recipe_message
+from recurlm.train.run_records import config_yaml as to_yaml
 
 CONFIG_MODULE = "recurlm.configs"
 PRIMARY = "train"
@@ -24,14 +34,6 @@ class ConfigError(ValueError):
 
 def _store() -> None:
     from hydra.core.config_store import ConfigStore
-
-    from recurlm.data.config import DataConfig
-    from recurlm.eval.config import EvalConfig
-    from recurlm.launch.config import LaunchConfig
-    from recurlm.models.registry import FAMILIES, config_class
-    from recurlm.train.config import (DeepSpeedConfig, JobConfig, LoggerConfig, OptimConfig,
-                                      ScheduleConfig)
-    from recurlm.train.recipe import RecipeConfig
 
     cs = ConfigStore.instance()
     cs.store(name="job_schema", node=JobConfig)
@@ -57,8 +59,8 @@ def _explain(err: Exception, overrides: Sequence[str]) -> str:
     if key and "." in str(key):
         parent = str(key).rsplit(".", 1)[0]
         try:
-            node = OmegaConf.select(compose(overrides=[o for o in overrides if not o.lstrip("+~").startswith(str(key))],
-                                            apply_presets=False), parent)
+            node = OmegaConf.select(_compose_node([o for o in overrides if not o.lstrip("+~").startswith(str(key))]),
+                                    parent)
             if isinstance(node, DictConfig):
                 text += f"\nValid keys of '{parent}': {', '.join(sorted(node.keys()))}"
         except Exception:  # the explanation is best effort; the original error stands
@@ -66,61 +68,53 @@ def _explain(err: Exception, overrides: Sequence[str]) -> str:
     return text
 
 
-def compose(overrides: Sequence[str] = (), apply_presets: bool = True,
-            config_name: str = PRIMARY) -> DictConfig:
-    """Compose ``train.yaml`` with command-line style ``overrides`` into a typed job config."""
+def _compose_node(overrides: Sequence[str], config_name: str = PRIMARY) -> DictConfig:
+    """Hydra's composition of ``config_name`` with ``overrides`` (untyped; only this module sees it)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from recurlm.train.recipe import retired_recipe_message
+    _store()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
 
+
+def compose(overrides: Sequence[str] = (), config_name: str = PRIMARY) -> JobConfig:
+    """Compose ``train.yaml`` with command-line style ``overrides`` into the typed job config."""
     retired = retired_recipe_message(overrides)
     if retired:
         raise ConfigError(retired)
-    _store()
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        job = OmegaConf.to_object(_compose_node(overrides, config_name))
     except Exception as err:  # Hydra raises several types; all are configuration errors here
         raise ConfigError(_explain(err, overrides)) from None
-    if apply_presets:
-        cfg = with_model_preset(cfg)
-    return cfg
+    return with_model_preset(job)
 
 
-def with_model_preset(cfg: DictConfig) -> DictConfig:
-    """The config with the model's size preset filled in (explicit values win)."""
-    from recurlm.models.registry import to_model_config
-
+def with_model_preset(job: JobConfig) -> JobConfig:
+    """``job`` with its model's size preset filled in (explicit values win)."""
     try:
-        model = to_model_config(cfg.model)
+        job.model = to_model_config(job.model)
     except (KeyError, ValueError) as err:
         raise ConfigError(str(err)) from None
-    OmegaConf.set_struct(cfg, False)
-    cfg.model = OmegaConf.structured(model)
-    OmegaConf.set_struct(cfg, True)
-    return cfg
+    return job
 
 
-def to_yaml(cfg: DictConfig, resolve: bool = True) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=resolve)
+def load_yaml(path: str) -> JobConfig:
+    """The typed job config a run wrote (``<run_dir>/config.yaml``); a key that no schema has is a
+    ConfigError naming it."""
+    written = OmegaConf.load(path)
+    family = OmegaConf.select(written, "model.family")
+    if family is None:
+        raise ConfigError(f"{path}: no model.family")
+    _store()
+    try:
+        schema = OmegaConf.structured(JobConfig(model=config_class(family)(family=family), data=DataConfig(),
+                                                launch=LaunchConfig(), recipe=RecipeConfig(), eval=EvalConfig()))
+        return OmegaConf.to_object(OmegaConf.merge(schema, written))
+    except Exception as err:  # OmegaConf's validation errors name the key
+        raise ConfigError(f"{path}: {err}") from None
 
 
-def load_yaml(path: str) -> DictConfig:
-    """A job config written by a run (``<run_dir>/config.yaml``)."""
-    return OmegaConf.load(path)
-
-
-def as_dataclass(node: DictConfig, cls: type) -> object:
-    """A plain dataclass instance of ``cls`` from a config node (unknown keys are an error)."""
-    data = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; valid: {sorted(known)}")
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), data))
-
-
-__all__ = ["ConfigError", "compose", "with_model_preset", "to_yaml", "load_yaml", "as_dataclass"]
+__all__ = ["ConfigError", "JobConfig", "compose", "with_model_preset", "to_yaml", "load_yaml"]

@@ -57,7 +57,6 @@ def run_tasks(model: RecurrentLM, tokenizer: Any, data: Any, cfg: EvalConfig, ou
     an optional W&B run that also receives the plots as images.
     Returns ``{"records": [...], "summary": markdown, "results_path": ..., "plots": {...},
     "metrics": {...}}``. The model's train/eval mode is restored afterwards."""
-    cfg = as_eval_config(cfg)
     tasks = list(cfg.tasks)
     check_tasks(tasks, data is not None, tokenizer is not None)
     was_training = model.training
@@ -125,15 +124,6 @@ def run_tasks(model: RecurrentLM, tokenizer: Any, data: Any, cfg: EvalConfig, ou
     return {"records": records, "summary": markdown_table(records, step), "results_path": path,
             "plots": {t: os.path.join(out_dir, p) for t, p in plot_paths.items()}, "metrics": metrics,
             "config_hash": chash}
-
-
-def as_eval_config(cfg: Any) -> EvalConfig:
-    """An EvalConfig from itself, an OmegaConf node (the trainer's ``job.eval``) or a dict."""
-    if isinstance(cfg, EvalConfig):
-        return cfg
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvalConfig), cfg))
 
 
 def _plain(cfg: EvalConfig) -> dict[str, Any]:

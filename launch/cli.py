@@ -23,7 +23,7 @@ import time
 from typing import Sequence
 
 from recurlm.launch.sbatch import Element, worker_overrides
-from recurlm.launch.slurm import SubmitError, launch_config, print_submission, read_jobs, status_lines, submit
+from recurlm.launch.slurm import SubmitError, print_submission, read_jobs, status_lines, submit
 from recurlm.train.config import JobConfig
 
 
@@ -65,7 +65,7 @@ def submit_sweep(args: argparse.Namespace, combos: Sequence[Sequence[str]], jobs
     elements = [Element(os.path.join(sweep_dir, str(i)), worker_overrides(combo), int(job.train.steps),
                         str(job.model.family))
                 for i, (combo, job) in enumerate(zip(combos, jobs))]
-    launch = launch_config(first)
+    launch = first.launch
     name = launch.slurm.job_name or f"recurlm-{os.path.basename(sweep_dir)}"
     parallel = launch.slurm.array_parallelism if args.parallel is None else args.parallel
     if not args.dry_run:

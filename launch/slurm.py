@@ -34,11 +34,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
-
-from recurlm.launch.config import LaunchConfig
 from recurlm.launch.sbatch import (SECRETS_FILE, SLURM_DIR, TRAIN_SCRIPT, Element, Rendered, eval_script, is_array,
                                     train_script, worker_overrides)
+from recurlm.train.config import JobConfig
 from recurlm.train.run_dir import default_run_dir
 
 JOBS_FILE = "jobs.jsonl"
@@ -48,24 +46,19 @@ class SubmitError(RuntimeError):
     """sbatch refused a job; the message is Slurm's own error."""
 
 
-def launch_config(job: DictConfig) -> LaunchConfig:
-    """The job's typed launch config (a composed job's ``launch`` node is typed by LaunchConfig)."""
-    return job.launch if isinstance(job.launch, LaunchConfig) else OmegaConf.to_object(job.launch)
-
-
-def default_job_run_dir(job: DictConfig) -> str:
+def default_job_run_dir(job: JobConfig) -> str:
     return os.path.abspath(job.run_dir or default_run_dir(job.model.family, job.model.size))
 
 
-def render_train(job: DictConfig, elements: list[Element], script_dir: str, name: str,
+def render_train(job: JobConfig, elements: list[Element], script_dir: str, name: str,
                  array_parallelism: Optional[int] = None) -> Rendered:
     """The sbatch script of one run (one element) or of a sweep (a job array over ``elements``)."""
-    return train_script(launch_config(job), elements, script_dir, name, array_parallelism)
+    return train_script(job.launch, elements, script_dir, name, array_parallelism)
 
 
-def render_eval(job: DictConfig, elements: list[Element], script_dir: str, name: str) -> Optional[Rendered]:
+def render_eval(job: JobConfig, elements: list[Element], script_dir: str, name: str) -> Optional[Rendered]:
     """The evaluation job (array for sweeps) run after training, or None without ``eval_command``."""
-    return eval_script(launch_config(job), elements, script_dir, name)
+    return eval_script(job.launch, elements, script_dir, name)
 
 
 # -- submission -----------------------------------------------------------------------------------
@@ -113,11 +106,11 @@ class Submitted:
     eval: Optional[str] = None
 
 
-def submit(job: DictConfig, elements: list[Element], root: str, name: str,
+def submit(job: JobConfig, elements: list[Element], root: str, name: str,
            array_parallelism: Optional[int] = None, dry_run: bool = False) -> Optional[Submitted]:
     """Render and submit the training job (+ chain, + eval job) of ``elements`` whose scripts go to
     ``<root>/slurm/``. ``dry_run`` prints the scripts and submits nothing."""
-    launch = launch_config(job)
+    launch = job.launch
     script_dir = os.path.join(root, SLURM_DIR)
     train = render_train(job, elements, script_dir, name, array_parallelism)
     evaluation = render_eval(job, elements, script_dir, name + "-eval")
@@ -158,15 +151,15 @@ def _record_everywhere(root: str, elements: list[Element], job_id: str, kind: st
                 record_job(e.run_dir, f"{job_id}_{i}", kind, script, dependency)
 
 
-def single_run(job: DictConfig, overrides: Sequence[str]) -> tuple[Element, str]:
+def single_run(job: JobConfig, overrides: Sequence[str]) -> tuple[Element, str]:
     """The element of a one-run job and its job name."""
     run_dir = default_job_run_dir(job)
-    launch = launch_config(job)
+    launch = job.launch
     name = launch.slurm.job_name or f"recurlm-{os.path.basename(run_dir)}"
     return Element(run_dir, worker_overrides(overrides), int(job.train.steps), str(job.model.family)), name
 
 
-def submit_from_train(job: DictConfig, overrides: Sequence[str], dry_run: bool = False) -> int:
+def submit_from_train(job: JobConfig, overrides: Sequence[str], dry_run: bool = False) -> int:
     """``recurlm-train launch=slurm ...`` (and ``recurlm-launch submit``): render
     ``<run_dir>/slurm/train.sbatch`` and submit it (``dry_run``: print it only).
     Returns the process exit code (0 submitted / printed, 1 Slurm refused)."""

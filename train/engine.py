@@ -1,12 +1,9 @@
-"""The DeepSpeed engine: its JSON config from the typed job config, the optimizer, the model.
-
-Optimizer parameter groups come from the model (``RecurrentLM.param_groups``): no weight decay on
-vectors and tagged parameters, and per-group ``lr_scale`` multipliers that ``set_lr`` applies.
+"""The DeepSpeed engine: its JSON config from the typed job config, wrapping the model and the
+optimizer (``recurlm.train.optimizer``). Start-up only: no function here runs per step.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -14,8 +11,9 @@ from typing import Any
 
 import torch
 
-from recurlm.models import RecurrentLM, build_model
+from recurlm.models import build_model
 from recurlm.train.config import DeepSpeedConfig, JobConfig, OptimConfig
+from recurlm.train.optimizer import make_optimizer
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -117,83 +115,6 @@ def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-class SkipNonFinite(torch.optim.Optimizer):
-    """The client optimizer without ZeRO: clips the global gradient norm and skips a step whose
-    gradients are not all finite.
-
-    DeepSpeed's ZeRO optimizers do both themselves; without ZeRO the client optimizer runs bare,
-    so this wrapper gives the same behaviour (DeepSpeed counts ``overflow`` steps in
-    ``engine.skipped_steps``) and records the pre-clip norm in ``grad_norm``."""
-
-    def __init__(self, inner: torch.optim.Optimizer, max_norm: float):
-        self.inner, self.max_norm = inner, max_norm
-        self.overflow = False
-        self.grad_norm: float | None = None
-        self.defaults = inner.defaults
-
-    @property
-    def param_groups(self):
-        return self.inner.param_groups
-
-    @property
-    def state(self):
-        return self.inner.state
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.inner.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self):
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state_dict) -> None:
-        self.inner.load_state_dict(state_dict)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        params = [p for g in self.inner.param_groups for p in g["params"] if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.max_norm if self.max_norm > 0 else float("inf"))
-        self.grad_norm = float(norm)  # the step's one host sync
-        self.overflow = not math.isfinite(self.grad_norm)
-        if self.overflow:
-            self.inner.zero_grad(set_to_none=True)
-            return None
-        return self.inner.step(closure)
-
-
-def make_optimizer(model: RecurrentLM, optim: OptimConfig, zero_stage: int) -> torch.optim.Optimizer:
-    groups = model.param_groups(optim.weight_decay)
-    for group in groups:
-        group["lr"] = optim.lr * group["lr_scale"]
-    if optim.name == "adamw":
-        inner = torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps)
-    elif optim.name == "fused_adam":
-        from deepspeed.ops.adam import FusedAdam
-
-        inner = FusedAdam(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, adam_w_mode=True)
-    elif optim.name == "cpu_adam":
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        inner = DeepSpeedCPUAdam(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, adamw_mode=True)
-    else:
-        raise ValueError(f"optim.name must be adamw, fused_adam or cpu_adam, got {optim.name!r}")
-    return SkipNonFinite(inner, optim.grad_clip) if zero_stage == 0 else inner
-
-
-def global_grad_norm(engine) -> float | None:
-    """Pre-clip global gradient norm of the last step (inf for a skipped step)."""
-    norm = getattr(engine.optimizer, "grad_norm", None)
-    if norm is None:
-        norm = engine.get_global_grad_norm()
-    return None if norm is None else float(norm)
-
-
-def set_lr(engine, peak_lr: float, multiplier: float) -> float:
-    """Set every group's learning rate to peak * multiplier * its lr_scale; returns the base rate."""
-    for group in engine.optimizer.param_groups:
-        group["lr"] = peak_lr * multiplier * group.get("lr_scale", 1.0)
-    return peak_lr * multiplier
-
-
 def warm_up_prefix(model_cfg) -> int:
     """Layers of the shortest prefix of the model that holds every kind of block it has (Griffin's
     recurrent and attention blocks, xLSTM's mLSTM and sLSTM blocks): those run every kernel shape
@@ -261,3 +182,21 @@ def build_engine(job: JobConfig, model_cfg, global_batch_size: int, micro: int, 
     optimizer = make_optimizer(model, job.optim, job.deepspeed.zero_stage)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return engine, model
+
+
+def load_initial_weights(engine, model: torch.nn.Module, weights: dict[str, torch.Tensor], zero_stage: int,
+                         rank: int) -> None:
+    """Copy ``weights`` (``recipe.init_from``'s) into the engine's model, and into the optimizer's
+    fp32 master copies that ZeRO keeps apart from the module parameters. Under ZeRO-3 rank 0
+    loads into the gathered parameters."""
+    import deepspeed
+
+    zero3 = zero_stage == 3
+    gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=0) if zero3 \
+        else contextlib.nullcontext()
+    with gather, torch.no_grad():
+        if rank == 0 or not zero3:
+            model.load_state_dict(weights, strict=True)
+    refresh = getattr(engine.optimizer, "refresh_fp32_params", None)
+    if refresh is not None:
+        refresh()

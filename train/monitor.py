@@ -15,6 +15,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
+import psutil
 import torch
 
 from recurlm.train.config import LoggerConfig
@@ -30,6 +31,13 @@ def measure_cpu_peak_flops(size: int = 1024, repeats: int = 5) -> float:
     for _ in range(repeats):
         a @ b
     return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def memory_gb() -> float:
+    """Peak GPU memory allocated, or this process's resident memory on CPU, in GiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return psutil.Process().memory_info().rss / 2**30
 
 
 def peak_flops(configured: float) -> float:

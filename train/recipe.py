@@ -1,7 +1,9 @@
 """Training recipes: what a phase does beyond plain next-token prediction from zero states.
 
 A recipe decides, for every micro-batch, the *initial* recurrent state the model starts from and
-whether the *final* state must be returned to it afterwards. ``Trainer.train_step`` asks::
+whether the *final* state must be returned to it afterwards. ``recipe=none`` (and
+``state_expansion``, plain training from other weights) builds no recipe object: every micro-batch
+starts from the zero state and the trainer calls nothing here. Otherwise ``Trainer.train_step`` asks::
 
     recipe.begin_step(step, model, fitting_pass)           # once per step (Fitted Noise refits here)
     state, resets = recipe.initial_state(micro, resets)   # before the forward
@@ -123,7 +125,8 @@ that many training batches (the trainer's ``fitting_pass``)."""
 
 
 class Recipe:
-    """Plain training: no initial state, no final state wanted."""
+    """What a recipe may do at each call; the defaults do nothing (no initial state, no final state
+    wanted). Plain training builds no recipe at all (``build_recipe`` returns None)."""
 
     wants_final_state = False
 
@@ -268,8 +271,9 @@ class FittedNoise(RandomNoise):
         self.fitted_at = None if fitted_at < 0 else fitted_at
 
 
-def build_recipe(cfg: RecipeConfig, loader_mode: str, rank: int = 0) -> Recipe:
-    """The recipe object of ``cfg`` (checks the data settings it relies on)."""
+def build_recipe(cfg: RecipeConfig, loader_mode: str, rank: int = 0) -> Optional[Recipe]:
+    """The recipe object of ``cfg`` (checks the data settings it relies on); None for plain training
+    from zero states (``none``, ``state_expansion``)."""
     if cfg.name in RETIRED:
         raise ValueError(f"recipe.name={cfg.name!r} was {RETIRED[cfg.name]}")
     if cfg.name not in RECIPES:
@@ -297,7 +301,7 @@ def build_recipe(cfg: RecipeConfig, loader_mode: str, rank: int = 0) -> Recipe:
     if cfg.name == "state_expansion" and not cfg.init_from:
         raise ValueError("recipe state_expansion continues training an expanded model: set recipe.init_from "
                          "to the output of `recurlm-convert expand-state`")
-    return Recipe()
+    return None
 
 
 def post_training_steps(cfg: RecipeConfig, tokens_per_step: int) -> Optional[int]:

@@ -15,6 +15,16 @@ IGNORED_KEYS = ("run_dir", "resume", "launch", "logger")
 """Keys that say where, how and with which logging a run is started, not what it trains."""
 
 
+def config_yaml(cfg: Any) -> str:
+    """The YAML text of a typed config (a run's ``config.yaml``, ``recurlm-train --cfg job``)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A typed config as plain dicts and lists (W&B's run config, a checkpoint's model config)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
 def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(tree, dict):
         flat = {}

@@ -11,9 +11,8 @@ import sys
 
 import pytest
 
-from recurlm.configs import as_dataclass, compose
+from recurlm.configs import compose
 from recurlm.data import prepare
-from recurlm.data.config import DataConfig
 
 pytestmark = pytest.mark.distributed
 STEPS = 6
@@ -23,7 +22,7 @@ STEPS = 6
 def runner(tmp_path_factory, tiny_overrides, subprocess_env):
     root = tmp_path_factory.mktemp("dist")
     base = [*tiny_overrides, f"data.cache_dir={root / 'cache'}", f"train.steps={STEPS}", "train.checkpoint_every=3"]
-    prepare(as_dataclass(compose(base).data, DataConfig), progress=False)  # both ranks then read the cache
+    prepare(compose(base).data, progress=False)  # both ranks then read the cache
     done = {}
 
     def run(name, *overrides, nproc=1, run_dir=None):

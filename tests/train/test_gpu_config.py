@@ -3,7 +3,7 @@ float32 master weights (never bf16 without ZeRO), and the gpu_zero{2,3}_bf16 pre
 train on CPU (gloo) so the presets stay runnable."""
 import pytest
 
-from recurlm.configs import as_dataclass, compose
+from recurlm.configs import compose
 from recurlm.train.config import DeepSpeedConfig, OptimConfig
 from recurlm.train.engine import GPU_BUCKET_ELEMENTS, deepspeed_config
 from recurlm.train.trainer import train
@@ -36,7 +36,7 @@ def test_bf16_reduces_in_float32_and_needs_zero():
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_gpu_presets(stage):
-    ds = as_dataclass(compose([f"deepspeed=gpu_zero{stage}_bf16"]).deepspeed, DeepSpeedConfig)
+    ds = compose([f"deepspeed=gpu_zero{stage}_bf16"]).deepspeed
     assert (ds.zero_stage, ds.precision, list(ds.checkpoint_blocks)) == (stage, "bf16", [-1])
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from recurlm.train.config import ScheduleConfig
-from recurlm.train.schedule import lr_multiplier
+from recurlm.train.optimizer import lr_multiplier
 
 
 def curve(cfg, steps=100, tokens_per_step=10):
