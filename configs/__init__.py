@@ -22,29 +22,22 @@ class ConfigError(ValueError):
     """A configuration that cannot be composed or validated; the message names the key."""
 
 
-def _store() -> None:
+def store_schemas() -> None:
+    """Register in Hydra's ConfigStore the schema of every group, as each package declares it
+    (``SCHEMAS`` of its config module: ``(group, name, dataclass)``; the model families from the registry)."""
     from hydra.core.config_store import ConfigStore
 
-    from recurlm.data.config import DataConfig
-    from recurlm.eval.config import EvalConfig
-    from recurlm.launch.config import LaunchConfig
-    from recurlm.models.registry import FAMILIES, config_class
-    from recurlm.train.config import (DeepSpeedConfig, JobConfig, LoggerConfig, OptimConfig,
-                                      ScheduleConfig)
-    from recurlm.train.recipe import RecipeConfig
+    from recurlm.data import config as data_config
+    from recurlm.eval import config as eval_config
+    from recurlm.launch import config as launch_config
+    from recurlm.models import registry
+    from recurlm.train import config as train_config
+    from recurlm.train import recipe
 
     cs = ConfigStore.instance()
-    cs.store(name="job_schema", node=JobConfig)
-    for family in FAMILIES:
-        try:
-            cls = config_class(family)
-        except ModuleNotFoundError:  # a family whose module is not part of this build
-            continue
-        cs.store(group="model", name=f"{family}_schema", node=cls(family=family))
-    for group, cls in [("data", DataConfig), ("optim", OptimConfig), ("schedule", ScheduleConfig),
-                       ("deepspeed", DeepSpeedConfig), ("logger", LoggerConfig), ("launch", LaunchConfig),
-                       ("recipe", RecipeConfig), ("eval", EvalConfig)]:
-        cs.store(group=group, name=f"{group}_schema", node=cls)
+    for group, name, cls in (*train_config.SCHEMAS, *recipe.SCHEMAS, *data_config.SCHEMAS, *eval_config.SCHEMAS,
+                             *launch_config.SCHEMAS, *registry.schemas()):
+        cs.store(group=group, name=name, node=cls)
 
 
 def _explain(err: Exception, overrides: Sequence[str]) -> str:
@@ -78,7 +71,7 @@ def compose(overrides: Sequence[str] = (), apply_presets: bool = True,
     retired = retired_recipe_message(overrides)
     if retired:
         raise ConfigError(retired)
-    _store()
+    store_schemas()
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
@@ -123,4 +116,4 @@ def as_dataclass(node: DictConfig, cls: type) -> object:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), data))
 
 
-__all__ = ["ConfigError", "compose", "with_model_preset", "to_yaml", "load_yaml", "as_dataclass"]
+__all__ = ["ConfigError", "store_schemas", "compose", "with_model_preset", "to_yaml", "load_yaml", "as_dataclass"]

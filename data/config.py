@@ -194,3 +194,7 @@ class DataConfig:
             raise ValueError("data.num_workers and data.shard_tokens must be >= 1")
         if not self.worker_timeout_s > 0:
             raise ValueError(f"data.worker_timeout_s={self.worker_timeout_s}: must be > 0")
+
+
+SCHEMAS = [("data", "data_schema", DataConfig)]
+"""``(group, name, dataclass)`` stored in Hydra's ConfigStore by ``recurlm.configs``."""

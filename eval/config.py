@@ -65,3 +65,7 @@ class EvalConfig:
     """recurlm-eval: W&B mode (offline, online, disabled); resumes the run's W&B id when known."""
     device: str = "cpu"
     """recurlm-eval: device to evaluate on."""
+
+
+SCHEMAS = [("eval", "eval_schema", EvalConfig)]
+"""``(group, name, dataclass)`` stored in Hydra's ConfigStore by ``recurlm.configs``."""

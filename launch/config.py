@@ -84,3 +84,7 @@ class LaunchConfig:
     """Rendezvous port; 0 picks a free one (local) or derives it from the job id (slurm)."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """Slurm job settings (mode=slurm)."""
+
+
+SCHEMAS = [("launch", "launch_schema", LaunchConfig)]
+"""``(group, name, dataclass)`` stored in Hydra's ConfigStore by ``recurlm.configs``."""

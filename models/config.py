@@ -18,7 +18,7 @@ import yaml
 class ModelConfig:
     family: str = "?"
     """Model family (hgrn2, griffin, hawk, rwkv6, rwkv7, titans_mac, titans_mag, titans_mal, xlstm)."""
-    size: str = "tiny"
+    size: str = "small"
     """Preset from configs/model_sizes/<family>.yaml filling every size field left unset (null)."""
     vocab_size: int = 0
     """Vocabulary size; 0 takes it from the tokenizer when the trainer builds the model."""

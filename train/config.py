@@ -15,7 +15,7 @@ from omegaconf import MISSING
 class OptimConfig:
     name: str = "adamw"
     """Optimizer: adamw (torch AdamW, no extension build) or fused_adam / cpu_adam (DeepSpeed's)."""
-    lr: float = 3e-4
+    lr: float = 3e-3
     """Peak learning rate."""
     weight_decay: float = 0.1
     """Decoupled weight decay for matrices; vectors and tagged parameters get none."""
@@ -94,20 +94,20 @@ class LoggerConfig:
 
 
 @dataclass
-class LoopConfig:
+class TrainConfig:
     steps: int = 300
     """Optimizer steps."""
     seq_len: int = 256
     """Training sequence length T."""
-    global_batch_size: int = 16
+    global_batch_size: int = 8
     """Sequences per optimizer step, over all ranks and accumulation steps."""
     micro_batch_size: int = 0
     """Sequences per rank per forward; 0 = global_batch_size / world_size (no accumulation)."""
-    eval_every: int = 0
+    eval_every: int = 50
     """Validation every this many steps (0: only at start and end)."""
     eval_batches: int = 8
     """Validation batches per evaluation."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = 100
     """Save every this many steps (0: only at the end and on a signal)."""
     keep_last: int = 3
     """Keep the newest this many checkpoints."""
@@ -150,7 +150,7 @@ class JobConfig:
     """Training recipe (group ``recipe``)."""
     eval: Any = MISSING
     """Evaluation during and after training (group ``eval``)."""
-    train: LoopConfig = field(default_factory=LoopConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     """The training loop."""
     run_dir: str = ""
     """Where everything of the run goes; empty = outputs/<family>-<size>-<timestamp>."""
@@ -158,3 +158,10 @@ class JobConfig:
     """auto (newest valid checkpoint in run_dir, else start), none, or a checkpoint path."""
     seed: int = 0
     """Seed of model init, data order and every RNG."""
+
+
+SCHEMAS = [(None, "job_schema", JobConfig), ("optim", "optim_schema", OptimConfig),
+           ("schedule", "schedule_schema", ScheduleConfig), ("deepspeed", "deepspeed_schema", DeepSpeedConfig),
+           ("logger", "logger_schema", LoggerConfig)]
+"""``(group, name, dataclass)`` of each schema this module types, stored in Hydra's ConfigStore by
+``recurlm.configs``; the YAML options of a group extend its schema (``defaults: [<name>, _self_]``)."""

@@ -117,6 +117,10 @@ class RecipeConfig:
     (mixed with the rank, so ranks draw differently)."""
 
 
+SCHEMAS = [("recipe", "recipe_schema", RecipeConfig)]
+"""``(group, name, dataclass)`` stored in Hydra's ConfigStore by ``recurlm.configs``."""
+
+
 FinalStates = Callable[[int], Iterator[ModelState]]
 """``final_states(batches)``: the final states the current model reaches from its initial state on
 that many training batches (the trainer's ``fitting_pass``)."""

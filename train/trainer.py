@@ -30,7 +30,7 @@ from recurlm.data.config import DataConfig
 from recurlm.models import to_model_config
 from recurlm.train import checkpoint as ckpt
 from recurlm.train import run_records
-from recurlm.train.config import LoopConfig, LoggerConfig, OptimConfig, ScheduleConfig
+from recurlm.train.config import LoggerConfig, OptimConfig, ScheduleConfig, TrainConfig
 from recurlm.train.distributed import DistEnv, all_reduce_max, all_reduce_mean, barrier, init_distributed
 from recurlm.train.engine import batch_geometry, build_engine, global_grad_norm, set_lr
 from recurlm.train.errors import EXIT_FAILED, RunLockedError, data_errors
@@ -111,7 +111,7 @@ class Trainer:
         self.stop = StopRequest()  # first: a preemption signal may arrive while we start up
         self.env = init_distributed()
         self.job = job
-        self.loop: LoopConfig = as_dataclass(job.train, LoopConfig)
+        self.loop: TrainConfig = as_dataclass(job.train, TrainConfig)
         self.optim: OptimConfig = as_dataclass(job.optim, OptimConfig)
         self.schedule: ScheduleConfig = as_dataclass(job.schedule, ScheduleConfig)
         self.logger_cfg: LoggerConfig = as_dataclass(job.logger, LoggerConfig)
