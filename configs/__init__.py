@@ -1,11 +1,15 @@
 """The Hydra config tree of recurlm (config module ``recurlm.configs``, primary config ``train.yaml``).
 
 Groups: model, data, optim, schedule, deepspeed, logger, launch, recipe, eval. Every group is typed
-by a dataclass registered in Hydra's ConfigStore as ``<group>/<name>_schema``; the YAML options
-extend it, so a misspelled key or a wrong type fails at composition, naming the key.
+by a dataclass that its package declares (``SCHEMAS`` in its config module, the model families in
+``recurlm.models.registry.schemas``) and ``store_schemas`` registers in Hydra's ConfigStore as
+``<group>/<name>_schema``; the YAML options extend it and set only what differs from its defaults
+(a default lives in the dataclass alone), so a misspelled key or a wrong type fails at composition,
+naming the key.
 
 ``compose(overrides)`` returns the composed job config with the model size preset applied
-(``model.size=<preset>`` fills every model field left null).
+(``model.size=<preset>`` fills every model field left null). Each dataclass checks its own fields in
+``__post_init__``; ``compose`` builds them once, so a bad value fails here, naming its key.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import dataclasses
 from typing import Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_MODULE = "recurlm.configs"
 PRIMARY = "train"
@@ -80,6 +85,17 @@ def compose(overrides: Sequence[str] = (), apply_presets: bool = True,
         raise ConfigError(_explain(err, overrides)) from None
     if apply_presets:
         cfg = with_model_preset(cfg)
+    _checked(cfg)
+    return cfg
+
+
+def _checked(cfg: DictConfig) -> DictConfig:
+    """``cfg`` after building its dataclasses once, so that each one's ``__post_init__`` checks its
+    fields (and a missing mandatory value is reported), the message naming the key."""
+    try:
+        OmegaConf.to_object(cfg)
+    except (ValueError, OmegaConfBaseException) as err:
+        raise ConfigError(str(err)) from None
     return cfg
 
 

@@ -10,6 +10,10 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+OPTIMIZERS = ("adamw", "fused_adam", "cpu_adam")
+SCHEDULES = ("cosine", "wsd", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 @dataclass
 class OptimConfig:
@@ -25,6 +29,10 @@ class OptimConfig:
     """Adam epsilon."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
 
 
 @dataclass
@@ -42,6 +50,12 @@ class ScheduleConfig:
     decay_start: Optional[float] = None
     """wsd: start the decay here (in ``unit``) instead of at the end minus ``decay``; lets a decay
     phase start from any checkpoint of a stable-LR run."""
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ValueError(f"schedule.name must be one of {SCHEDULES}, got {self.name!r}")
+        if self.unit not in ("steps", "tokens"):
+            raise ValueError(f"schedule.unit must be steps or tokens, got {self.unit!r}")
 
 
 @dataclass
@@ -61,6 +75,19 @@ class DeepSpeedConfig:
     overrides: dict[str, Any] = field(default_factory=dict)
     """Raw DeepSpeed config entries merged last, recursively (for anything not exposed above), e.g.
     ``{zero_optimization: {stage3_param_persistence_threshold: 0}}`` keeps the stage set above."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"deepspeed.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.offload_optimizer and self.zero_stage < 2:
+            raise ValueError("deepspeed.offload_optimizer needs zero_stage 2 or 3")
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError("deepspeed.offload_param needs zero_stage 3")
+        if self.precision == "bf16" and self.zero_stage == 0:
+            raise ValueError("deepspeed.precision=bf16 needs zero_stage >= 1: without ZeRO, DeepSpeed's bf16 mode "
+                             "updates bf16 weights with no float32 master copy (use deepspeed=zero1 or gpu_zero2_bf16)")
 
 
 @dataclass
@@ -128,6 +155,16 @@ class TrainConfig:
     cpu_threads: int = 0
     """torch intra-op threads per process on CPU (0: torch's default, one per core). Small models
     run faster on fewer threads, and a loaded machine punishes oversubscription."""
+
+    def __post_init__(self) -> None:
+        """The batch geometry that holds at any world size (``batch_geometry`` checks the rest)."""
+        if self.seq_len < 1:
+            raise ValueError(f"train.seq_len={self.seq_len}: must be >= 1")
+        if self.global_batch_size < 1:
+            raise ValueError(f"train.global_batch_size={self.global_batch_size}: must be >= 1")
+        if self.micro_batch_size < 0 or (self.micro_batch_size and self.global_batch_size % self.micro_batch_size):
+            raise ValueError(f"train.micro_batch_size={self.micro_batch_size} must be 0 or divide "
+                             f"train.global_batch_size={self.global_batch_size}")
 
 
 @dataclass
