@@ -13,6 +13,9 @@ from typing import Any, Dict, List, Optional
 SOURCE_KINDS = ("stdlib", "text", "jsonl", "parquet", "hf_disk", "synthetic")
 """Source kinds understood by :mod:`recurlm.data.sources`."""
 
+LOADER_MODES = ("packed", "documents_in_order")
+"""Row layouts of :class:`recurlm.data.loader.PackedLoader` (``DataConfig.loader_mode``)."""
+
 
 @dataclass
 class SourceConfig:
@@ -202,8 +205,8 @@ class DataConfig:
             raise ValueError(f"data.sources: source names must be unique, got {names}")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"data.valid_fraction={self.valid_fraction}: must be in [0, 1)")
-        if self.loader_mode not in ("packed", "documents_in_order"):
-            raise ValueError(f"data.loader_mode={self.loader_mode!r}: expected 'packed' or 'documents_in_order'")
+        if self.loader_mode not in LOADER_MODES:
+            raise ValueError(f"data.loader_mode={self.loader_mode!r}: expected one of {LOADER_MODES}")
         if self.num_workers < 1 or self.shard_tokens < 1:
             raise ValueError("data.num_workers and data.shard_tokens must be >= 1")
         if not self.worker_timeout_s > 0:

@@ -122,6 +122,8 @@ class LoggerConfig:
 
 @dataclass
 class TrainConfig:
+    """The training loop (config group ``train``): length, batch geometry, evaluation, checkpoints."""
+
     steps: int = 300
     """Optimizer steps."""
     seq_len: int = 256
