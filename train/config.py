@@ -13,6 +13,7 @@ from omegaconf import MISSING
 OPTIMIZERS = ("adamw", "fused_adam", "cpu_adam")
 SCHEDULES = ("cosine", "wsd", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 @dataclass
@@ -104,6 +105,10 @@ class WandbConfig:
     """Run tags."""
     log_artifacts: bool = False
     """Upload exported checkpoints as W&B artifacts."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ValueError(f"logger.wandb.mode must be one of {WANDB_MODES}, got {self.mode!r}")
 
 
 @dataclass
