@@ -1,13 +1,17 @@
 """The Hydra config tree of recurlm (config module ``recurlm.configs``, primary config ``train.yaml``).
 
 Groups: model, data, optim, schedule, deepspeed, logger, launch, recipe, eval. Every group is typed
-by a dataclass registered in Hydra's ConfigStore as ``<group>/<name>_schema``; the YAML options
-extend it, so a misspelled key or a wrong type fails at composition, naming the key.
+by a dataclass that its package declares (``SCHEMAS`` in its config module, the model families in
+``recurlm.models.registry.schemas``) and ``store_schemas`` registers in Hydra's ConfigStore as
+``<group>/<name>_schema``; the YAML options extend it and set only what differs from its defaults
+(a default lives in the dataclass alone), so a misspelled key or a wrong type fails at composition,
+naming the key.
 
 ``compose(overrides)`` returns the typed :class:`JobConfig` (converted from Hydra's ``DictConfig``
 once, here; every package below receives dataclasses only), with the model size preset applied
-(``model.size=<preset>`` fills every model field left null). ``to_yaml`` / ``load_yaml`` write and
-read a run's ``config.yaml``.
+(``model.size=<preset>`` fills every model field left null). Each dataclass checks its own fields in
+``__post_init__`` as it is built, so a bad value fails here, naming its key. ``to_yaml`` /
+``load_yaml`` write and read a run's ``config.yaml``.
 """
 from __future__ import annotations
 
@@ -15,12 +19,17 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
+from recurlm.data import config as data_config
 from recurlm.data.config import DataConfig
+from recurlm.eval import config as eval_config
 from recurlm.eval.config import EvalConfig
+from recurlm.launch import config as launch_config
 from recurlm.launch.config import LaunchConfig
-from recurlm.models.registry import FAMILIES, config_class, to_model_config
-from recurlm.train.config import (DeepSpeedConfig, JobConfig, LoggerConfig, OptimConfig,
-                                  ScheduleConfig)
+from recurlm.models import registry
+from recurlm.models.registry import config_class, to_model_config
+from recurlm.train import config as train_config
+from recurlm.train import recipe
+from recurlm.train.config import JobConfig
 from recurlm.train.recipe import RecipeConfig, retired_recipe_message
 from recurlm.train.run_records import config_yaml as to_yaml
 
@@ -32,21 +41,15 @@ class ConfigError(ValueError):
     """A configuration that cannot be composed or validated; the message names the key."""
 
 
-def _store() -> None:
+def store_schemas() -> None:
+    """Register in Hydra's ConfigStore the schema of every group, as each package declares it
+    (``SCHEMAS`` of its config module: ``(group, name, dataclass)``; the model families from the registry)."""
     from hydra.core.config_store import ConfigStore
 
     cs = ConfigStore.instance()
-    cs.store(name="job_schema", node=JobConfig)
-    for family in FAMILIES:
-        try:
-            cls = config_class(family)
-        except ModuleNotFoundError:  # a family whose module is not part of this build
-            continue
-        cs.store(group="model", name=f"{family}_schema", node=cls(family=family))
-    for group, cls in [("data", DataConfig), ("optim", OptimConfig), ("schedule", ScheduleConfig),
-                       ("deepspeed", DeepSpeedConfig), ("logger", LoggerConfig), ("launch", LaunchConfig),
-                       ("recipe", RecipeConfig), ("eval", EvalConfig)]:
-        cs.store(group=group, name=f"{group}_schema", node=cls)
+    for group, name, cls in (*train_config.SCHEMAS, *recipe.SCHEMAS, *data_config.SCHEMAS, *eval_config.SCHEMAS,
+                             *launch_config.SCHEMAS, *registry.schemas()):
+        cs.store(group=group, name=name, node=cls)
 
 
 def _explain(err: Exception, overrides: Sequence[str]) -> str:
@@ -74,7 +77,7 @@ def _compose_node(overrides: Sequence[str], config_name: str = PRIMARY) -> DictC
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    _store()
+    store_schemas()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
@@ -108,7 +111,7 @@ def load_yaml(path: str) -> JobConfig:
     family = OmegaConf.select(written, "model.family")
     if family is None:
         raise ConfigError(f"{path}: no model.family")
-    _store()
+    store_schemas()
     try:
         schema = OmegaConf.structured(JobConfig(model=config_class(family)(family=family), data=DataConfig(),
                                                 launch=LaunchConfig(), recipe=RecipeConfig(), eval=EvalConfig()))
@@ -117,4 +120,4 @@ def load_yaml(path: str) -> JobConfig:
         raise ConfigError(f"{path}: {err}") from None
 
 
-__all__ = ["ConfigError", "JobConfig", "compose", "with_model_preset", "to_yaml", "load_yaml"]
+__all__ = ["ConfigError", "JobConfig", "store_schemas", "compose", "with_model_preset", "to_yaml", "load_yaml"]

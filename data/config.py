@@ -13,6 +13,9 @@ from typing import Any, Dict, List, Optional
 SOURCE_KINDS = ("stdlib", "text", "jsonl", "parquet", "hf_disk", "synthetic")
 """Source kinds understood by :mod:`recurlm.data.sources`."""
 
+LOADER_MODES = ("packed", "documents_in_order")
+"""Row layouts of :class:`recurlm.data.loader.PackedLoader` (``DataConfig.loader_mode``)."""
+
 
 @dataclass
 class SourceConfig:
@@ -56,6 +59,14 @@ class SourceConfig:
     """Mixture weight: the share of every global training batch drawn from this source, and of the
     tokenizer's training sample (weights are normalised over the sources)."""
 
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"data.sources[{self.name}].kind={self.kind!r}: expected one of {SOURCE_KINDS}")
+        if self.kind not in ("stdlib", "synthetic") and not self.paths:
+            raise ValueError(f"data.sources[{self.name}]: kind {self.kind!r} needs 'paths'")
+        if not self.weight > 0:
+            raise ValueError(f"data.sources[{self.name}].weight={self.weight}: must be > 0")
+
 
 @dataclass
 class TokenizerConfig:
@@ -96,6 +107,16 @@ class TokenizerConfig:
 
     num_threads: int = 2
     """Threads of the SentencePiece trainer."""
+
+    def __post_init__(self) -> None:
+        if self.model_type not in ("bpe", "unigram"):
+            raise ValueError(f"data.tokenizer.model_type={self.model_type!r}: expected 'bpe' or 'unigram'")
+        min_vocab = 4 + len(self.user_defined_symbols) + (256 if self.byte_fallback else 0)  # 4: <unk> BOS EOS PAD
+        if self.vocab_size <= min_vocab:
+            raise ValueError(f"data.tokenizer.vocab_size {self.vocab_size} is too small: specials and byte pieces "
+                             f"alone take {min_vocab}")
+        if self.vocab_size > 1 << 32:
+            raise ValueError(f"data.tokenizer.vocab_size {self.vocab_size} does not fit in uint32 token ids")
 
 
 def default_cache_dir() -> str:
@@ -170,27 +191,27 @@ class DataConfig:
         total = sum(s.weight for s in self.sources)
         return {s.name: s.weight / total for s in self.sources}
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
-        """Raise ValueError naming the offending field when the config is inconsistent."""
+        """Raise ValueError naming the offending field when the config is inconsistent (run at
+        construction; again by ``prepare``, as fields may be set after it). Each source and the
+        tokenizer settings check their own fields when built."""
         if not self.sources:
             raise ValueError("data.sources is empty: give at least one source")
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"data.sources: source names must be unique, got {names}")
-        for s in self.sources:
-            if s.kind not in SOURCE_KINDS:
-                raise ValueError(f"data.sources[{s.name}].kind={s.kind!r}: expected one of {SOURCE_KINDS}")
-            if s.kind not in ("stdlib", "synthetic") and not s.paths:
-                raise ValueError(f"data.sources[{s.name}]: kind {s.kind!r} needs 'paths'")
-            if not s.weight > 0:
-                raise ValueError(f"data.sources[{s.name}].weight={s.weight}: must be > 0")
-        if self.tokenizer.model_type not in ("bpe", "unigram"):
-            raise ValueError(f"data.tokenizer.model_type={self.tokenizer.model_type!r}: expected 'bpe' or 'unigram'")
         if not 0.0 <= self.valid_fraction < 1.0:
             raise ValueError(f"data.valid_fraction={self.valid_fraction}: must be in [0, 1)")
-        if self.loader_mode not in ("packed", "documents_in_order"):
-            raise ValueError(f"data.loader_mode={self.loader_mode!r}: expected 'packed' or 'documents_in_order'")
+        if self.loader_mode not in LOADER_MODES:
+            raise ValueError(f"data.loader_mode={self.loader_mode!r}: expected one of {LOADER_MODES}")
         if self.num_workers < 1 or self.shard_tokens < 1:
             raise ValueError("data.num_workers and data.shard_tokens must be >= 1")
         if not self.worker_timeout_s > 0:
             raise ValueError(f"data.worker_timeout_s={self.worker_timeout_s}: must be > 0")
+
+
+SCHEMAS = [("data", "data_schema", DataConfig)]
+"""``(group, name, dataclass)`` stored in Hydra's ConfigStore by ``recurlm.configs``."""

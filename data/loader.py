@@ -44,10 +44,10 @@ from typing import Iterator, Mapping
 import numpy as np
 import torch
 
+from recurlm.data.config import LOADER_MODES
 from recurlm.data.shards import ShardSet
 
 IGNORE_INDEX = -100
-MODES = ("packed", "documents_in_order")
 STATE_VERSION = 1
 
 
@@ -167,8 +167,8 @@ class PackedLoader:
                  rank: int = 0, world_size: int = 1, seed: int = 0, mode: str = "packed",
                  loss_on_boundary: bool = True, mixture_weights: Mapping[str, float] | None = None,
                  shuffle: bool = True):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in LOADER_MODES:
+            raise ValueError(f"mode must be one of {LOADER_MODES}, got {mode!r}")
         if seq_len < 1 or global_batch_size < 1:
             raise ValueError(f"seq_len ({seq_len}) and global_batch_size ({global_batch_size}) must be >= 1")
         if world_size < 1 or not 0 <= rank < world_size or global_batch_size % world_size:

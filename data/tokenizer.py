@@ -142,14 +142,6 @@ def mixture_sample(sources: Mapping[str, Iterable[str]], weights: Mapping[str, f
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig, out_path: str) -> Tokenizer:
     """Train a SentencePiece model on ``texts`` (whole documents) and write it to ``out_path``
     atomically. ``cfg.input_sentence_size`` sentences are reservoir-sampled by SentencePiece."""
-    if cfg.model_type not in ("bpe", "unigram"):
-        raise ValueError(f"tokenizer model_type must be 'bpe' or 'unigram', got {cfg.model_type!r}")
-    min_vocab = 4 + len(cfg.user_defined_symbols) + (256 if cfg.byte_fallback else 0)
-    if cfg.vocab_size <= min_vocab:
-        raise ValueError(f"tokenizer vocab_size {cfg.vocab_size} is too small: specials and byte pieces "
-                         f"alone take {min_vocab}")
-    token_dtype(cfg.vocab_size)  # fails early for vocabularies no shard dtype can hold
-
     n_sentences = 0
 
     def sentences() -> Iterator[str]:

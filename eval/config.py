@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+TASKS = ("ppl", "ppl_by_position", "effrem", "passkey", "mqar", "state_tracking", "lm_eval:<task>")
+"""Evaluation tasks (``lm_eval:<task>[,<task>...]`` names lm-evaluation-harness tasks)."""
+
 
 @dataclass
 class EvalConfig:
@@ -65,3 +68,14 @@ class EvalConfig:
     """recurlm-eval: W&B mode (offline, online, disabled); resumes the run's W&B id when known."""
     device: str = "cpu"
     """recurlm-eval: device to evaluate on."""
+
+    def __post_init__(self) -> None:
+        known = [t.split(":")[0] for t in TASKS]
+        for task in self.tasks:
+            name = task.split(":", 1)[0]
+            if name not in known or (name == "lm_eval" and ":" not in task):
+                raise ValueError(f"eval.tasks: unknown evaluation task {task!r}; choose from {', '.join(TASKS)}")
+
+
+SCHEMAS = [("eval", "eval_schema", EvalConfig)]
+"""``(group, name, dataclass)`` stored in Hydra's ConfigStore by ``recurlm.configs``."""

@@ -84,3 +84,13 @@ class LaunchConfig:
     """Rendezvous port; 0 picks a free one (local) or derives it from the job id (slurm)."""
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     """Slurm job settings (mode=slurm)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("none", "local", "slurm"):
+            raise ValueError(f"launch.mode must be none, local or slurm, got {self.mode!r}")
+        if self.launcher not in ("torchrun", "deepspeed"):
+            raise ValueError(f"launch.launcher must be torchrun or deepspeed, got {self.launcher!r}")
+
+
+SCHEMAS = [("launch", "launch_schema", LaunchConfig)]
+"""``(group, name, dataclass)`` stored in Hydra's ConfigStore by ``recurlm.configs``."""

@@ -13,12 +13,14 @@ from typing import Any, Dict, Optional
 
 import yaml
 
+from recurlm.kernels.dispatch import IMPLS
+
 
 @dataclass
 class ModelConfig:
     family: str = "?"
     """Model family (hgrn2, griffin, hawk, rwkv6, rwkv7, titans_mac, titans_mag, titans_mal, xlstm)."""
-    size: str = "tiny"
+    size: str = "small"
     """Preset from configs/model_sizes/<family>.yaml filling every size field left unset (null)."""
     vocab_size: int = 0
     """Vocabulary size; 0 takes it from the tokenizer when the trainer builds the model."""
@@ -38,6 +40,10 @@ class ModelConfig:
     """Per block index (a string key), fields whose value differs in that block, e.g.
     ``{"5": {"head_dim": 64}}``: a layer whose state ``recurlm-convert expand-state --layers`` grew.
     Empty: every block uses the fields above."""
+
+    def __post_init__(self) -> None:
+        if self.kernel_impl not in IMPLS:
+            raise ValueError(f"model.kernel_impl must be one of {IMPLS}, got {self.kernel_impl!r}")
 
     def for_layer(self, index: int) -> "ModelConfig":
         """The config block ``index`` is built from (``layer_overrides`` applied)."""

@@ -37,6 +37,18 @@ def config_class(family: str) -> type[ModelConfig]:
     return configs[family] if configs else module.CONFIG
 
 
+def schemas() -> list[tuple[str, str, type[ModelConfig]]]:
+    """``(group, name, dataclass)`` of each family's schema (``model/<family>_schema``), stored in
+    Hydra's ConfigStore by ``recurlm.configs``; a family whose module is not part of this build is left out."""
+    found = []
+    for family in FAMILIES:
+        try:
+            found.append(("model", f"{family}_schema", config_class(family)))
+        except ModuleNotFoundError:
+            continue
+    return found
+
+
 def to_model_config(cfg: Any) -> ModelConfig:
     """A ModelConfig dataclass from a dataclass, a dict or an OmegaConf node, with the preset applied."""
     if not isinstance(cfg, ModelConfig):

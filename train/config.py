@@ -10,12 +10,17 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+OPTIMIZERS = ("adamw", "fused_adam", "cpu_adam")
+SCHEDULES = ("cosine", "wsd", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+WANDB_MODES = ("online", "offline", "disabled")
+
 
 @dataclass
 class OptimConfig:
     name: str = "adamw"
     """Optimizer: adamw (torch AdamW, no extension build) or fused_adam / cpu_adam (DeepSpeed's)."""
-    lr: float = 3e-4
+    lr: float = 3e-3
     """Peak learning rate."""
     weight_decay: float = 0.1
     """Decoupled weight decay for matrices; vectors and tagged parameters get none."""
@@ -25,6 +30,10 @@ class OptimConfig:
     """Adam epsilon."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {OPTIMIZERS}, got {self.name!r}")
 
 
 @dataclass
@@ -42,6 +51,12 @@ class ScheduleConfig:
     decay_start: Optional[float] = None
     """wsd: start the decay here (in ``unit``) instead of at the end minus ``decay``; lets a decay
     phase start from any checkpoint of a stable-LR run."""
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ValueError(f"schedule.name must be one of {SCHEDULES}, got {self.name!r}")
+        if self.unit not in ("steps", "tokens"):
+            raise ValueError(f"schedule.unit must be steps or tokens, got {self.unit!r}")
 
 
 @dataclass
@@ -62,6 +77,19 @@ class DeepSpeedConfig:
     """Raw DeepSpeed config entries merged last, recursively (for anything not exposed above), e.g.
     ``{zero_optimization: {stage3_param_persistence_threshold: 0}}`` keeps the stage set above."""
 
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"deepspeed.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.offload_optimizer and self.zero_stage < 2:
+            raise ValueError("deepspeed.offload_optimizer needs zero_stage 2 or 3")
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError("deepspeed.offload_param needs zero_stage 3")
+        if self.precision == "bf16" and self.zero_stage == 0:
+            raise ValueError("deepspeed.precision=bf16 needs zero_stage >= 1: without ZeRO, DeepSpeed's bf16 mode "
+                             "updates bf16 weights with no float32 master copy (use deepspeed=zero1 or gpu_zero2_bf16)")
+
 
 @dataclass
 class WandbConfig:
@@ -77,6 +105,10 @@ class WandbConfig:
     """Run tags."""
     log_artifacts: bool = False
     """Upload exported checkpoints as W&B artifacts."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in WANDB_MODES:
+            raise ValueError(f"logger.wandb.mode must be one of {WANDB_MODES}, got {self.mode!r}")
 
 
 @dataclass
@@ -94,20 +126,22 @@ class LoggerConfig:
 
 
 @dataclass
-class LoopConfig:
+class TrainConfig:
+    """The training loop (config group ``train``): length, batch geometry, evaluation, checkpoints."""
+
     steps: int = 300
     """Optimizer steps."""
     seq_len: int = 256
     """Training sequence length T."""
-    global_batch_size: int = 16
+    global_batch_size: int = 8
     """Sequences per optimizer step, over all ranks and accumulation steps."""
     micro_batch_size: int = 0
     """Sequences per rank per forward; 0 = global_batch_size / world_size (no accumulation)."""
-    eval_every: int = 0
+    eval_every: int = 50
     """Validation every this many steps (0: only at start and end)."""
     eval_batches: int = 8
     """Validation batches per evaluation."""
-    checkpoint_every: int = 0
+    checkpoint_every: int = 100
     """Save every this many steps (0: only at the end and on a signal)."""
     keep_last: int = 3
     """Keep the newest this many checkpoints."""
@@ -128,6 +162,16 @@ class LoopConfig:
     cpu_threads: int = 0
     """torch intra-op threads per process on CPU (0: torch's default, one per core). Small models
     run faster on fewer threads, and a loaded machine punishes oversubscription."""
+
+    def __post_init__(self) -> None:
+        """The batch geometry that holds at any world size (``batch_geometry`` checks the rest)."""
+        if self.seq_len < 1:
+            raise ValueError(f"train.seq_len={self.seq_len}: must be >= 1")
+        if self.global_batch_size < 1:
+            raise ValueError(f"train.global_batch_size={self.global_batch_size}: must be >= 1")
+        if self.micro_batch_size < 0 or (self.micro_batch_size and self.global_batch_size % self.micro_batch_size):
+            raise ValueError(f"train.micro_batch_size={self.micro_batch_size} must be 0 or divide "
+                             f"train.global_batch_size={self.global_batch_size}")
 
 
 @dataclass
@@ -150,7 +194,7 @@ class JobConfig:
     """Training recipe (group ``recipe``)."""
     eval: Any = MISSING
     """Evaluation during and after training (group ``eval``)."""
-    train: LoopConfig = field(default_factory=LoopConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     """The training loop."""
     run_dir: str = ""
     """Where everything of the run goes; empty = outputs/<family>-<size>-<timestamp>."""
@@ -158,3 +202,10 @@ class JobConfig:
     """auto (newest valid checkpoint in run_dir, else start), none, or a checkpoint path."""
     seed: int = 0
     """Seed of model init, data order and every RNG."""
+
+
+SCHEMAS = [(None, "job_schema", JobConfig), ("optim", "optim_schema", OptimConfig),
+           ("schedule", "schedule_schema", ScheduleConfig), ("deepspeed", "deepspeed_schema", DeepSpeedConfig),
+           ("logger", "logger_schema", LoggerConfig)]
+"""``(group, name, dataclass)`` of each schema this module types, stored in Hydra's ConfigStore by
+``recurlm.configs``; the YAML options of a group extend its schema (``defaults: [<name>, _self_]``)."""

@@ -15,8 +15,6 @@ from recurlm.models import build_model
 from recurlm.train.config import DeepSpeedConfig, JobConfig, OptimConfig
 from recurlm.train.optimizer import make_optimizer
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-
 
 def batch_geometry(global_batch_size: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
     """(micro batch per rank, gradient accumulation steps) for a global batch over ``world_size``."""
@@ -63,18 +61,7 @@ def deepspeed_config(ds: DeepSpeedConfig, optim: OptimConfig, global_batch_size:
     1-3) and reduces gradients in float32 (``communication_data_type``); at stage 1 gradients are
     also accumulated over micro-batches in float32 (``data_types.grad_accum_dtype``: DeepSpeed's
     BF16 optimizer; stages 2/3 accumulate into their bf16 partitions). bf16 without ZeRO would
-    update bf16 weights in place (DeepSpeed's plain bf16 data parallelism), so it is refused."""
-    if ds.precision not in PRECISIONS:
-        raise ValueError(f"deepspeed.precision must be one of {PRECISIONS}, got {ds.precision!r}")
-    if ds.zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"deepspeed.zero_stage must be 0, 1, 2 or 3, got {ds.zero_stage}")
-    if ds.offload_optimizer and ds.zero_stage < 2:
-        raise ValueError("deepspeed.offload_optimizer needs zero_stage 2 or 3")
-    if ds.offload_param and ds.zero_stage != 3:
-        raise ValueError("deepspeed.offload_param needs zero_stage 3")
-    if ds.precision == "bf16" and ds.zero_stage == 0:
-        raise ValueError("deepspeed.precision=bf16 needs zero_stage >= 1: without ZeRO, DeepSpeed's bf16 mode "
-                         "updates bf16 weights with no float32 master copy (use deepspeed=zero1 or gpu_zero2_bf16)")
+    update bf16 weights in place (DeepSpeed's plain bf16 data parallelism), so ``DeepSpeedConfig`` refuses it."""
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if device_type == "cuda":

@@ -118,6 +118,21 @@ class RecipeConfig:
     """random_noise / fitted_noise / state_passing: seed of the noise and of the row permutations
     (mixed with the rank, so ranks draw differently)."""
 
+    def __post_init__(self) -> None:
+        if self.name in RETIRED:
+            raise ValueError(f"recipe.name={self.name!r} was {RETIRED[self.name]}")
+        if self.name not in RECIPES:
+            raise ValueError(f"recipe.name={self.name!r}: expected one of {RECIPES}")
+        if not self.noise_scale >= 0:
+            raise ValueError(f"recipe.noise_scale={self.noise_scale}: must be >= 0")
+        if self.refit_every < 0 or self.fit_batches < 1:
+            raise ValueError(f"recipe.refit_every={self.refit_every} must be >= 0 and recipe.fit_batches="
+                             f"{self.fit_batches} >= 1")
+
+
+SCHEMAS = [("recipe", "recipe_schema", RecipeConfig)]
+"""``(group, name, dataclass)`` stored in Hydra's ConfigStore by ``recurlm.configs``."""
+
 
 FinalStates = Callable[[int], Iterator[ModelState]]
 """``final_states(batches)``: the final states the current model reaches from its initial state on
@@ -272,12 +287,8 @@ class FittedNoise(RandomNoise):
 
 
 def build_recipe(cfg: RecipeConfig, loader_mode: str, rank: int = 0) -> Optional[Recipe]:
-    """The recipe object of ``cfg`` (checks the data settings it relies on); None for plain training
-    from zero states (``none``, ``state_expansion``)."""
-    if cfg.name in RETIRED:
-        raise ValueError(f"recipe.name={cfg.name!r} was {RETIRED[cfg.name]}")
-    if cfg.name not in RECIPES:
-        raise ValueError(f"recipe.name={cfg.name!r}: expected one of {RECIPES}")
+    """The recipe object of ``cfg`` (checks the data settings it relies on; ``RecipeConfig`` checked
+    its own fields); None for plain training from zero states (``none``, ``state_expansion``)."""
     if cfg.name == "tbtt":
         if loader_mode != "documents_in_order":
             raise ValueError("recipe tbtt needs data.loader_mode=documents_in_order (row i of a step "
@@ -290,13 +301,8 @@ def build_recipe(cfg: RecipeConfig, loader_mode: str, rank: int = 0) -> Optional
                              "which is now recipe=length_gen/tbtt. Use that, or data.loader_mode=packed for SP")
         return StatePassing(cfg.seed, rank)
     if cfg.name == "random_noise":
-        if not cfg.noise_scale >= 0:
-            raise ValueError(f"recipe.noise_scale={cfg.noise_scale}: must be >= 0")
         return RandomNoise(cfg.noise_scale, cfg.seed, rank)
     if cfg.name == "fitted_noise":
-        if cfg.refit_every < 0 or cfg.fit_batches < 1:
-            raise ValueError(f"recipe.refit_every={cfg.refit_every} must be >= 0 and recipe.fit_batches="
-                             f"{cfg.fit_batches} >= 1")
         return FittedNoise(cfg.refit_every, cfg.fit_batches, cfg.seed, rank)
     if cfg.name == "state_expansion" and not cfg.init_from:
         raise ValueError("recipe state_expansion continues training an expanded model: set recipe.init_from "

@@ -81,8 +81,9 @@ def _official_config(state_dict: dict[str, torch.Tensor], **overrides) -> ModelC
     """The recurlm config of an official checkpoint, sizes read from the tensor shapes."""
     vocab, D = state_dict["emb.weight"].shape
     n_layers = 1 + max(int(k.split(".")[1]) for k in state_dict if k.startswith("blocks."))
-    common = dict(vocab_size=vocab, d_model=D, n_layers=n_layers,
-                  ffn_hidden=state_dict["blocks.0.ffn.key.weight"].shape[0], **overrides)
+    # the shapes set every preset field, so the size is only a label: the "tiny" these configs always had
+    common = {"size": "tiny", "vocab_size": vocab, "d_model": D, "n_layers": n_layers,
+              "ffn_hidden": state_dict["blocks.0.ffn.key.weight"].shape[0], **overrides}
     if "blocks.0.att.r_k" in state_dict:
         v_source = "blocks.1.att.v1" if n_layers > 1 else "blocks.0.att.v1"
         return RWKV7Config(head_dim=state_dict["blocks.0.att.r_k"].shape[1],
