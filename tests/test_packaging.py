@@ -2,6 +2,7 @@
 subpackage, the YAML configs and the sbatch templates, and no bare top-level ``models``/``data``/``train``/``eval``."""
 import configparser
 import importlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,8 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_contains_only_the_recurlm_package(tmp_path):
+    # build from a copy without the checkout's build/: setuptools reuses build/lib, so modules
+    # deleted since the last build would still be in the wheel
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns("build", ".git", "*.egg-info", "outputs", "wandb",
+                                                                 "__pycache__", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    "-w", str(tmp_path), str(source)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("recurlm-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
