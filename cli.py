@@ -1,4 +1,5 @@
-"""The entry points that compose a job: ``recurlm-train`` and ``recurlm-launch``.
+"""The entry points that compose a job or read one back: ``recurlm-train``, ``recurlm-launch`` and
+``recurlm-eval``.
 
 They sit above every package (docs/dev-guide.md, "Package graph"): each composes the Hydra
 config into the job once, then hands it down. ``recurlm-train``'s ``launch.mode`` decides where:
@@ -12,14 +13,16 @@ config into the job once, then hands it down. ``recurlm-train``'s ``launch.mode`
 
 ``python -m recurlm.train`` (what the local and Slurm launchers start on every rank) is
 ``recurlm-train``. ``recurlm-launch`` (submit, sweep, status) is ``recurlm.launch.cli``'s parser
-with its jobs composed here.
+with its jobs composed here. ``recurlm-eval`` is ``recurlm.eval.cli``, handed ``configs.load_yaml``
+to read an evaluated run's ``config.yaml`` as its typed job.
 """
 from __future__ import annotations
 
 import sys
 from typing import Sequence
 
-from recurlm.configs import ConfigError, compose, to_yaml
+from recurlm.configs import ConfigError, compose, load_yaml, to_yaml
+from recurlm.eval import cli as eval_cli
 from recurlm.launch.cli import SweepError, as_slurm, build_parser, expand_sweep, show_status, submit_sweep
 from recurlm.launch.local import start_local
 from recurlm.launch.slurm import submit_from_train
@@ -76,3 +79,9 @@ def launch_main(argv: Sequence[str] | None = None) -> int:
     if args.command == "submit":
         return submit_from_train(jobs[0], args.overrides, dry_run=args.dry_run)
     return submit_sweep(args, combos, jobs)
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """``recurlm-eval key=value ...``: evaluate a checkpoint; a run's ``config.yaml`` is read as its
+    typed job config (``configs.load_yaml``) for the data, training length and W&B project."""
+    return eval_cli.main(sys.argv[1:] if argv is None else argv, read_job_config=load_yaml)

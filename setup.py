@@ -81,7 +81,7 @@ setup(
         "console_scripts": [
             "recurlm-train=recurlm.cli:train_main",
             "recurlm-data=recurlm.data.cli:main",
-            "recurlm-eval=recurlm.eval.cli:main",
+            "recurlm-eval=recurlm.cli:eval_main",
             "recurlm-generate=recurlm.eval.generate_cli:main",
             "recurlm-convert=recurlm.train.convert:main",
             "recurlm-launch=recurlm.cli:launch_main",

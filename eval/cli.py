@@ -16,11 +16,16 @@ import os
 import sys
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import MISSING, OmegaConf
 
 from recurlm.eval.config import EvalConfig
+
+ReadJobConfig = Callable[[str], Any]
+"""Reads a run's ``config.yaml`` into its typed job config (``recurlm.configs.load_yaml``, handed
+down by the entry point ``recurlm.cli.eval_main``: typing a whole job needs every package's schema,
+which only the level above the packages knows)."""
 
 
 @dataclass
@@ -44,7 +49,7 @@ class CheckpointContext:
     run_dir: Optional[str]
     step: int
     job_config: Optional[Any]
-    """The run's resolved config (``config.yaml`` of the checkpoint), if found."""
+    """The run's typed job config (``config.yaml`` of the checkpoint, a ``JobConfig``), if found."""
     wandb_id: Optional[str]
 
 
@@ -86,7 +91,7 @@ def parse_args(argv: Sequence[str]) -> EvalCommand:
                            rename=lambda key: f"eval.{key}" if key.split(".")[0] in eval_keys else key)
 
 
-def describe_checkpoint(path: str, export_dir: str, info: dict) -> CheckpointContext:
+def describe_checkpoint(path: str, export_dir: str, info: dict, read_job_config: ReadJobConfig) -> CheckpointContext:
     """Find the checkpoint, run dir, step, run config and W&B id behind ``path``."""
     from recurlm.models import checkpoint_files as ckpt
 
@@ -100,7 +105,7 @@ def describe_checkpoint(path: str, export_dir: str, info: dict) -> CheckpointCon
         return CheckpointContext(export_dir, None, None, int(info.get("step", 0)), None, None)
     state = ckpt.read_state(checkpoint_dir)
     config_path = os.path.join(checkpoint_dir, "config.yaml")
-    job = OmegaConf.load(config_path) if os.path.isfile(config_path) else None
+    job = read_job_config(config_path) if os.path.isfile(config_path) else None
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint_dir)))
     return CheckpointContext(export_dir, checkpoint_dir, run_dir, int(state["step"]), job, state.get("wandb_id"))
 
@@ -111,13 +116,12 @@ def validation_data(command: EvalCommand, context: CheckpointContext, tokenizer:
 
     if not any(t in NEEDS_DATA for t in command.eval.tasks):
         return None
-    from recurlm.data import DataConfig, ShardSet, check_tokenizer, prepare
+    from recurlm.data import ShardSet, check_tokenizer, prepare
 
     if command.shards:
         shards = ShardSet.open(command.shards)
-    elif context.job_config is not None and "data" in context.job_config:
-        data_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig), context.job_config.data))
-        shards = prepare(data_cfg, progress=False).valid
+    elif context.job_config is not None:
+        shards = prepare(context.job_config.data, progress=False).valid
     else:
         return None
     if tokenizer is not None:
@@ -130,9 +134,7 @@ def _wandb_run(command: EvalCommand, context: CheckpointContext, out_dir: str):
         return None
     import wandb
 
-    project = "recurlm"
-    if context.job_config is not None:
-        project = OmegaConf.select(context.job_config, "logger.wandb.project", default=project)
+    project = context.job_config.logger.wandb.project if context.job_config is not None else "recurlm"
     root = context.run_dir or out_dir
     return wandb.init(project=project, mode=command.eval.wandb_mode, dir=root, id=context.wandb_id,
                       resume="allow" if context.wandb_id else None, job_type="eval",
@@ -140,7 +142,7 @@ def _wandb_run(command: EvalCommand, context: CheckpointContext, out_dir: str):
                       settings=wandb.Settings(console="off", silent=True))
 
 
-def evaluate_checkpoint(command: EvalCommand) -> dict[str, Any]:
+def evaluate_checkpoint(command: EvalCommand, read_job_config: ReadJobConfig) -> dict[str, Any]:
     """Load, evaluate, write results; returns run_tasks' result plus ``out_dir``."""
     from recurlm.data import Tokenizer
     from recurlm.eval.runner import check_tasks, run_tasks
@@ -151,12 +153,11 @@ def evaluate_checkpoint(command: EvalCommand) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint={command.checkpoint}: no such file or directory")
     model, tokenizer_path, info = load_for_inference(path, device=command.eval.device)
     export_dir = path if is_export(path) else export_checkpoint(path)
-    context = describe_checkpoint(path, export_dir, info)
+    context = describe_checkpoint(path, export_dir, info, read_job_config)
     tokenizer = Tokenizer(tokenizer_path) if tokenizer_path else None
     data = validation_data(command, context, tokenizer)
     check_tasks(list(command.eval.tasks), data is not None, tokenizer is not None)
-    train_seq_len = command.train_seq_len or (
-        int(OmegaConf.select(context.job_config, "train.seq_len", default=256)) if context.job_config else 256)
+    train_seq_len = command.train_seq_len or (context.job_config.train.seq_len if context.job_config else 256)
     out_dir = command.eval.out_dir or os.path.join(context.run_dir or export_dir, "eval", str(context.step))
     run = _wandb_run(command, context, out_dir)
     try:
@@ -168,15 +169,16 @@ def evaluate_checkpoint(command: EvalCommand) -> dict[str, Any]:
     return {**result, "out_dir": out_dir, "wandb_dir": run.dir if run is not None else None}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def main(argv: Sequence[str], read_job_config: ReadJobConfig) -> int:
+    """``recurlm-eval`` (its entry point is ``recurlm.cli.eval_main``)."""
+    argv = list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         print("keys:", json.dumps(OmegaConf.to_container(OmegaConf.structured(EvalCommand)), indent=1))
         return 0
     try:
         command = parse_args(argv)
-        result = evaluate_checkpoint(command)
+        result = evaluate_checkpoint(command, read_job_config)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"recurlm-eval: error: {err}", file=sys.stderr)
         return 2
@@ -186,6 +188,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"plot:    {plot}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from recurlm.eval.cli import main as eval_main
+from recurlm.cli import eval_main
 from recurlm.eval.cli import parse_args
 from recurlm.eval.generate_cli import main as generate_main
 

@@ -34,7 +34,7 @@ def test_recurlm_eval_runs_effrem_with_a_plot(trained_run, tmp_path):
     import json
     import os
 
-    from recurlm.eval.cli import main as eval_main
+    from recurlm.cli import eval_main
 
     out = str(tmp_path / "eval")
     assert eval_main([f"checkpoint={trained_run.run_dir}", "tasks=[effrem]", "effrem_context=64", "effrem_points=2",

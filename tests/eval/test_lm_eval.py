@@ -87,7 +87,7 @@ def test_local_yaml_task_offline(make_model, tokenizer, local_task):
 
 
 def test_recurlm_eval_runs_an_lm_eval_task(export_dir, local_task, tmp_path):
-    from recurlm.eval.cli import main
+    from recurlm.cli import eval_main as main
 
     out = tmp_path / "out"
     assert main([f"checkpoint={export_dir}", "tasks=[lm_eval:tiny_recall]", f"lm_eval_include_path={local_task}",

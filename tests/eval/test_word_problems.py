@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from recurlm.data.synthetic import compose, examples, group_elements
-from recurlm.eval.cli import main as eval_main
+from recurlm.cli import eval_main
 from recurlm.eval.synthetic_tasks import state_tracking_eval
 
 

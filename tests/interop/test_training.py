@@ -52,7 +52,7 @@ def test_train_from_an_import_and_evaluate_it(tmp_path, data_cache):
     assert not [p for p in os.listdir(tmp_path) if "partial" in p]
 
     # the same import with the run's tokenizer, evaluated by recurlm-eval
-    from recurlm.eval.cli import main as evaluate
+    from recurlm.cli import eval_main as evaluate
 
     assert convert(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "with-tokenizer"),
                     "--tokenizer", trainer.data.tokenizer.path]) == 0

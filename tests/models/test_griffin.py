@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recurlm.models import build_model
-from recurlm.models import testing as model_checks
+from ..helpers import model_checks
 from recurlm.models.config import preset_table
 from recurlm.models.griffin import (MAX_SQRT_GRADIENT, RGLRU, GriffinConfig, HawkConfig, SqrtBoundedGrad,
                                     bfloat16_sqrt)

@@ -5,7 +5,7 @@ import torch
 
 from recurlm.models.griffin import signed_transition
 from recurlm.models.registry import build_model
-from recurlm.models.testing import run_all
+from ..helpers.model_checks import run_all
 
 
 def tiny(family, **fields):

@@ -3,7 +3,7 @@ import torch
 
 from recurlm.models import build_model
 from recurlm.models.hgrn2 import HGRN2Config
-from recurlm.models import testing as model_checks
+from ..helpers import model_checks
 
 
 @pytest.mark.parametrize("output_gate", [True, False])

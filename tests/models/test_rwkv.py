@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recurlm.models import build_model
-from recurlm.models import testing as model_checks
+from ..helpers import model_checks
 from ..helpers.fla_cpu import fla_torch_references
 from recurlm.models.rwkv6 import RWKV6Config
 from recurlm.models.rwkv7 import RWKV7Config

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recurlm.models import build_model
-from recurlm.models import testing as model_checks
+from ..helpers import model_checks
 from recurlm.models.config import preset_table
 from recurlm.models.xlstm import XLSTMConfig, block_kinds
 
