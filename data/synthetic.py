@@ -156,7 +156,7 @@ def make_example(task: str, seed: int, index: int, params: Mapping[str, Any]) ->
 
 
 def plain_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options as plain dicts/lists (an OmegaConf node becomes JSON-serialisable for the cache key)."""
+    """Options as plain dicts/lists (JSON-serialisable for the cache key)."""
     def plain(v: Any) -> Any:
         if isinstance(v, Mapping):
             return {str(k): plain(x) for k, x in v.items()}

@@ -49,13 +49,10 @@ def schemas() -> list[tuple[str, str, type[ModelConfig]]]:
     return found
 
 
-def to_model_config(cfg: Any) -> ModelConfig:
-    """A ModelConfig dataclass from a dataclass, a dict or an OmegaConf node, with the preset applied."""
+def to_model_config(cfg: ModelConfig | Mapping[str, Any]) -> ModelConfig:
+    """A ModelConfig dataclass from a dataclass or a plain dict (a checkpoint's ``model_config``),
+    with the preset applied."""
     if not isinstance(cfg, ModelConfig):
-        if not isinstance(cfg, Mapping):
-            from omegaconf import OmegaConf
-
-            cfg = OmegaConf.to_container(cfg, resolve=True)
         cls = config_class(cfg["family"])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(cfg) - known)
