@@ -20,6 +20,9 @@ from recurlm.models.summary import format_preset_table, format_summary, preset_r
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
     if args[:1] == ["--presets"]:
         unknown = sorted(set(args[1:]) - set(FAMILIES))
         if unknown:
