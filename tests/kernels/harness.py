@@ -74,14 +74,16 @@ def _by_name(value: Any) -> dict[str, torch.Tensor]:
     return value if isinstance(value, dict) else dict(named_tensors(value, "state"))
 
 
-def assert_close(actual: Any, expected: Any, atol: float, rtol: float = 0.0) -> None:
-    """The same tensors by name; each ``actual`` tensor finite and within ``atol + rtol * |expected|``
-    of ``expected`` in float64 (bool tensors: equal). ``actual`` and ``expected``: two
-    :class:`Results`, two dicts of tensors, or two states (NamedTuples of tensors)."""
+def assert_close(actual: Any, expected: Any, atol: float, rtol: float = 0.0, check_dtype: bool = True) -> None:
+    """The same tensors by name, of the same dtype (unless ``check_dtype`` is off: a run compared
+    with a reference of another precision); each ``actual`` tensor finite and within
+    ``atol + rtol * |expected|`` of ``expected`` in float64 (bool tensors: equal). ``actual`` and
+    ``expected``: two :class:`Results`, two dicts of tensors, or two states (NamedTuples of tensors)."""
     actual, expected = _by_name(actual), _by_name(expected)
     assert actual.keys() == expected.keys(), (sorted(actual), sorted(expected))
     for name, want in expected.items():
         got = actual[name]
+        assert not check_dtype or got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
         if want.dtype == torch.bool:
             assert torch.equal(got, want), f"{name} differs"
             continue

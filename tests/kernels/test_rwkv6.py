@@ -106,7 +106,7 @@ def test_strong_decays_long_sequence_float32():
     reference = {n: x.double().detach().requires_grad_() for n, x in inputs.items()}
     expected = outputs_and_grads(rwkv6, reference, impl="naive")
     actual = outputs_and_grads(rwkv6, inputs, impl="chunk")
-    assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+    assert_close(actual, expected, atol=1e-4, rtol=1e-4, check_dtype=False)  # float32 run vs float64 reference
 
 
 def test_bfloat16_within_tolerance():

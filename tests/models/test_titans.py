@@ -157,11 +157,12 @@ def test_presets_build(family):
 def test_segment_layout_made_once_per_forward(monkeypatch):
     """Every Titans layer of a forward shares one segment layout (its grid size is the one host
     sync of the memory path), in training mode and in step mode."""
-    from recurlm.models.titans import blocks
+    from recurlm.models.titans import blocks, segments
 
     calls = []
-    real = blocks.segment_layout
-    monkeypatch.setattr(blocks, "segment_layout", lambda *a: calls.append(a) or real(*a))
+    real = segments.segment_layout
+    for module in (blocks, segments):  # every call site: the blocks, and scan_segments' fallback
+        monkeypatch.setattr(module, "segment_layout", lambda *a: calls.append(a) or real(*a))
     model = build_model(TitansMAGConfig(size="tiny", vocab_size=97, n_layers=3)).double()
     ids = torch.randint(0, 97, (2, 9))
     resets = torch.zeros(2, 9, dtype=torch.bool)
