@@ -59,10 +59,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return train_job(job)
     if mode == "local":
         return start_local(job, args)
-    if mode == "slurm":
-        return submit_from_train(job, args)
-    print(f"recurlm-train: launch.mode must be none, local or slurm, got {mode!r}", file=sys.stderr)
-    return 2
+    return submit_from_train(job, args)  # slurm: LaunchConfig admits no other mode
 
 
 def launch_main(argv: Sequence[str] | None = None) -> int:

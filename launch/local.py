@@ -23,10 +23,8 @@ def local_launch_command(overrides: Sequence[str], launcher: str, nproc: int, po
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
                 f"--master-port={port}", "-m", "recurlm.train", *worker_args]
-    if launcher == "deepspeed":
-        return ["deepspeed", f"--num_gpus={nproc}", f"--master_port={port}", "--module", "recurlm.train",
-                *worker_args]
-    raise ValueError(f"launch.launcher must be torchrun or deepspeed, got {launcher!r}")
+    # deepspeed (LaunchConfig admits no other launcher)
+    return ["deepspeed", f"--num_gpus={nproc}", f"--master_port={port}", "--module", "recurlm.train", *worker_args]
 
 
 def worker_environment(base: dict[str, str] | None = None) -> dict[str, str]:

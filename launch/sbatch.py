@@ -195,14 +195,13 @@ def _launcher_values(launch: LaunchConfig) -> dict[str, Union[str, list[str]]]:
     if launch.launcher == "torchrun":
         return {**values, "hostfile": [], "module_flag": "-m",
                 "training_launcher": f'{torchrun} --rdzv-endpoint="$MASTER_ADDR:$MASTER_PORT"'}
-    if launch.launcher == "deepspeed":
-        # deepspeed's launcher needs a hostfile for several nodes; --no_ssh starts this node's ranks only
-        hostfile = ['HOSTFILE="$RUN_DIR/slurm/hostfile-$SLURM_JOB_ID"',
-                    f'scontrol show hostnames "$SLURM_JOB_NODELIST" | sed "s/$/ slots={k}/" > "$HOSTFILE"']
-        runner = (f'{python} -m deepspeed.launcher.runner --hostfile="$HOSTFILE" --no_ssh --node_rank=%SLURM_NODEID% '
-                  f'--master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --no_local_rank')
-        return {**values, "hostfile": hostfile, "module_flag": "--module", "training_launcher": runner}
-    raise ValueError(f"launch.launcher must be torchrun or deepspeed, got {launch.launcher!r}")
+    # deepspeed (LaunchConfig admits no other launcher): its launcher needs a hostfile for several
+    # nodes; --no_ssh starts this node's ranks only
+    hostfile = ['HOSTFILE="$RUN_DIR/slurm/hostfile-$SLURM_JOB_ID"',
+                f'scontrol show hostnames "$SLURM_JOB_NODELIST" | sed "s/$/ slots={k}/" > "$HOSTFILE"']
+    runner = (f'{python} -m deepspeed.launcher.runner --hostfile="$HOSTFILE" --no_ssh --node_rank=%SLURM_NODEID% '
+              f'--master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --no_local_rank')
+    return {**values, "hostfile": hostfile, "module_flag": "--module", "training_launcher": runner}
 
 
 def is_array(elements: list[Element], array_parallelism: Optional[int]) -> bool:
