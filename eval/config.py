@@ -4,8 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from recurlm.data.synthetic import GROUPS
+
 TASKS = ("ppl", "ppl_by_position", "effrem", "passkey", "mqar", "state_tracking", "lm_eval:<task>")
 """Evaluation tasks (``lm_eval:<task>[,<task>...]`` names lm-evaluation-harness tasks)."""
+
+STATE_TRACKING_TASKS = ("parity", "modcount", *GROUPS)
+"""The state-tracking tasks: sums modulo 2 and modulo ``state_tracking_modulus``, and the word problems
+of the groups S5 and A5."""
 
 
 @dataclass
@@ -70,6 +76,9 @@ class EvalConfig:
     """recurlm-eval: device to evaluate on."""
 
     def __post_init__(self) -> None:
+        unknown = [t for t in self.state_tracking_tasks if t not in STATE_TRACKING_TASKS]
+        if unknown:
+            raise ValueError(f"eval.state_tracking_tasks: unknown {unknown}; choose from {', '.join(STATE_TRACKING_TASKS)}")
         known = [t.split(":")[0] for t in TASKS]
         for task in self.tasks:
             name = task.split(":", 1)[0]

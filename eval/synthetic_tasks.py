@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from recurlm.data.synthetic import GROUPS, PASSKEY_FILLER, PASSKEY_INTRO, Example, examples, group_elements
+from recurlm.eval.config import STATE_TRACKING_TASKS
 from recurlm.eval.perplexity import chunked_argmax
 from recurlm.eval.results import Record
 from recurlm.models.base import RecurrentLM
@@ -110,10 +111,9 @@ def state_tracking_eval(model: RecurrentLM, tokenizer: Any, tasks: Sequence[str]
                         ) -> tuple[list[Record], dict]:
     """Accuracy of the final answer per task and sequence length: the sum modulo m (parity: m = 2,
     modcount: m = ``modulus``) or the composed group element (s5: 120 classes, a5: 60)."""
-    known = ("parity", "modcount", *GROUPS)
-    unknown = [t for t in tasks if t not in known]
+    unknown = [t for t in tasks if t not in STATE_TRACKING_TASKS]
     if unknown:
-        raise ValueError(f"state_tracking_tasks {unknown}: choose from {known}")
+        raise ValueError(f"state_tracking_tasks {unknown}: choose from {STATE_TRACKING_TASKS}")
     records, curve = [], {"lengths": list(lengths), "tasks": {}, "chance": {}}
     for task in tasks:
         m = 2 if task == "parity" else len(group_elements(task)) if task in GROUPS else modulus

@@ -30,6 +30,7 @@ from recurlm.configs import ConfigError, compose
     (["recipe=length_gen/random_noise", "recipe.noise_scale=-1"], ["recipe.noise_scale=-1"]),
     (["recipe=length_gen/fitted_noise", "recipe.fit_batches=0"], ["recipe.fit_batches=0"]),
     (["eval.tasks=[ppl,nope]"], ["eval.tasks", "nope"]),
+    (["eval.state_tracking_tasks=[parity,s7]"], ["eval.state_tracking_tasks", "s7"]),
     (["logger.wandb.mode=dryrun"], ["logger.wandb.mode", "dryrun"]),
     (["launch.mode=cloud"], ["launch.mode", "cloud"]),
     (["launch.launcher=mpirun"], ["launch.launcher", "mpirun"]),
