@@ -15,8 +15,10 @@ once, here; every package below receives dataclasses only), with the model size 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from recurlm.data import config as data_config
@@ -26,7 +28,7 @@ from recurlm.eval.config import EvalConfig
 from recurlm.launch import config as launch_config
 from recurlm.launch.config import LaunchConfig
 from recurlm.models import registry
-from recurlm.models.registry import config_class, to_model_config
+from recurlm.models.registry import build_model, config_class, to_model_config
 from recurlm.train import config as train_config
 from recurlm.train import recipe
 from recurlm.train.config import JobConfig
@@ -96,9 +98,13 @@ def compose(overrides: Sequence[str] = (), config_name: str = PRIMARY) -> JobCon
 
 
 def with_model_preset(job: JobConfig) -> JobConfig:
-    """``job`` with its model's size preset filled in (explicit values win)."""
+    """``job`` with its model's size preset filled in (explicit values win), and the model built once
+    on the meta device (no storage), so that widths its layers cannot split (``d_model`` not a
+    multiple of the heads, ...) fail here, naming the keys, and not when a queued job starts."""
     try:
         job.model = to_model_config(job.model)
+        with torch.device("meta"):  # the vocabulary may still be unset: the trainer takes the tokenizer's
+            build_model(dataclasses.replace(job.model, vocab_size=job.model.vocab_size or 256))
     except (KeyError, ValueError) as err:
         raise ConfigError(str(err)) from None
     return job

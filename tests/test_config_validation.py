@@ -31,6 +31,8 @@ from recurlm.configs import ConfigError, compose
     (["recipe=length_gen/fitted_noise", "recipe.fit_batches=0"], ["recipe.fit_batches=0"]),
     (["eval.tasks=[ppl,nope]"], ["eval.tasks", "nope"]),
     (["eval.state_tracking_tasks=[parity,s7]"], ["eval.state_tracking_tasks", "s7"]),
+    (["model=griffin", "model.n_heads=5"], ["d_model=256", "n_heads=5"]),
+    (["model=rwkv7", "model.head_dim=7"], ["d_model=256", "head_dim=7"]),
     (["logger.wandb.mode=dryrun"], ["logger.wandb.mode", "dryrun"]),
     (["launch.mode=cloud"], ["launch.mode", "cloud"]),
     (["launch.launcher=mpirun"], ["launch.launcher", "mpirun"]),
