@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 
+from recurlm.train import trainer
 from recurlm.train.config import JobConfig
 from recurlm.train.errors import EXIT_FAILED, known_failures, report_failure
 from recurlm.train.signals import EXIT_REQUEUE, Preempted
-from recurlm.train import trainer
 from recurlm.train.trainer import TrainingAborted
 
 

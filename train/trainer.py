@@ -370,5 +370,6 @@ class Trainer(Checkpointing, RunEnd):
         raise TrainingAborted(f"stopped at step {self.step}: {message} (see {self.run_dir}/metrics.jsonl; the newest "
                               f"checkpoint is {self.checkpoints.latest() or 'none: no checkpoint of this run exists'})")
 
+
 def train(job: JobConfig) -> TrainResult:
     return Trainer(job).run()

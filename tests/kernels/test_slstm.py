@@ -168,7 +168,7 @@ def triton_path(request, monkeypatch) -> str:
     """Each Triton path of ``impl="triton"``: tiny heads take the fused kernel; "steps" lowers
     ``FUSED_MAX_HEAD_DIM`` so that they take the per-token GEMM + cell path that large heads take."""
     if request.param == "steps":
-        from recurlm.kernels.slstm import flops, triton as slstm_triton_module
+        from recurlm.kernels.slstm import triton as slstm_triton_module
         monkeypatch.setattr(slstm_triton_module, "FUSED_MAX_HEAD_DIM", 0)
     return request.param
 

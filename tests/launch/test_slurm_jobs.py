@@ -14,7 +14,6 @@ import time
 import pytest
 
 from recurlm import cli
-from recurlm.launch import cli as launch_cli
 from recurlm.launch.slurm import status_lines
 
 pytestmark = pytest.mark.slurm
