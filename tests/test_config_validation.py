@@ -1,10 +1,20 @@
-"""A bad value fails when the job is composed (each dataclass's ``__post_init__``), naming its key."""
+"""A bad configuration fails when the job is composed, naming the key: a misspelled key or option
+(Hydra against the registered schemas, listing the valid ones) and a value out of range (each
+dataclass's ``__post_init__``, and the model's widths when it is built on the meta device)."""
 import pytest
 
 from recurlm.configs import ConfigError, compose
 
+BAD_NAMES = [
+    (["model.foo=1"], ["foo", "Valid keys of 'model'", "expand_ratio"]),
+    (["trian.steps=3"], ["trian"]),
+    (["train.steps=abc"], ["train.steps", "abc"]),
+    (["model=nope"], ["model/nope", "hgrn2"]),
+    (["model.size=huge"], ["huge", "tiny"]),
+    (["deepspeed=zero9"], ["deepspeed/zero9", "zero3"]),
+]
 
-@pytest.mark.parametrize("overrides, words", [
+BAD_VALUES = [
     (["train.seq_len=0"], ["train.seq_len=0"]),
     (["train.global_batch_size=0"], ["train.global_batch_size=0"]),
     (["train.global_batch_size=8", "train.micro_batch_size=3"], ["train.micro_batch_size=3", "global_batch_size=8"]),
@@ -37,8 +47,11 @@ from recurlm.configs import ConfigError, compose
     (["launch.mode=cloud"], ["launch.mode", "cloud"]),
     (["launch.launcher=mpirun"], ["launch.launcher", "mpirun"]),
     (["model.kernel_impl=cuda"], ["model.kernel_impl", "cuda"]),
-])
-def test_a_bad_value_fails_at_compose_naming_the_key(overrides, words):
+]
+
+
+@pytest.mark.parametrize("overrides, words", BAD_NAMES + BAD_VALUES)
+def test_a_bad_config_fails_at_compose_naming_the_key(overrides, words):
     with pytest.raises(ConfigError) as err:
         compose(overrides)
     for word in words:
