@@ -20,7 +20,11 @@ from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import MISSING, OmegaConf
 
+from recurlm.data import ShardSet, Tokenizer, check_tokenizer, prepare
 from recurlm.eval.config import EvalConfig
+from recurlm.eval.runner import NEEDS_DATA, check_tasks, run_tasks
+from recurlm.models import checkpoint_files as ckpt
+from recurlm.models.pretrained import export_checkpoint, is_export, load_for_inference
 
 ReadJobConfig = Callable[[str], Any]
 """Reads a run's ``config.yaml`` into its typed job config (``recurlm.configs.load_yaml``, handed
@@ -93,8 +97,6 @@ def parse_args(argv: Sequence[str]) -> EvalCommand:
 
 def describe_checkpoint(path: str, export_dir: str, info: dict, read_job_config: ReadJobConfig) -> CheckpointContext:
     """Find the checkpoint, run dir, step, run config and W&B id behind ``path``."""
-    from recurlm.models import checkpoint_files as ckpt
-
     checkpoint_dir = None
     source = info.get("source")
     if source and ckpt.is_valid(source):
@@ -112,12 +114,8 @@ def describe_checkpoint(path: str, export_dir: str, info: dict, read_job_config:
 
 def validation_data(command: EvalCommand, context: CheckpointContext, tokenizer: Any):
     """The ShardSet to score ppl tasks on, or None when no task needs one."""
-    from recurlm.eval.runner import NEEDS_DATA
-
     if not any(t in NEEDS_DATA for t in command.eval.tasks):
         return None
-    from recurlm.data import ShardSet, check_tokenizer, prepare
-
     if command.shards:
         shards = ShardSet.open(command.shards)
     elif context.job_config is not None:
@@ -144,15 +142,11 @@ def _wandb_run(command: EvalCommand, context: CheckpointContext, out_dir: str):
 
 def evaluate_checkpoint(command: EvalCommand, read_job_config: ReadJobConfig) -> dict[str, Any]:
     """Load, evaluate, write results; returns run_tasks' result plus ``out_dir``."""
-    from recurlm.data import Tokenizer
-    from recurlm.eval.runner import check_tasks, run_tasks
-    from recurlm.models.pretrained import export_checkpoint, is_export, load_for_inference
-
     path = os.path.abspath(os.path.expanduser(command.checkpoint))
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint={command.checkpoint}: no such file or directory")
-    model, tokenizer_path, info = load_for_inference(path, device=command.eval.device)
     export_dir = path if is_export(path) else export_checkpoint(path)
+    model, tokenizer_path, info = load_for_inference(export_dir, device=command.eval.device)
     context = describe_checkpoint(path, export_dir, info, read_job_config)
     tokenizer = Tokenizer(tokenizer_path) if tokenizer_path else None
     data = validation_data(command, context, tokenizer)

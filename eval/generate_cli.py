@@ -16,8 +16,10 @@ from typing import List, Optional, Sequence
 
 from omegaconf import MISSING
 
+from recurlm.data import Tokenizer
 from recurlm.eval.cli import apply_overrides
 from recurlm.eval.generate import SamplingConfig, generate
+from recurlm.models.pretrained import load_for_inference
 
 
 @dataclass
@@ -58,9 +60,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as err:
         print(f"recurlm-generate: error: {err}", file=sys.stderr)
         return 2
-    from recurlm.data import Tokenizer
-    from recurlm.models.pretrained import load_for_inference
-
     texts = ([cmd.prompt] if cmd.prompt else []) + list(cmd.prompts)
     if cmd.prompt_file:
         with open(cmd.prompt_file) as f:

@@ -2,6 +2,7 @@
 W&B in <run_dir>/eval/<step>/; recurlm-generate streams; bad arguments fail clearly."""
 import json
 import os
+import re
 
 import pytest
 
@@ -32,7 +33,9 @@ def test_recurlm_eval_on_a_trained_run(trained_run, capsys):
     # W&B: the run's own id resumed, offline, in the run's wandb dir
     state = json.load(open(os.path.join(checkpoints, "3", "trainer_state.json")))
     runs = os.listdir(os.path.join(trained_run.run_dir, "wandb"))
-    assert sum(r.startswith("offline-run") and r.endswith(state["wandb_id"]) for r in runs) >= 2
+    # offline-run-<time>-<id>; W&B appends -1, -2, ... when two runs start within the same second
+    own = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{re.escape(state['wandb_id'])}(-\d+)?")
+    assert sum(bool(own.fullmatch(r)) for r in runs) >= 2
 
 
 def test_recurlm_generate_streams_a_prompt_and_batches_prompts(trained_run, capsys):
