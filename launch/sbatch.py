@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Mapping, Optional, Sequence, Union
 
 from recurlm.launch.config import LaunchConfig
+from recurlm.train.signals import EXIT_REQUEUE
 
 SLURM_DIR = "slurm"
 SECRETS_FILE = "secrets.env"
@@ -28,8 +29,6 @@ SECRETS_FILE = "secrets.env"
 _SECRET_NAME = re.compile(r"(^|_)(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.IGNORECASE)
 TRAIN_SCRIPT = "train.sbatch"
 EVAL_SCRIPT = "eval.sbatch"
-EXIT_REQUEUE = 75
-"""The trainer's exit code after a signal-triggered save (recurlm.train.signals.EXIT_REQUEUE)."""
 
 # Overrides the generated command sets itself; the user's versions are dropped.
 _OWNED_KEYS = ("launch", "run_dir", "resume")
